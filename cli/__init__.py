@@ -1,0 +1,1 @@
+"""The `marc-keras` command line (installed as `marc_keras.cli`)."""

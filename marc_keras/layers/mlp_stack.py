@@ -1,0 +1,33 @@
+"""A stack of Dense layers shared by MARC's compression and matching networks."""
+
+import keras
+
+
+def build_dense_stack(hidden_units, output_units, activation, dropout, name):
+    """Dense(hidden, activation) [+ Dropout] per hidden size, then a linear Dense.
+
+    Args:
+        hidden_units: sizes of the hidden layers, possibly empty.
+        output_units: size of the final linear layer.
+        activation: activation of the hidden layers.
+        dropout: dropout rate after each hidden layer (0 for none).
+        name: prefix of the layer names.
+
+    Returns:
+        A list of layers to apply in order.
+    """
+    hidden_units = [int(units) for units in hidden_units]
+    if any(units <= 0 for units in hidden_units) or int(output_units) <= 0:
+        raise ValueError(
+            f"{name}: layer sizes must be positive; got hidden {hidden_units} "
+            f"and output {output_units}."
+        )
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"{name}: dropout must be in [0, 1); got {dropout}.")
+    layers = []
+    for index, units in enumerate(hidden_units):
+        layers.append(keras.layers.Dense(units, activation=activation, name=f"{name}_hidden_{index}"))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout, name=f"{name}_dropout_{index}"))
+    layers.append(keras.layers.Dense(int(output_units), name=f"{name}_output"))
+    return layers

@@ -1,0 +1,5 @@
+"""MARC's loss terms."""
+
+from marc_keras.losses.hsic import hsic
+
+__all__ = ["hsic"]

