@@ -129,6 +129,10 @@ class LoRABackbone(keras.layers.Layer):
         self.backbone.enable_lora(self.lora_rank)
         for variable in self.backbone.weights:
             variable.trainable = _is_lora_variable(variable)
+        if not self.trainable:
+            # enable_lora switches the backbone on; a frozen wrapper (a loaded
+            # frozen encoder) keeps it off.
+            self.backbone.trainable = False
 
     @classmethod
     def from_preset(cls, path, lora_rank=8, pooling="mean", max_length=128, dtype=None, **kwargs):

@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import keras
+import marc_keras
+
+
+def test_only_lora_kernels_are_trainable_biases_included(make_tiny_backbone):
+    layer = make_tiny_backbone(lora_rank=2)
+    names = {v.name for v in layer.trainable_weights}
+    assert names == {"lora_kernel_a", "lora_kernel_b"}
+    # query and value of 2 blocks, two factors each
+    assert len(layer.trainable_weights) == 8
+    frozen_biases = [v for v in layer.non_trainable_weights if v.path.endswith(("query/bias", "value/bias"))]
+    assert len(frozen_biases) == 4
+
+
+def test_rank_zero_freezes_everything(make_tiny_backbone):
+    layer = make_tiny_backbone(lora_rank=0)
+    assert layer.trainable_weights == []
+    with pytest.raises(ValueError, match="frozen"):
+        layer.save_lora_weights("x.lora.h5")
+
+
+def test_all_layers_are_pooled_and_the_last_is_the_output(make_tiny_backbone, tiny_tokenizer):
+    for architecture, pooling in (("bert", "mean"), ("llama", "last")):
+        layer = make_tiny_backbone(architecture=architecture, pooling=pooling)
+        inputs = layer.tokenize(["the action movie", "user likes drama film a"])
+        out = layer(inputs, return_all_layers=True)
+        assert tuple(out["layers"].shape) == (2, 3, 16)
+        pooled = keras.ops.convert_to_numpy(layer(inputs))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out["layers"][:, -1]), pooled, rtol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out["pooled"]), pooled, rtol=1e-6)
+
+
+def test_padding_does_not_change_a_text_vector(make_tiny_backbone):
+    layer = make_tiny_backbone(architecture="llama", pooling="last")
+    alone = layer(layer.tokenize(["the comedy movie"]))
+    padded = layer(layer.tokenize(["the comedy movie", "user likes the horror film a movie"]))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(alone[0]), keras.ops.convert_to_numpy(padded[0]), atol=1e-5
+    )
+
+
+def test_lora_weights_save_and_load_alone(make_tiny_backbone, tmp_path):
+    source = make_tiny_backbone(seed=0)
+    for variable in source.trainable_weights:
+        variable.assign(np.random.default_rng(1).normal(size=variable.shape))
+    path = tmp_path / "adapter.lora.h5"
+    source.save_lora_weights(path)
+    target = make_tiny_backbone(seed=0)
+    inputs = target.tokenize(["the action movie"])
+    assert not np.allclose(keras.ops.convert_to_numpy(target(inputs)), keras.ops.convert_to_numpy(source(inputs)))
+    target.load_lora_weights(path)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(target(inputs)), keras.ops.convert_to_numpy(source(inputs)), rtol=1e-5
+    )
+    with pytest.raises(FileNotFoundError, match="missing.lora.h5"):
+        target.load_lora_weights(tmp_path / "missing.lora.h5")
+
+
+def test_config_round_trip(make_tiny_backbone):
+    layer = make_tiny_backbone(pooling="cls")
+    clone = marc_keras.LoRABackbone.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert len(clone.trainable_weights) == len(layer.trainable_weights)
+
+
+def test_missing_preset_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-model.*not a directory"):
+        marc_keras.LoRABackbone.from_preset(tmp_path / "no-such-model")
+
+
+def test_checkpoint_keras_hub_cannot_convert(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "not_a_real_architecture"}))
+    with pytest.raises(ValueError, match="keras-hub could not load a backbone from"):
+        marc_keras.LoRABackbone.from_preset(tmp_path)
+
+
+def test_pooling_typo_is_caught_before_loading(minilm_path):
+    with pytest.raises(ValueError, match="Did you mean 'last'"):
+        marc_keras.LoRABackbone.from_preset(minilm_path, pooling="lats")
+
+
+def test_minilm_every_layer_matches_transformers(minilm_path):
+    from transformers import BertModel
+
+    texts = ["Toy Story (1995). Genres: Animation, Children's, Comedy.", "Female, age 25-34, programmer."]
+    layer = marc_keras.LoRABackbone.from_preset(minilm_path, lora_rank=4)
+    inputs = layer.tokenize(texts)
+    ours = layer._hidden_states(
+        {**inputs, "segment_ids": np.zeros_like(inputs["token_ids"])}, training=False
+    )
+    reference = BertModel.from_pretrained(str(minilm_path), local_files_only=True).eval()
+    with torch.no_grad():
+        theirs = reference(
+            input_ids=torch.tensor(inputs["token_ids"], dtype=torch.long),
+            attention_mask=torch.tensor(inputs["padding_mask"], dtype=torch.long),
+            output_hidden_states=True,
+        ).hidden_states
+    assert len(ours) == len(theirs) == 7
+    mask = inputs["padding_mask"].astype(bool)
+    for index, (mine, hf) in enumerate(zip(ours, theirs)):
+        a, b = keras.ops.convert_to_numpy(mine)[mask], hf.numpy()[mask]
+        cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cosine.min() >= 0.9999, f"hidden state {index}: min cosine {cosine.min()}"
+    pooled = keras.ops.convert_to_numpy(layer(inputs, return_all_layers=True)["layers"])
+    hf_mean = [(h.numpy() * mask[..., None]).sum(1) / mask.sum(1, keepdims=True) for h in theirs]
+    np.testing.assert_allclose(pooled, np.stack(hf_mean, axis=1), atol=5e-3)

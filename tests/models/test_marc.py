@@ -1,0 +1,138 @@
+import json
+
+import numpy as np
+import pytest
+
+import keras
+import marc_keras
+from conftest import genre_match_task
+
+
+def _snapshot(model):
+    return {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights}
+
+
+def test_fit_changes_exactly_lora_kernels_and_heads(make_tiny_marc):
+    model = make_tiny_marc()
+    users, items, labels = genre_match_task(64)
+    x = model.tokenize(users, items)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = _snapshot(model)
+    model.fit(x, labels, batch_size=16, epochs=1, verbose=0)
+    after = _snapshot(model)
+    changed = {path for path in before if not np.array_equal(before[path], after[path])}
+    trainable = {v.path for v in model.trainable_weights}
+    assert changed == trainable
+    lora = {p for p in trainable if p.endswith(("lora_kernel_a", "lora_kernel_b"))}
+    heads = trainable - lora
+    assert len(lora) == 8
+    assert heads and all(p.startswith(("compression/", "matching/")) for p in heads)
+    frozen_backbone = [v.path for v in model.backbone.weights if v.path not in lora]
+    assert frozen_backbone and all(np.array_equal(before[p], after[p]) for p in frozen_backbone)
+
+
+def test_fit_learns_a_task_whose_labels_are_in_the_texts(make_tiny_backbone):
+    model = marc_keras.MARC(
+        make_tiny_backbone(lora_rank=4, seed=1),
+        compression=marc_keras.CompressionNetwork((32,), 16),
+        matching=marc_keras.MatchingNetwork((32,)),
+    )
+    users, items, labels = genre_match_task(512, seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(model.tokenize(users, items), labels, batch_size=32, epochs=12, verbose=0)
+    bce = history.history["bce"]
+    assert bce[-1] < 0.6 * bce[0]
+    test_users, test_items, test_labels = genre_match_task(256, seed=2)
+    logs = model.evaluate(model.tokenize(test_users, test_items), test_labels, verbose=0, return_dict=True)
+    assert logs["auc"] > 0.8, logs
+
+
+def test_logs_bce_hsic_and_auc_and_the_loss_adds_up(make_tiny_marc):
+    model = make_tiny_marc(hsic_weight=0.5)
+    users, items, labels = genre_match_task(32)
+    model.compile(optimizer=keras.optimizers.Adam(0.0))
+    logs = model.evaluate(model.tokenize(users, items), labels, batch_size=32, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "bce", "hsic_user", "hsic_item", "auc"}
+    assert logs["hsic_user"] > 0 and logs["hsic_item"] > 0
+    assert logs["loss"] == pytest.approx(logs["bce"] - 0.5 * (logs["hsic_user"] + logs["hsic_item"]), rel=1e-5)
+    no_hsic = make_tiny_marc(hsic_weight=0.0)
+    no_hsic.compile(optimizer="adam")
+    logs = no_hsic.evaluate(no_hsic.tokenize(users, items), labels, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "bce", "auc"}
+
+
+def test_keras_file_round_trip_gives_identical_outputs_and_resumes(make_tiny_marc, tmp_path):
+    model = make_tiny_marc()
+    users, items, labels = genre_match_task(32)
+    x = model.tokenize(users, items)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, labels, batch_size=16, epochs=1, verbose=0)
+    path = tmp_path / "marc.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    expected, got = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(model.get_config(), sort_keys=True)
+    assert loaded.backbone.tokenizer.to_json() == model.backbone.tokenizer.to_json()
+    assert {v.path for v in loaded.trainable_weights} == {v.path for v in model.trainable_weights}
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 2
+    loaded.fit(x, labels, batch_size=16, epochs=1, verbose=0)
+
+
+def test_separate_item_compression_round_trips(make_tiny_backbone, tmp_path):
+    model = marc_keras.MARC(
+        make_tiny_backbone(),
+        compression=marc_keras.CompressionNetwork((8,), 4, name="user_compression"),
+        item_compression=marc_keras.CompressionNetwork((12,), 4, name="item_compression"),
+    )
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.tower_compression("item").hidden_units == (12,)
+    assert loaded.encoder("item").compression.hidden_units == (12,)
+
+
+def test_mismatched_compressed_widths_are_refused(make_tiny_backbone):
+    with pytest.raises(ValueError, match="outputs 8 dims but the item one outputs 4"):
+        marc_keras.MARC(
+            make_tiny_backbone(),
+            compression=marc_keras.CompressionNetwork((8,), 8),
+            item_compression=marc_keras.CompressionNetwork((8,), 4),
+        )
+
+
+def test_bad_arguments_and_inputs_are_explained(make_tiny_marc):
+    model = make_tiny_marc()
+    with pytest.raises(ValueError, match="compile with an optimizer only"):
+        model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="inputs lack.*item_token_ids"):
+        model({"user_token_ids": np.ones((2, 3)), "user_padding_mask": np.ones((2, 3))})
+    with pytest.raises(ValueError, match="2 user texts but 1 item"):
+        model.tokenize(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="hsic_weight must be >= 0"):
+        make_tiny_marc(hsic_weight=-1.0)
+    with pytest.raises(ValueError, match="tower must be one of"):
+        model.encoder("users")
+
+
+def test_hsic_refuses_a_batch_of_one_during_fit(make_tiny_marc):
+    model = make_tiny_marc()
+    users, items, labels = genre_match_task(3)
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="undefined for a batch of 1"):
+        model.fit(model.tokenize(users, items), labels, batch_size=2, epochs=1, verbose=0)
+
+
+def test_mixed_precision_keeps_lora_and_optimizer_state_float32(make_tiny_marc):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = make_tiny_marc()
+        users, items, labels = genre_match_task(32)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+        model.fit(model.tokenize(users, items), labels, batch_size=16, epochs=1, verbose=0)
+        assert model.predict(model.tokenize(users[:2], items[:2]), verbose=0)["user_original"].dtype.name == "bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    lora = [v for v in model.trainable_weights if v.name.startswith("lora_kernel")]
+    assert lora and all(v.dtype == "float32" for v in lora)
+    assert all(v.dtype == "float32" for v in model.optimizer.variables if v.name != "iteration")
