@@ -1,30 +1,41 @@
 """marc-keras: compact LLM user and item vectors for recommenders (MARC).
 
 Importing this package selects the Keras torch backend (see `backend_guard`).
+The public names load on first use: keras-hub imports TensorFlow, which takes
+seconds, and the command line's `--help` should not wait for it.
 """
+
+import importlib
 
 from marc_keras.backend_guard import ensure_torch_backend
 
 ensure_torch_backend()
 
-from marc_keras import layers, losses, models  # noqa: E402
-from marc_keras.layers import CompressionNetwork, LoRABackbone, MatchingNetwork, TokenPooling  # noqa: E402
-from marc_keras.losses import hsic  # noqa: E402
-from marc_keras.models import MARC, MARCEncoder  # noqa: E402
-from marc_keras.text_tokenizer import TextTokenizer  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "MARC",
-    "CompressionNetwork",
-    "LoRABackbone",
-    "MARCEncoder",
-    "MatchingNetwork",
-    "TextTokenizer",
-    "TokenPooling",
-    "hsic",
-    "layers",
-    "losses",
-    "models",
-]
+_PUBLIC = {
+    "MARC": "marc_keras.models.marc",
+    "MARCEncoder": "marc_keras.models.marc_encoder",
+    "CompressionNetwork": "marc_keras.layers.compression_network",
+    "LoRABackbone": "marc_keras.layers.lora_backbone",
+    "MatchingNetwork": "marc_keras.layers.matching_network",
+    "TokenPooling": "marc_keras.layers.token_pooling",
+    "TextTokenizer": "marc_keras.text_tokenizer",
+    "RunConfig": "marc_keras.run_config",
+    "MARCRun": "marc_keras.marc_run",
+    "hsic": "marc_keras.losses.hsic",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'marc_keras' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

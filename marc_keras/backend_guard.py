@@ -37,3 +37,6 @@ def ensure_torch_backend():
             f"'{REQUIRED_BACKEND}'."
         )
     os.environ["KERAS_BACKEND"] = REQUIRED_BACKEND
+    # keras-hub imports TensorFlow (through tensorflow-text), whose C++ start-up
+    # logs about CUDA and CPU features say nothing about a torch run.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

