@@ -141,6 +141,64 @@ class MARCRun:
         return run
 
     @property
+    def vectors_path(self):
+        return self.run_dir / "vectors.npz"
+
+    @property
+    def frozen_vectors_path(self):
+        return self.run_dir / "frozen-vectors.npz"
+
+    def encode_vectors(self, split=None, batch_size=64, verbose=1):
+        """Encodes every user and item with the trained model and the frozen backbone.
+
+        Writes `vectors.npz` (MARC-C and MARC-O) and `frozen-vectors.npz`
+        (the pretrained backbone's pooled output, LoRA off) with the keys
+        `user_ids`, `item_ids` and `{name}/user`, `{name}/item` for
+        name in `marc-c`, `marc-o` (resp. `frozen`). Files already there are
+        kept, so a re-run or another machine's vectors are reused.
+
+        Args:
+            split: the run's `KARSplit`, to avoid rebuilding it.
+            batch_size: texts per forward pass.
+            verbose: show progress bars.
+
+        Returns:
+            A dict name -> ((user ids, user vectors), (item ids, item vectors)).
+        """
+        if not self.model_path.is_file() and not self.vectors_path.is_file():
+            raise ValueError(f"Run '{self.run_dir}' has no trained model yet; run `marc-keras fit` first.")
+        split = split or build_split(self.config.data)
+        user_ids, item_ids = sorted(split.user_texts), sorted(split.item_texts)
+        user_texts = [split.user_texts[user] for user in user_ids]
+        item_texts = [split.item_texts[item] for item in item_ids]
+
+        def encode(encoders, names, path):
+            if path.is_file():
+                return
+            arrays = {"user_ids": np.array(user_ids), "item_ids": np.array(item_ids)}
+            for tower, texts in (("user", user_texts), ("item", item_texts)):
+                vectors = encoders[tower].encode(texts, batch_size=batch_size, verbose=verbose)
+                for name, output in names.items():
+                    arrays[f"{name}/{tower}"] = vectors[output]
+            write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
+
+        if not self.vectors_path.is_file():
+            model = keras.saving.load_model(self.model_path)
+            encoders = {tower: model.encoder(tower) for tower in ("user", "item")}
+            encode(encoders, {"marc-c": "compressed", "marc-o": "original"}, self.vectors_path)
+        frozen = self._build_model(lora_rank=0).encoder()
+        encode({"user": frozen, "item": frozen}, {"frozen": "original"}, self.frozen_vectors_path)
+        vectors = {}
+        for path in (self.vectors_path, self.frozen_vectors_path):
+            with np.load(path) as stored:
+                ids = {"user": stored["user_ids"], "item": stored["item_ids"]}
+                for key in stored.files:
+                    name, _, tower = key.partition("/")
+                    if tower:
+                        vectors.setdefault(name, {})[tower] = (ids[tower], stored[key])
+        return {name: (towers["user"], towers["item"]) for name, towers in vectors.items()}
+
+    @property
     def model_path(self):
         return self.run_dir / "model.keras"
 
@@ -176,11 +234,11 @@ class MARCRun:
         write_atomically(cache, lambda temporary: np.savez(temporary, **arrays))
         return arrays
 
-    def _build_model(self):
+    def _build_model(self, lora_rank=None):
         settings = self.config.model
         return MARC.from_preset(
             settings.preset or default_preset(),
-            lora_rank=settings.lora_rank,
+            lora_rank=settings.lora_rank if lora_rank is None else lora_rank,
             pooling=settings.pooling,
             max_length=settings.max_length,
             compressed_dim=settings.compressed_dim,

