@@ -121,7 +121,7 @@ def main():
     write_json("train-step.json", result)
     table = "\n".join(
         [
-            "## Training step: MARC vs MARC without HSIC (issue: core library)",
+            "## Training step: MARC vs MARC without HSIC",
             "",
             "| model | median step (s) | steps timed |",
             "|---|---|---|",
