@@ -1,5 +1,6 @@
 """One MARC training run in a directory: data, tokens, checkpoints, model, encoder."""
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -10,8 +11,9 @@ import keras
 import numpy as np
 
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
+from marc_keras.evaluation import DownstreamConfig, DownstreamEvaluator, PCAProjection, RankingFeatures
 from marc_keras.models.marc import INPUT_NAMES, MARC
-from marc_keras.run_config import RunConfig
+from marc_keras.run_config import FIT_SECTIONS
 
 CONFIG_FILE = "config.json"
 SPLITS = ("train", "validation", "test")
@@ -72,7 +74,8 @@ def load_dataset(data):
     return interactions, TextTemplates.from_dict(templates)
 
 
-def build_split(data):
+def build_split(data, with_interactions=False):
+    """The KAR split of the configured data (and the data itself when asked)."""
     interactions, templates = load_dataset(data)
     config = SplitConfig(
         seed=data.seed,
@@ -80,7 +83,75 @@ def build_split(data):
         test_fraction=data.test_fraction,
         max_text_history=data.max_text_history,
     )
-    return KARSplit.build(interactions, templates, config)
+    split = KARSplit.build(interactions, templates, config)
+    return (split, interactions) if with_interactions else split
+
+
+def evaluate_runs(runs, downstream=None, pca_components=128, log=print):
+    """The downstream table for one or several MARC runs on the same data.
+
+    Rows: `dcnv2` (no vectors), `frozen` (the pretrained backbone's pooled
+    vectors), `pca-128` (PCA of those, fitted on training users and the item
+    catalogue), `marc-o` and `marc-c`. With several runs (MARC trained with
+    different seeds), downstream seed i uses run i's vectors, so the spread
+    covers both trainings; with one run every seed uses its vectors.
+
+    Args:
+        runs: `MARCRun`s whose `[data]` settings agree.
+        downstream: a `DownstreamConfig`, by default the first run's
+            `[evaluate]` settings; with several runs, one seed per run.
+        pca_components: width of the PCA baseline.
+        log: callable taking one progress line.
+
+    Returns:
+        The rows of `DownstreamEvaluator.evaluate`; also written as
+        `evaluate.json` and `evaluate.md` into the first run's directory.
+    """
+    runs = list(runs)
+    if any(run.config.data != runs[0].config.data for run in runs):
+        raise ValueError("Runs evaluated together must share the same [data] settings (same split).")
+    downstream = downstream or runs[0].config.evaluate
+    if len(runs) > 1 and len(downstream.seeds) != len(runs):
+        raise ValueError(f"{len(runs)} runs need {len(runs)} downstream seeds; got {downstream.seeds}.")
+    started = time.perf_counter()
+    split, interactions = build_split(runs[0].config.data, with_interactions=True)
+    features = RankingFeatures(split, interactions)
+    vectors = [run.encode_vectors(split) for run in runs]
+    log(f"features and vectors ready in {time.perf_counter() - started:.0f}s")
+
+    def tables(name, transform=None):
+        def provider(seed):
+            index = downstream.seeds.index(seed) if len(runs) > 1 else 0
+            (user_ids, users), (item_ids, items) = vectors[index][name]
+            if transform is not None:
+                users, items = transform(users), transform(items)
+            return features.vector_table(user_ids, users, "user"), features.vector_table(item_ids, items, "item")
+
+        return provider
+
+    (user_ids, frozen_users), (_, frozen_items) = vectors[0]["frozen"]
+    training_users = np.isin(user_ids, split.users["train"])
+    pca = PCAProjection(pca_components).fit(np.concatenate([frozen_users[training_users], frozen_items]))
+    representations = {
+        "dcnv2": None,
+        "frozen": tables("frozen"),
+        f"pca-{pca_components}": tables("frozen", pca.transform),
+        "marc-o": tables("marc-o"),
+        "marc-c": tables("marc-c"),
+    }
+    rows = DownstreamEvaluator(features, downstream, log=log).evaluate(representations)
+    report = {
+        "dataset": str(runs[0].config.data.data_dir or runs[0].config.data.dataset),
+        "backbone": runs[0].config.model.preset or "all-MiniLM-L6-v2",
+        "seeds": list(downstream.seeds),
+        "runs": [str(run.run_dir) for run in runs],
+        "downstream": dataclasses.asdict(downstream),
+        "rows": rows,
+    }
+    write_json(runs[0].run_dir / "evaluate.json", report)
+    markdown = DownstreamEvaluator.to_markdown(rows)
+    write_atomically(runs[0].run_dir / "evaluate.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
+    return rows
 
 
 class MARCRun:
@@ -100,6 +171,7 @@ class MARCRun:
     Example:
     >>> run = MARCRun.open("runs/demo", RunConfig.from_file("configs/demo.toml"))
     >>> metrics = run.fit()
+    >>> rows = evaluate_runs([run])
     """
 
     def __init__(self, run_dir, config):
@@ -119,12 +191,13 @@ class MARCRun:
         if config_path.is_file():
             saved = json.loads(config_path.read_text())
             wanted = json.loads(json.dumps(config.to_dict()))
+            saved, wanted = ({name: values.get(name) for name in FIT_SECTIONS} for values in (saved, wanted))
             if saved != wanted:
                 differences = sorted(
                     f"{section}.{key}"
                     for section in wanted
                     for key in wanted[section]
-                    if saved.get(section, {}).get(key) != wanted[section][key]
+                    if (saved[section] or {}).get(key) != wanted[section][key]
                 )
                 raise ValueError(
                     f"Run directory '{run_dir}' holds another run (settings differ in "

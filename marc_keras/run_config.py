@@ -8,6 +8,8 @@ import types
 import typing
 from pathlib import Path
 
+from marc_keras.evaluation.downstream_evaluator import DownstreamConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
@@ -95,7 +97,15 @@ class TrainingSection:
     threads: int | None = None
 
 
-SECTIONS = {"data": DataSection, "model": ModelSection, "training": TrainingSection}
+SECTIONS = {
+    "data": DataSection,
+    "model": ModelSection,
+    "training": TrainingSection,
+    "evaluate": DownstreamConfig,
+}
+# The sections that define what `fit` trains; `evaluate` settings can change
+# without making a run directory "another run".
+FIT_SECTIONS = ("data", "model", "training")
 
 
 def _suggest(name, options):
@@ -146,13 +156,15 @@ class RunConfig:
     """All settings of a `marc-keras fit` run, in three sections.
 
     A config file is TOML (or JSON) with tables `[data]`, `[model]`,
-    `[training]`; any key left out keeps its default. Unknown sections or
+    `[training]` and `[evaluate]` (the downstream DCNv2, see
+    `DownstreamConfig`); any key left out keeps its default. Unknown sections or
     keys are errors that name the key and the closest valid one.
 
     Args:
         data: a `DataSection`.
         model: a `ModelSection`.
         training: a `TrainingSection`.
+        evaluate: a `DownstreamConfig`.
 
     Example:
     >>> config = RunConfig.from_file("configs/demo.toml", ["training.epochs=2"])
@@ -163,6 +175,7 @@ class RunConfig:
     data: DataSection = dataclasses.field(default_factory=DataSection)
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     training: TrainingSection = dataclasses.field(default_factory=TrainingSection)
+    evaluate: DownstreamConfig = dataclasses.field(default_factory=DownstreamConfig)
 
     @classmethod
     def from_dict(cls, values, source="config"):

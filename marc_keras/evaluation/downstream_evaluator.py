@@ -1,0 +1,155 @@
+"""Downstream CTR evaluation of user/item vectors over several seeds (DESIGN.md Sec. 4)."""
+
+import dataclasses
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from marc_keras.evaluation.ctr_metrics import auc, logloss, relative_improvement
+from marc_keras.evaluation.dcn_v2_ranker import DCNv2Ranker
+
+BASELINE_ROW = "dcnv2"
+
+
+@dataclasses.dataclass(frozen=True)
+class DownstreamConfig:
+    """How the downstream DCNv2 is trained for each representation and seed.
+
+    Args:
+        max_epochs: epoch limit; early stopping on validation AUC usually ends sooner.
+        patience: epochs without validation AUC gain before stopping.
+        batch_size: samples per step.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        num_experts: experts per vector adaptor.
+        seeds: ranker seeds; results are mean +- std over them.
+        train_samples: train on this many training samples (a fixed random
+            subset, the same for every representation), `None` for all.
+    """
+
+    max_epochs: int = 5
+    patience: int = 1
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    num_experts: int = 3
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train_samples: int | None = None
+
+
+class DownstreamEvaluator:
+    """Trains one DCNv2 per representation and seed; reports test-user AUC and logloss.
+
+    Model choice (early stopping, best epoch) uses validation users only; the
+    test users are scored once with the chosen weights.
+
+    Args:
+        features: a `RankingFeatures`.
+        config: a `DownstreamConfig`.
+        log: callable taking one progress line.
+
+    Example:
+    >>> evaluator = DownstreamEvaluator(features, DownstreamConfig(seeds=(0, 1, 2)))
+    >>> rows = evaluator.evaluate({"dcnv2": None, "marc-c": lambda seed: (user_table, item_table)})
+    >>> print(DownstreamEvaluator.to_markdown(rows))
+    """
+
+    def __init__(self, features, config=None, log=print):
+        self.features = features
+        self.config = config or DownstreamConfig()
+        self.log = log
+        available = len(features.labels["train"])
+        wanted = self.config.train_samples
+        self.train_rows = (
+            np.sort(np.random.default_rng(0).choice(available, wanted, replace=False))
+            if wanted is not None and wanted < available
+            else np.arange(available)
+        )
+
+    def train_one(self, seed, user_vectors=None, item_vectors=None, verbose=0):
+        """Trains one ranker; returns it and its test (AUC, logloss)."""
+        config = self.config
+        keras.utils.set_random_seed(seed)
+        ranker = DCNv2Ranker.from_features(
+            self.features, user_vectors, item_vectors, num_experts=config.num_experts
+        )
+        ranker.compile(
+            optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
+            loss=keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+        )
+        inputs, labels = self.features.inputs, self.features.labels
+        ranker.fit(
+            {name: array[self.train_rows] for name, array in inputs["train"].items()},
+            labels["train"][self.train_rows, None],
+            batch_size=config.batch_size,
+            epochs=config.max_epochs,
+            validation_data=(inputs["validation"], labels["validation"][:, None]),
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_auc", mode="max", patience=config.patience, restore_best_weights=True
+                )
+            ],
+            verbose=verbose,
+        )
+        logits = ranker.predict(inputs["test"], batch_size=4 * config.batch_size, verbose=0)[:, 0]
+        probabilities = 1.0 / (1.0 + np.exp(-logits.astype("float64")))
+        return ranker, auc(labels["test"], logits), logloss(labels["test"], probabilities)
+
+    def evaluate(self, representations):
+        """Evaluates each representation with every seed.
+
+        Args:
+            representations: dict name -> `None` (no external vectors) or a
+                callable `seed -> (user table, item table)` (either may be
+                `None`), tables from `RankingFeatures.vector_table`. A callable
+                lets each seed use vectors from its own upstream run.
+
+        Returns:
+            A list of rows: name, auc_mean, auc_std, logloss_mean,
+            logloss_std, aucs, loglosses, seconds, and relaimpr against the
+            "dcnv2" row when there is one.
+        """
+        rows = []
+        for name, provider in representations.items():
+            aucs, loglosses, started = [], [], time.perf_counter()
+            for seed in self.config.seeds:
+                tables = provider(seed) if provider is not None else (None, None)
+                _, test_auc, test_logloss = self.train_one(seed, *tables)
+                aucs.append(test_auc)
+                loglosses.append(test_logloss)
+                self.log(f"{name} seed {seed}: test AUC {test_auc:.4f}, logloss {test_logloss:.4f}")
+            rows.append(
+                {
+                    "name": name,
+                    "auc_mean": statistics.fmean(aucs),
+                    "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+                    "logloss_mean": statistics.fmean(loglosses),
+                    "logloss_std": statistics.stdev(loglosses) if len(loglosses) > 1 else 0.0,
+                    "aucs": aucs,
+                    "loglosses": loglosses,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+        base = next((row for row in rows if row["name"] == BASELINE_ROW), None)
+        if base is not None:
+            for row in rows:
+                row["relaimpr"] = relative_improvement(row["auc_mean"], base["auc_mean"])
+        return rows
+
+    @staticmethod
+    def to_markdown(rows):
+        """The rows as a Markdown table with mean +- std."""
+        lines = [
+            "| representation | test AUC | test logloss | RelaImpr vs dcnv2 | wall (s) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in rows:
+            relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
+            lines.append(
+                f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
+                f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} | {row['seconds']:.0f} |"
+            )
+        return "\n".join(lines)
