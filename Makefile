@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	MARC_KERAS_ML1M_DIR=$(ML1M) $(BIN)/marc-keras fit --config configs/demo.toml --run-dir $(RUN_DIR)
+	MARC_KERAS_ML1M_DIR=$(ML1M) $(BIN)/marc-keras evaluate --run-dir $(RUN_DIR)
 
 test: install
 	MARC_KERAS_ML1M_DIR=$(ML1M) $(BIN)/python -m pytest $(PYTEST_ARGS)

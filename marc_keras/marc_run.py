@@ -87,7 +87,7 @@ def build_split(data, with_interactions=False):
     return (split, interactions) if with_interactions else split
 
 
-def evaluate_runs(runs, downstream=None, pca_components=128, log=print):
+def evaluate_runs(runs, downstream=None, log=print):
     """The downstream table for one or several MARC runs on the same data.
 
     Rows: `dcnv2` (no vectors), `frozen` (the pretrained backbone's pooled
@@ -100,7 +100,6 @@ def evaluate_runs(runs, downstream=None, pca_components=128, log=print):
         runs: `MARCRun`s whose `[data]` settings agree.
         downstream: a `DownstreamConfig`, by default the first run's
             `[evaluate]` settings; with several runs, one seed per run.
-        pca_components: width of the PCA baseline.
         log: callable taking one progress line.
 
     Returns:
@@ -131,6 +130,7 @@ def evaluate_runs(runs, downstream=None, pca_components=128, log=print):
 
     (user_ids, frozen_users), (_, frozen_items) = vectors[0]["frozen"]
     training_users = np.isin(user_ids, split.users["train"])
+    pca_components = runs[0].config.model.compressed_dim
     pca = PCAProjection(pca_components).fit(np.concatenate([frozen_users[training_users], frozen_items]))
     representations = {
         "dcnv2": None,

@@ -34,6 +34,13 @@ def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
     assert result.stdout.rstrip().endswith("}") and '"auc"' in result.stdout
     assert (tmp_path / "run" / "encoder.keras").is_file()
 
+    small = ["--set", "evaluate.seeds=[0]", "--set", "evaluate.train_samples=2000", "--set", "evaluate.max_epochs=1"]
+    result = CliRunner().invoke(main, ["evaluate", "--run-dir", str(tmp_path / "run"), *small])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "evaluate.json").read_text())
+    assert [row["name"] for row in report["rows"]] == ["dcnv2", "frozen", "pca-8", "marc-o", "marc-c"]
+    assert "| marc-c |" in result.stdout and (tmp_path / "run" / "evaluate.md").is_file()
+
 
 def test_errors_are_one_line_with_non_zero_exit(tmp_path):
     result = CliRunner().invoke(main, ["fit", "--run-dir", str(tmp_path), "--set", "training.epoch=2"])
