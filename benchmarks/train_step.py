@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import marc_keras  # noqa: F401  (selects the torch backend)
+import marc_keras
 import keras
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from marc_keras.models.marc import MARC
 from marc_keras.run_config import DataSection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine_facts, update_results_section, write_json  # noqa: E402
+from report import machine_facts, update_results_section, write_json
 
 
 def parse_args():

@@ -24,7 +24,7 @@ def _report_errors(command):
         except KeyboardInterrupt:
             click.echo("Interrupted; run the same command again to resume.", err=True)
             sys.exit(130)
-        except Exception as error:  # noqa: BLE001  (the CLI reports, the library raises)
+        except Exception as error:
             if verbose:
                 traceback.print_exc()
             click.echo(f"Error: {error}", err=True)

@@ -26,7 +26,18 @@ _PUBLIC = {
     "hsic": "marc_keras.losses.hsic",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "CompressionNetwork",
+    "LoRABackbone",
+    "MARC",
+    "MARCEncoder",
+    "MARCRun",
+    "MatchingNetwork",
+    "RunConfig",
+    "TextTokenizer",
+    "TokenPooling",
+    "hsic",
+]
 
 
 def __getattr__(name):

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
-from marc_keras.evaluation import DownstreamConfig, DownstreamEvaluator, PCAProjection, RankingFeatures
+from marc_keras.evaluation import DownstreamEvaluator, PCAProjection, RankingFeatures
 from marc_keras.models.marc import INPUT_NAMES, MARC
 from marc_keras.run_config import FIT_SECTIONS
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
+import marc_keras
 import keras
 import keras_hub
 import numpy as np

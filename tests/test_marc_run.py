@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     target.write_text("old")
 
     def failing(path):
-        open(path, "w").write("half")
+        Path(path).write_text("half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):

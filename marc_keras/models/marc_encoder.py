@@ -5,6 +5,7 @@ import numpy as np
 
 from marc_keras.layers.compression_network import CompressionNetwork
 from marc_keras.layers.lora_backbone import LoRABackbone
+from marc_keras.length_batches import encode_in_length_order
 
 
 @keras.saving.register_keras_serializable(package="marc_keras")
@@ -69,25 +70,17 @@ class MARCEncoder(keras.Model):
             `original` (N, d), row i for `texts[i]`.
         """
         texts = list(texts)
-        outputs = {
-            name: np.zeros((len(texts), dim), "float32") for name, dim in self.output_dims.items()
-        }
         if not texts:
-            return outputs
+            return {name: np.zeros((0, dim), "float32") for name, dim in self.output_dims.items()}
         tokens = self.backbone.tokenize(texts)  # (N, longest): validates every text once
-        lengths = tokens["padding_mask"].sum(axis=1)
-        order = np.argsort(lengths, kind="stable")
         progress = keras.utils.Progbar(len(texts), unit_name="text") if verbose else None
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            width = int(lengths[rows].max())
-            batch = {name: array[rows, :width] for name, array in tokens.items()}
-            vectors = self.predict_on_batch(batch)
-            for name, array in outputs.items():
-                array[rows] = np.asarray(vectors[name], dtype="float32")
-            if progress is not None:
-                progress.add(len(rows))
-        return outputs
+        return encode_in_length_order(
+            tokens,
+            self.output_dims,
+            self.predict_on_batch,
+            batch_size=batch_size,
+            on_batch=progress.add if progress is not None else None,
+        )
 
     def get_config(self):
         return {
