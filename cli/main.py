@@ -98,6 +98,43 @@ def evaluate(run_dirs, overrides):
     click.echo(DownstreamEvaluator.to_markdown(rows))
 
 
+@main.command()
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True), help="A run directory; its config.json gives the data split and the [evaluate] settings.")
+@click.option("--user-store", required=True, type=click.Path(dir_okay=False, exists=True), help="Embedding store (.parquet) of user vectors, e.g. from `marc-keras encode`.")
+@click.option("--item-store", required=True, type=click.Path(dir_okay=False, exists=True), help="Embedding store (.parquet) of item vectors.")
+@click.option("--column", default="compressed", show_default=True, help="Vector column of both stores: compressed (MARC-C) or original (MARC-O).")
+@click.option("--engine", type=click.Choice(["keras", "tfrs"]), default="keras", show_default=True, help="keras: the Keras 3 DCNv2; tfrs: a TensorFlow Recommenders DCNv2 in a child process (needs the tfrs extra).")
+@click.option("--seeds", metavar="0,1,2", help="Comma-separated ranker seeds (default: evaluate.seeds of the run).")
+@click.option("--set", "overrides", multiple=True, metavar="evaluate.KEY=VALUE", help="Override a downstream setting, e.g. --set evaluate.max_epochs=3 (repeatable).")
+@_report_errors
+def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
+    """Rank with user and item vectors read from embedding stores.
+
+    Builds the run's split and ranking features as `evaluate` does, trains a
+    DCNv2 on the stores' vectors per seed with early stopping on validation
+    users, and prints test-user AUC and logloss as mean +- std. Writes
+    rank-ENGINE.json into RUN_DIR.
+    """
+    from pathlib import Path
+
+    from marc_keras.evaluation import DownstreamEvaluator
+    from marc_keras.evaluation.store_ranking import rank_with_stores
+    from marc_keras.marc_run import CONFIG_FILE, MARCRun
+    from marc_keras.run_config import RunConfig
+
+    if seeds is not None:
+        try:
+            seeds = [int(seed) for seed in seeds.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"expected whole numbers like 0,1,2; got '{seeds}'.", param_hint="--seeds") from None
+    run = MARCRun(run_dir, RunConfig.from_file(Path(run_dir) / CONFIG_FILE, overrides))
+    report = rank_with_stores(
+        run, user_store, item_store, column=column, engine=engine, seeds=seeds,
+        log=lambda line: click.echo(line, err=True),
+    )
+    click.echo(DownstreamEvaluator.to_markdown(report["rows"]))
+
+
 @main.group()
 def data():
     """Download or describe a dataset."""
@@ -121,3 +158,63 @@ def describe(data_dir):
     from marc_keras.data import MovieLens
 
     click.echo(json.dumps(MovieLens.load(data_dir).describe(), indent=2))
+
+
+@main.command(name="export")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True), help="A finished `fit` run whose encoder is exported.")
+@click.option("--bundle-dir", required=True, type=click.Path(file_okay=False), help="Directory to create: model.onnx, tokenizer.json, manifest.json.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True, help="fp16 for GPUs (norms stay fp32), int8 (dynamic quantization) for CPUs.")
+@click.option("--tower", type=click.Choice(["user", "item"]), default="user", show_default=True, help="Which tower's compression network (they are the same unless model.share_compression = false).")
+@click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset of the graph.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
+@_report_errors
+def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
+    """Export a trained encoder to a verified ONNX bundle.
+
+    The graph has LoRA merged, pooling and compression inside, dynamic batch
+    and sequence axes, inputs token_ids / padding_mask and outputs
+    compressed / original. Before the bundle is written, onnx.checker runs
+    and ONNX Runtime is compared with Keras on token batches of other shapes;
+    a failed check writes nothing.
+    """
+    from marc_keras.export.onnx_exporter import OnnxExporter
+
+    manifest = OnnxExporter.from_run(run_dir, tower=tower).export(bundle_dir, precision=precision, opset=opset, overwrite=overwrite)
+    click.echo(json.dumps({"bundle": bundle_dir, "precision": precision, "verification": manifest.verification}, indent=2))
+
+
+@main.command()
+@click.option("--bundle-dir", required=True, type=click.Path(file_okay=False, exists=True), help="A bundle made by `marc-keras export`.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, exists=True), help="A .parquet or .csv table with an id column and a text column.")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="The .parquet embedding store to write (replaced atomically).")
+@click.option("--id-column", default="id", show_default=True, help="Column of ids in the input table.")
+@click.option("--text-column", default="text", show_default=True, help="Column of texts in the input table.")
+@click.option("--outputs", default="compressed,original", show_default=True, help="Comma-separated vector columns to store.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="ONNX Runtime provider; cuda fails clearly when it is unavailable.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice).")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per session run.")
+@click.option("--chunk-size", type=int, default=8192, show_default=True, help="Rows read from the input at a time.")
+@click.option("--npy", is_flag=True, help="Also write OUTPUT_STEM.<column>.npy beside the store.")
+@_report_errors
+def encode(bundle_dir, input_path, output_path, id_column, text_column, outputs, provider, threads, batch_size, chunk_size, npy):
+    """Encode a table of texts into an embedding store with ONNX Runtime.
+
+    Streams the input in chunks, sorts each chunk's texts by length for
+    batching, and writes parquet with the id column, one fixed-size float32
+    list column per output and the bundle manifest in the schema metadata.
+    Texts over the bundle's max length are truncated and counted.
+    """
+    from marc_keras.export.onnx_encoder import OnnxEncoder
+
+    encoder = OnnxEncoder(bundle_dir, provider=provider, threads=threads, batch_size=batch_size)
+    stats = encoder.encode_file(
+        input_path,
+        output_path,
+        id_column=id_column,
+        text_column=text_column,
+        outputs=[name.strip() for name in outputs.split(",") if name.strip()],
+        chunk_size=chunk_size,
+        write_npy=npy,
+        verbose=True,
+    )
+    click.echo(json.dumps({**stats, "provider": encoder.provider}, indent=2))

@@ -175,14 +175,41 @@ def convert_to_float16(model):
     """
     from onnxruntime.transformers import float16
 
-    return float16.convert_float_to_float16(
+    # Shape inference re-derives the value types after conversion; stale
+    # float32 annotations from the exporter would contradict it.
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.graph.ClearField("value_info")
+    converted = float16.convert_float_to_float16(
         model,
         keep_io_types=True,
         op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FLOAT16_KEEP_FLOAT32_OPS],
     )
+    # The converter appends the Casts it puts around float32 islands at the
+    # end of the node list; ONNX requires producers before consumers.
+    sort_topologically(converted.graph)
+    return converted
 
 
-def quantize_int8(source_path, target_path):
+def sort_topologically(graph):
+    """Reorders `graph.node` so that every node comes after its inputs' producers."""
+    available = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
+    available.add("")
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            names = sorted({name for node in pending for name in node.input} - available)[:5]
+            raise ValueError(f"The ONNX graph has a cycle or undefined inputs {names}.")
+        ready_ids = {id(node) for node in ready}
+        pending = [node for node in pending if id(node) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    graph.ClearField("node")
+    graph.node.extend(ordered)
+
+
+def quantize_int8(source_path, target_path, use_external_data=False):
     """Dynamic int8 quantization of every MatMul weight (ONNX Runtime CPU only).
 
     Weights are int8 per output channel; activations are quantized to uint8
@@ -192,6 +219,8 @@ def quantize_int8(source_path, target_path):
     Args:
         source_path: the float32 `.onnx` file.
         target_path: where the quantized model goes.
+        use_external_data: write the weights to `model.onnx.data` beside it
+            (models over 2 GB).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -201,4 +230,5 @@ def quantize_int8(source_path, target_path):
         weight_type=QuantType.QInt8,
         per_channel=True,
         op_types_to_quantize=["MatMul", "Gemm"],
+        use_external_data_format=use_external_data,
     )

@@ -1,0 +1,369 @@
+"""Exports a frozen MARC encoder to a verified ONNX bundle (DESIGN.md Sec. 3)."""
+
+import dataclasses
+import contextlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import torch
+
+from marc_keras.export.bundle_manifest import (
+    INPUT_NAMES,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    BundleManifest,
+    file_sha256,
+)
+from marc_keras.export.onnx_graph import convert_to_float16, quantize_int8, rewrite_einsum_as_matmul
+from marc_keras.layers.lora_backbone import LoRABackbone
+from marc_keras.models.marc_encoder import MARCEncoder
+
+PRECISIONS = ("fp32", "fp16", "int8")
+OUTPUT_NAMES = ("compressed", "original")
+EXTERNAL_DATA_FILE = "model.onnx.data"
+# protobuf cannot serialise a message over 2 GiB; leave room for the graph.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+EXPORT_SHAPE = (2, 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityCheck:
+    """How closely ONNX Runtime must match Keras before a bundle is written.
+
+    fp32 is held to an absolute error; fp16 and int8 change every number a
+    little, so they are held to the cosine between ORT's and Keras' vector of
+    each text (the worst row counts). The thresholds are what a downstream
+    ranker does not notice: int8 vectors at cosine >= 0.97 changed the
+    downstream AUC by less than 0.002 (benchmarks/RESULTS.md).
+
+    Args:
+        shapes: (batch, length) of the random token batches compared; none
+            equals the export's (2, 16), so dynamic axes are exercised.
+        fp32_max_abs_error: largest allowed |ORT - Keras| for fp32.
+        fp16_min_cosine: smallest allowed per-row cosine for fp16.
+        int8_min_cosine: smallest allowed per-row cosine for int8.
+        seed: seed of the random token batches.
+    """
+
+    shapes: tuple = ((3, 11), (5, 37))
+    fp32_max_abs_error: float = 1e-4
+    fp16_min_cosine: float = 0.995
+    int8_min_cosine: float = 0.97
+    seed: int = 0
+
+
+class _OnnxModule(torch.nn.Module):
+    # torch.onnx traces an nn.Module with positional tensors; the Keras
+    # encoder takes a dict, so this adapter is the exported entry point.
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, token_ids, padding_mask):
+        outputs = self.encoder({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+        return tuple(outputs[name] for name in OUTPUT_NAMES)
+
+
+def _versions():
+    names = ("marc-keras", "keras", "keras-hub", "torch", "onnx", "onnxruntime", "onnxscript")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    # torch.onnx and the ORT quantizer log advice about torchvision, axis
+    # names and pre-processing on every export; none of it is actionable here.
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def merge_lora(encoder):
+    """A float32 copy of `encoder` whose backbone has the LoRA factors merged in.
+
+    keras-hub has no public merge, but saving an `EinsumDense` with LoRA
+    writes its merged kernel, so the weights of the LoRA backbone load into a
+    plain backbone of the same config.
+
+    Args:
+        encoder: a `MARCEncoder`.
+
+    Returns:
+        A `MARCEncoder` with `lora_rank=0` computing the same vectors.
+    """
+    layer = encoder.backbone
+    config = {**layer.backbone.get_config(), "dtype": "float32"}
+    plain = type(layer.backbone).from_config(config)
+    with tempfile.TemporaryDirectory() as directory:
+        weights = Path(directory, "merged.weights.h5")
+        layer.backbone.save_weights(str(weights))
+        plain.load_weights(str(weights))
+    backbone = LoRABackbone(
+        plain, tokenizer=layer.tokenizer, lora_rank=0, pooling=layer.pooling.mode, max_length=layer.max_length
+    )
+    compression = type(encoder.compression).from_config(
+        {**encoder.compression.get_config(), "dtype": "float32"}
+    )
+    compression.build((None, layer.hidden_dim))
+    compression.set_weights(encoder.compression.get_weights())
+    merged = MARCEncoder(backbone, compression, name=f"{encoder.name}_merged")
+    merged.trainable = False
+    return merged
+
+
+def random_token_batch(shape, vocabulary_size, pad_id, rng):
+    """Right-padded random token ids with random lengths (the longest row full)."""
+    batch, length = shape
+    lengths = rng.integers(1, length + 1, batch)
+    lengths[0] = length
+    token_ids = rng.integers(min(5, vocabulary_size - 1), vocabulary_size, (batch, length)).astype("int32")
+    padding_mask = (np.arange(length)[None, :] < lengths[:, None]).astype("int32")
+    token_ids = np.where(padding_mask == 1, token_ids, pad_id).astype("int32")
+    return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+
+def row_cosines(first, second):
+    first, second = np.asarray(first, "float64"), np.asarray(second, "float64")
+    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
+    return (first * second).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+class OnnxExporter:
+    """Turns a frozen MARC encoder into a verified ONNX Runtime bundle.
+
+    The bundle directory holds `model.onnx` (LoRA merged, pooling and
+    compression inside, dynamic batch and sequence axes, inputs `token_ids`
+    and `padding_mask` int32 (B, T), outputs `compressed` (B, k) and
+    `original` (B, d) float32), `tokenizer.json` and `manifest.json` (dims,
+    pooling, max length, opset, source, versions, sha256 of every file and
+    the parity check it passed). Precisions: `fp32`; `fp16` (weights and
+    arithmetic in float16, normalisation in float32, float32 inputs/outputs;
+    for GPUs); `int8` (dynamic quantization of every MatMul, for ONNX Runtime
+    on CPU). The graph is written with Einsum products rewritten as MatMul.
+
+    Nothing is final until it is verified: `onnx.checker`, then ONNX Runtime
+    against the Keras encoder on random token batches of shapes other than
+    the export's (`ParityCheck`). The bundle is assembled in a temporary
+    directory beside the target and renamed into place only when it passes,
+    so a failed or interrupted export leaves no bundle.
+
+    Args:
+        encoder: a `MARCEncoder` (from `MARC.encoder()` or `encoder.keras`).
+        source: dict describing where it came from, stored in the manifest.
+
+    Example:
+    >>> exporter = OnnxExporter.from_run("runs/demo")
+    >>> manifest = exporter.export("bundles/demo-int8", precision="int8")
+    >>> manifest.verification["min_cosine"]
+    {'compressed': 0.99..., 'original': 0.99...}
+    """
+
+    def __init__(self, encoder, source=None):
+        if not isinstance(encoder, MARCEncoder):
+            raise TypeError(f"OnnxExporter needs a MARCEncoder; got {type(encoder).__name__}.")
+        if encoder.backbone.tokenizer is None:
+            raise ValueError("The encoder has no tokenizer; export an encoder built with from_preset.")
+        self.encoder = encoder
+        self.source = dict(source or {})
+
+    @classmethod
+    def from_run(cls, run_dir, tower="user"):
+        """The exporter of a finished `marc-keras fit` run's encoder.
+
+        Args:
+            run_dir: the run directory.
+            tower: "user" (reads `encoder.keras`) or "item" (reads
+                `model.keras`; differs only when compression is not shared).
+
+        Raises:
+            FileNotFoundError: the run has no trained model yet.
+        """
+        run_dir = Path(run_dir)
+        if tower not in ("user", "item"):
+            raise ValueError(f"tower must be 'user' or 'item'; got '{tower}'.")
+        if tower == "user":
+            path = run_dir / "encoder.keras"
+            if not path.is_file():
+                raise FileNotFoundError(f"'{path}' does not exist; run `marc-keras fit --run-dir {run_dir}` first.")
+            encoder = keras.saving.load_model(path)
+        else:
+            path = run_dir / "model.keras"
+            if not path.is_file():
+                raise FileNotFoundError(f"'{path}' does not exist; run `marc-keras fit --run-dir {run_dir}` first.")
+            encoder = keras.saving.load_model(path).encoder("item")
+        return cls(encoder, source={"run_dir": str(run_dir.resolve()), "tower": tower, "file": path.name})
+
+    def export(self, bundle_dir, precision="fp32", opset=20, overwrite=False, check=None, external_data_threshold=EXTERNAL_DATA_THRESHOLD):
+        """Exports, verifies and writes the bundle.
+
+        Args:
+            bundle_dir: the bundle directory to create.
+            precision: "fp32", "fp16" or "int8".
+            opset: ONNX opset.
+            overwrite: replace an existing bundle directory.
+            check: a `ParityCheck`; `None` uses the defaults.
+            external_data_threshold: graphs larger than this many bytes keep
+                their weights in `model.onnx.data` beside `model.onnx`.
+
+        Returns:
+            The `BundleManifest` written.
+
+        Raises:
+            ValueError: unknown precision, an existing target without
+                `overwrite`, or a failed parity check (the message gives the
+                measured error and the threshold).
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got '{precision}'.")
+        bundle_dir = Path(bundle_dir)
+        if bundle_dir.exists() and not overwrite:
+            raise ValueError(f"Bundle directory '{bundle_dir}' already exists; pass overwrite=True (--overwrite) to replace it.")
+        check = check or ParityCheck()
+        bundle_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=bundle_dir.parent, prefix=f".partial-{bundle_dir.name}-"))
+        staging.chmod(0o755)
+        try:
+            with _quiet_exporters():
+                model_files = self._write_model(staging, precision, opset, external_data_threshold)
+            onnx.checker.check_model(str(staging / MODEL_FILE), full_check=True)
+            verification = self._verify(staging / MODEL_FILE, precision, check)
+            (staging / TOKENIZER_FILE).write_text(self.encoder.backbone.tokenizer.to_json(), "utf-8")
+            manifest = self._manifest(staging, [*model_files, TOKENIZER_FILE], precision, opset, verification)
+            manifest.write(staging)
+            if bundle_dir.exists():
+                shutil.rmtree(bundle_dir)
+            os.replace(staging, bundle_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        return manifest
+
+    def _write_model(self, directory, precision, opset, external_data_threshold):
+        merged = merge_lora(self.encoder)
+        example = random_token_batch(EXPORT_SHAPE, self._vocabulary_size, self._pad_id, np.random.default_rng(0))
+        batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+        program = torch.onnx.export(
+            _OnnxModule(merged).eval(),
+            tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+        model = program.model_proto
+        rewrite_einsum_as_matmul(model)
+        if precision == "fp16":
+            model = convert_to_float16(model)
+        external = model.ByteSize() > external_data_threshold
+        target = directory / (f"float32-{MODEL_FILE}" if precision == "int8" else MODEL_FILE)
+        self._save(model, target, external)
+        if precision == "int8":
+            quantize_int8(target, directory / MODEL_FILE, external)
+            for leftover in (target, directory / f"float32-{EXTERNAL_DATA_FILE}"):
+                leftover.unlink(missing_ok=True)
+            external = (directory / EXTERNAL_DATA_FILE).is_file()
+        return [MODEL_FILE, EXTERNAL_DATA_FILE] if external else [MODEL_FILE]
+
+    @staticmethod
+    def _save(model, path, external):
+        if external:
+            onnx.save_model(
+                model,
+                str(path),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=path.name.replace(MODEL_FILE, EXTERNAL_DATA_FILE),
+                size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(path))
+
+    @property
+    def _vocabulary_size(self):
+        return int(self.encoder.backbone.backbone.vocabulary_size)
+
+    @property
+    def _pad_id(self):
+        return int(self.encoder.backbone.tokenizer.pad_id)
+
+    def _verify(self, model_path, precision, check):
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(check.seed)
+        worst_error = dict.fromkeys(OUTPUT_NAMES, 0.0)
+        worst_cosine = dict.fromkeys(OUTPUT_NAMES, 1.0)
+        shapes = []
+        for batch, length in check.shapes:
+            length = min(length, self.encoder.backbone.max_length or length)
+            shapes.append([batch, length])
+            tokens = random_token_batch((batch, length), self._vocabulary_size, self._pad_id, rng)
+            expected = self.encoder.predict_on_batch(tokens)
+            actual = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), tokens)))
+            for name in OUTPUT_NAMES:
+                reference = np.asarray(expected[name], "float32")
+                if actual[name].shape != reference.shape:
+                    raise ValueError(
+                        f"ONNX output '{name}' has shape {actual[name].shape} at input shape "
+                        f"{(batch, length)}; Keras gives {reference.shape}. The export is wrong."
+                    )
+                worst_error[name] = max(worst_error[name], float(np.abs(actual[name] - reference).max()))
+                worst_cosine[name] = min(worst_cosine[name], float(row_cosines(actual[name], reference).min()))
+        verification = {"shapes": shapes, "max_abs_error": worst_error, "min_cosine": worst_cosine}
+        if precision == "fp32":
+            failed = {name: error for name, error in worst_error.items() if not error <= check.fp32_max_abs_error}
+            limit = f"max abs error <= {check.fp32_max_abs_error}"
+        else:
+            threshold = check.fp16_min_cosine if precision == "fp16" else check.int8_min_cosine
+            failed = {name: cosine for name, cosine in worst_cosine.items() if not cosine >= threshold}
+            limit = f"per-text cosine >= {threshold}"
+        if failed:
+            raise ValueError(
+                f"The {precision} ONNX export does not match Keras ({limit} required; got {failed} "
+                f"on shapes {shapes}). No bundle was written."
+            )
+        verification["threshold"] = limit
+        return verification
+
+    def _manifest(self, directory, files, precision, opset, verification):
+        backbone = self.encoder.backbone
+        return BundleManifest(
+            precision=precision,
+            outputs={name: int(dim) for name, dim in self.encoder.output_dims.items()},
+            pooling=backbone.pooling.mode,
+            max_length=int(backbone.max_length),
+            hidden_dim=backbone.hidden_dim,
+            num_layers=backbone.num_layers,
+            vocabulary_size=self._vocabulary_size,
+            tokenizer_vocabulary_size=int(backbone.tokenizer.vocabulary_size),
+            pad_id=self._pad_id,
+            opset=opset,
+            files={name: file_sha256(directory / name) for name in files},
+            source={**self.source, "lora_rank": backbone.lora_rank},
+            versions=_versions(),
+            verification=verification,
+        )
