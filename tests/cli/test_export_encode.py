@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import onnxruntime
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from marc_keras.cli.main import main
+from marc_keras.export.embedding_store import load_embedding_table
+from marc_keras.marc_run import MARCRun
+from marc_keras.run_config import RunConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_preset, ml1m_dir, tmp_path_factory):
+    config = RunConfig.from_file(
+        None,
+        [
+            f'model.preset="{tiny_preset}"',
+            f'data.data_dir="{ml1m_dir}"',
+            "model.lora_rank=2",
+            "model.max_length=24",
+            "model.compressed_dim=8",
+            "training.train_samples=32",
+            "training.validation_samples=16",
+            "training.test_samples=16",
+            "training.batch_size=16",
+        ],
+    )
+    run = MARCRun.open(tmp_path_factory.mktemp("runs") / "run", config)
+    run.fit(log=lambda _: None, verbose=0)
+    return run.run_dir
+
+
+def test_export_then_encode_a_csv_into_a_store(tiny_run, tmp_path):
+    bundle = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run), "--bundle-dir", str(bundle)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["precision"] == "fp32" and max(report["verification"]["max_abs_error"].values()) <= 1e-4
+    texts = ["the comedy movie", "", "user likes the drama film " * 20, "action"]
+    pd.DataFrame({"movie": ["m1", "m2", "m3", "m4"], "blurb": texts}).to_csv(tmp_path / "items.csv", index=False)
+    args = [
+        "encode", "--bundle-dir", str(bundle), "--input", str(tmp_path / "items.csv"),
+        "--output", str(tmp_path / "items.parquet"), "--id-column", "movie", "--text-column", "blurb",
+        "--outputs", "compressed", "--provider", "cpu", "--chunk-size", "3", "--npy",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout[result.stdout.index("{"):])
+    assert stats["rows"] == 4 and stats["truncated"] == 1 and stats["provider"] == "cpu"
+    ids, vectors, metadata = load_embedding_table(tmp_path / "items.parquet")
+    assert ids.tolist() == ["m1", "m2", "m3", "m4"] and vectors.shape == (4, 8)
+    assert metadata["manifest"]["precision"] == "fp32" and metadata["dims"] == {"compressed": 8}
+    np.testing.assert_array_equal(np.load(tmp_path / "items.compressed.npy"), vectors)
+
+
+def test_export_and_encode_errors_are_one_line(tiny_run, tmp_path):
+    result = CliRunner().invoke(main, ["export", "--run-dir", str(tmp_path), "--bundle-dir", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "encoder.keras' does not exist" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    bundle = tmp_path / "bundle"
+    assert CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run), "--bundle-dir", str(bundle)]).exit_code == 0
+    (tmp_path / "texts.csv").write_text("id,text\n1,hello\n")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        args = ["encode", "--bundle-dir", str(bundle), "--input", str(tmp_path / "texts.csv"), "--output", str(tmp_path / "o.parquet"), "--provider", "cuda"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "CUDA provider was asked for" in result.stderr
+    args = ["encode", "--bundle-dir", str(bundle), "--input", str(tmp_path / "texts.csv"), "--output", str(tmp_path / "o.parquet"), "--text-column", "blurb"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "has no column(s) ['blurb']" in result.stderr
+    assert not (tmp_path / "o.parquet").exists()

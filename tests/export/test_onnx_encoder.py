@@ -1,0 +1,126 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime
+import pandas as pd
+import pytest
+
+import marc_keras
+from marc_keras.export.bundle_manifest import file_sha256
+from marc_keras.export.embedding_store import load_embedding_table
+from marc_keras.export.onnx_encoder import OnnxEncoder
+
+TEXTS = [
+    "the action movie",
+    "user likes the comedy film and the drama film and the action movie",
+    "a film",
+    "",
+    "the user likes drama",
+    "movie",
+    "the the the comedy comedy",
+]
+
+
+def _copy(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def test_vectors_come_back_in_input_order_whatever_the_batching(tiny_bundle):
+    bundle, encoder = tiny_bundle
+    sorted_vectors = OnnxEncoder(bundle, provider="cpu", batch_size=3).encode(TEXTS)
+    unsorted_vectors = OnnxEncoder(bundle, provider="cpu", batch_size=3, sort_by_length=False).encode(TEXTS)
+    one_by_one = [OnnxEncoder(bundle, provider="cpu").encode([text])["compressed"][0] for text in TEXTS]
+    np.testing.assert_allclose(sorted_vectors["compressed"], np.stack(one_by_one), atol=1e-5)
+    np.testing.assert_allclose(sorted_vectors["original"], unsorted_vectors["original"], atol=1e-5)
+    keras_vectors = encoder.encode(TEXTS)
+    np.testing.assert_allclose(sorted_vectors["compressed"], keras_vectors["compressed"], atol=1e-4)
+
+
+def test_long_texts_are_truncated_and_counted_bad_texts_are_named(tiny_bundle):
+    bundle, _ = tiny_bundle
+    encoder = OnnxEncoder(bundle, provider="cpu")
+    vectors = encoder.encode(["the movie " * 50, "a film"])
+    assert encoder.last_truncated == 1 and vectors["compressed"].shape == (2, 8)
+    with pytest.raises(TypeError, match="Text 1 is NoneType"):
+        encoder.encode(["a film", None])
+    with pytest.raises(TypeError, match="Text 0 is int"):
+        encoder.encode([5])
+    assert encoder.encode([])["original"].shape == (0, 16)
+
+
+def test_an_altered_or_missing_file_is_refused(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle[0], tmp_path)
+    with open(bundle / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ValueError, match="model.onnx' does not match its checksum"):
+        OnnxEncoder(bundle)
+    shutil.copy(tiny_bundle[0] / "model.onnx", bundle / "model.onnx")
+    (bundle / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tokenizer.json' listed in manifest.json is missing"):
+        OnnxEncoder(bundle)
+    (bundle / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="is not a marc-keras-onnx-bundle manifest"):
+        OnnxEncoder(bundle)
+    with pytest.raises(FileNotFoundError, match="has no manifest.json"):
+        OnnxEncoder(tmp_path)
+
+
+def test_a_tokenizer_from_another_model_is_refused(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle[0], tmp_path)
+    other = marc_keras.TextTokenizer.from_vocabulary(["many", "more", "words", "than", "before"] * 1 + [f"w{i}" for i in range(40)])
+    (bundle / "tokenizer.json").write_text(other.to_json())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["tokenizer.json"] = file_sha256(bundle / "tokenizer.json")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="does not belong to this model"):
+        OnnxEncoder(bundle)
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in onnxruntime.get_available_providers(), reason="CUDA is available here"
+)
+def test_asking_for_cuda_without_it_is_an_error(tiny_bundle):
+    with pytest.raises(RuntimeError, match="CUDA provider was asked for.*marc-keras\\[gpu\\]"):
+        OnnxEncoder(tiny_bundle[0], provider="cuda")
+    assert OnnxEncoder(tiny_bundle[0], provider="auto").provider == "cpu"
+
+
+def test_encode_file_streams_parquet_into_a_store(tiny_bundle, tmp_path):
+    bundle, _ = tiny_bundle
+    encoder = OnnxEncoder(bundle, provider="cpu", batch_size=2)
+    ids = np.arange(100, 100 + len(TEXTS))
+    pd.DataFrame({"item_id": ids, "text": TEXTS}).to_parquet(tmp_path / "items.parquet", row_group_size=3)
+    stats = encoder.encode_file(tmp_path / "items.parquet", tmp_path / "store.parquet", id_column="item_id", chunk_size=2, write_npy=True)
+    assert stats["rows"] == len(TEXTS) and stats["truncated"] == 1  # TEXTS[1] is over 12 tokens
+    stored_ids, vectors, metadata = load_embedding_table(tmp_path / "store.parquet", "original")
+    assert stored_ids.tolist() == ids.tolist() and stored_ids.dtype == np.int64
+    np.testing.assert_allclose(vectors, encoder.encode(TEXTS)["original"], atol=1e-6)
+    np.testing.assert_array_equal(np.load(tmp_path / "store.original.npy"), vectors)
+    assert metadata["manifest"]["outputs"] == {"compressed": 8, "original": 16}
+
+
+def test_encode_file_names_the_bad_row_and_writes_nothing(tiny_bundle, tmp_path):
+    encoder = OnnxEncoder(tiny_bundle[0], provider="cpu")
+    pd.DataFrame({"id": ["a", "b", "c"], "text": ["a film", None, "movie"]}).to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(ValueError, match="row 1 \\(id 'b'\\) has a null in column 'text'"):
+        encoder.encode_file(tmp_path / "in.parquet", tmp_path / "out.parquet")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.parquet"]
+    with pytest.raises(ValueError, match="has no column\\(s\\) \\['body'\\]; its columns are \\['id', 'text'\\]"):
+        encoder.encode_file(tmp_path / "in.parquet", tmp_path / "out.parquet", text_column="body")
+    (tmp_path / "in.json").write_text("{}")
+    with pytest.raises(ValueError, match="must be a .parquet or .csv table"):
+        encoder.encode_file(tmp_path / "in.json", tmp_path / "out.parquet")
+
+
+def test_the_runtime_imports_neither_keras_torch_nor_tensorflow():
+    code = (
+        "import sys; import marc_keras.export.onnx_encoder; "
+        "print(sorted(m for m in ('keras', 'torch', 'tensorflow') if m in sys.modules))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
