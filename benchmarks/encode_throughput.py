@@ -20,16 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-import marc_keras
-import keras
 import numpy as np
-import torch
 
 from marc_keras.evaluation import DownstreamEvaluator, RankingFeatures
 from marc_keras.export.onnx_encoder import OnnxEncoder
 from marc_keras.export.onnx_exporter import OnnxExporter
 from marc_keras.marc_run import MARCRun, build_split
 from marc_keras.run_config import RunConfig
+
+import keras  # after marc_keras, which selects the torch backend
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine_facts, update_results_section, write_json

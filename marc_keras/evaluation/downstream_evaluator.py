@@ -121,23 +121,26 @@ class DownstreamEvaluator:
                 aucs.append(test_auc)
                 loglosses.append(test_logloss)
                 self.log(f"{name} seed {seed}: test AUC {test_auc:.4f}, logloss {test_logloss:.4f}")
-            rows.append(
-                {
-                    "name": name,
-                    "auc_mean": statistics.fmean(aucs),
-                    "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
-                    "logloss_mean": statistics.fmean(loglosses),
-                    "logloss_std": statistics.stdev(loglosses) if len(loglosses) > 1 else 0.0,
-                    "aucs": aucs,
-                    "loglosses": loglosses,
-                    "seconds": time.perf_counter() - started,
-                }
-            )
+            rows.append(self.summary_row(name, aucs, loglosses, time.perf_counter() - started))
         base = next((row for row in rows if row["name"] == BASELINE_ROW), None)
         if base is not None:
             for row in rows:
                 row["relaimpr"] = relative_improvement(row["auc_mean"], base["auc_mean"])
         return rows
+
+    @staticmethod
+    def summary_row(name, aucs, loglosses, seconds):
+        """One table row: mean and sample std of test AUC and logloss over seeds."""
+        return {
+            "name": name,
+            "auc_mean": statistics.fmean(aucs),
+            "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+            "logloss_mean": statistics.fmean(loglosses),
+            "logloss_std": statistics.stdev(loglosses) if len(loglosses) > 1 else 0.0,
+            "aucs": aucs,
+            "loglosses": loglosses,
+            "seconds": seconds,
+        }
 
     @staticmethod
     def to_markdown(rows):

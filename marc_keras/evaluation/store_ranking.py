@@ -1,7 +1,6 @@
 """Downstream ranking on vectors read from embedding stores (`marc-keras rank`)."""
 
 import dataclasses
-import statistics
 import time
 
 import numpy as np
@@ -31,19 +30,6 @@ def _vector_table(features, tower, path, ids, vectors, log):
         ids = np.concatenate([ids, np.asarray(missing, dtype=str)])
         vectors = np.concatenate([vectors, np.zeros((len(missing), vectors.shape[1]), "float32")])
     return features.vector_table(ids, vectors, tower), len(missing)
-
-
-def _summary_row(name, aucs, loglosses, seconds):
-    return {
-        "name": name,
-        "auc_mean": statistics.fmean(aucs),
-        "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
-        "logloss_mean": statistics.fmean(loglosses),
-        "logloss_std": statistics.stdev(loglosses) if len(loglosses) > 1 else 0.0,
-        "aucs": aucs,
-        "loglosses": loglosses,
-        "seconds": seconds,
-    }
 
 
 def rank_with_stores(run, user_store, item_store, column="compressed", engine="keras", seeds=None, log=print):
@@ -123,7 +109,7 @@ def rank_with_stores(run, user_store, item_store, column="compressed", engine="k
         runs = result["runs"]
         aucs = [seed_run["test_auc"] for seed_run in runs]
         loglosses = [seed_run["test_logloss"] for seed_run in runs]
-        report.update(missing=result["missing"], rows=[_summary_row(name, aucs, loglosses, result["seconds"])], runs=runs)
+        report.update(missing=result["missing"], rows=[DownstreamEvaluator.summary_row(name, aucs, loglosses, result["seconds"])], runs=runs)
     else:
         tables, missing = {}, {}
         for tower in TOWERS:
