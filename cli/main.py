@@ -135,6 +135,40 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
     click.echo(DownstreamEvaluator.to_markdown(report["rows"]))
 
 
+@main.command()
+@click.option("--run-dir", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, exists=True), help="A finished `fit` run whose backbone is probed (repeatable). The first run's config gives the data, the downstream settings and the frozen backbone.")
+@click.option("--label", "labels", multiple=True, help="Curve name of each --run-dir, in order (default: the run directory's name).")
+@click.option("--frozen", is_flag=True, help="Also probe the pretrained backbone with LoRA off (curve 'frozen').")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where the layer-vector cache, probe.json, probe.md and mra.png go. Re-runs reuse the cache.")
+@click.option("--set", "overrides", multiple=True, metavar="evaluate.KEY=VALUE", help="Override a downstream setting, e.g. --set evaluate.seeds=[0,1,2] or evaluate.train_samples=50000 (repeatable).")
+@click.option("--layers", metavar="0,3,6", help="Comma-separated layer indices to probe (0 = embeddings; default: all).")
+@click.option("--markers/--no-markers", default=True, show_default=True, help="Also score DCNv2 without vectors and each run's MARC-C, drawn as horizontal lines.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per forward pass when encoding.")
+@_report_errors
+def probe(run_dirs, labels, frozen, output_dir, overrides, layers, markers, batch_size):
+    """Draw the MRA curve: downstream AUC of every backbone layer.
+
+    Pools every layer (embeddings, then each block) of each run's backbone
+    (and with --frozen, the pretrained one) for every user and item text,
+    trains the downstream DCNv2 on each layer's vectors per seed with early
+    stopping on validation users, and reports test-user AUC per layer as
+    mean +- std. Writes probe.json, probe.md and mra.png into OUTPUT_DIR.
+    """
+    from marc_keras.evaluation.layer_probe import probe_runs
+    from marc_keras.evaluation.mra_plot import mra_markdown
+
+    if layers is not None:
+        try:
+            layers = [int(layer) for layer in layers.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"expected whole numbers like 0,3,6; got '{layers}'.", param_hint="--layers") from None
+    report = probe_runs(
+        run_dirs, output_dir, labels=labels, frozen=frozen, overrides=overrides, layers=layers,
+        markers=markers, batch_size=batch_size, log=lambda line: click.echo(line, err=True),
+    )
+    click.echo(mra_markdown(report["rows"], report["markers"]))
+
+
 @main.group()
 def data():
     """Download or describe a dataset."""
@@ -158,6 +192,35 @@ def describe(data_dir):
     from marc_keras.data import MovieLens
 
     click.echo(json.dumps(MovieLens.load(data_dir).describe(), indent=2))
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON run config: data, the training budget every method gets, and [evaluate] (its seeds are the training and downstream seeds).")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where the runs of every method, compare.json and compare.md go. Re-running resumes.")
+@click.option("--methods", default="all", show_default=True, help="Comma-separated method names, or 'all'. Unknown names are listed with the valid ones.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting, e.g. --set training.train_samples=512 (repeatable).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="MovieLens-1M directory (overrides data.data_dir and MARC_KERAS_ML1M_DIR).")
+@_report_errors
+def compare(config_path, output_dir, methods, overrides, data_dir):
+    """Compare MARC with compression baselines and its own ablations.
+
+    Methods: frozen, pca, ae, vae (training-free); mrl, larr, bahe, ese
+    (fine-tuned with LoRA on the same labels and sample budget); marc-c,
+    marc-o and the ablations marc-no-hsic, marc-no-mn, marc-no-ei, marc-cs.
+    Each is trained once per seed and scored by the downstream DCNv2 on test
+    users; the table gives AUC and logloss (mean +- std), RelaImpr against
+    MARC-C, and whether MARC-C wins by more than one standard deviation.
+    """
+    from marc_keras.comparison import compare_methods, to_markdown
+    from marc_keras.method_registry import METHODS
+    from marc_keras.run_config import RunConfig
+
+    if data_dir:
+        overrides = (*overrides, f'data.data_dir="{data_dir}"')
+    config = RunConfig.from_file(config_path, overrides)
+    names = list(METHODS) if methods.strip() == "all" else [name.strip() for name in methods.split(",") if name.strip()]
+    report = compare_methods(config, names, output_dir, log=lambda line: click.echo(line, err=True))
+    click.echo(to_markdown(report["rows"]))
 
 
 @main.command(name="export")

@@ -13,7 +13,7 @@ import numpy as np
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
 from marc_keras.evaluation import DownstreamEvaluator, PCAProjection, RankingFeatures
 from marc_keras.models.marc import INPUT_NAMES, MARC
-from marc_keras.run_config import FIT_SECTIONS
+from marc_keras.run_config import FIT_SECTIONS, RunConfig
 
 CONFIG_FILE = "config.json"
 SPLITS = ("train", "validation", "test")
@@ -115,7 +115,7 @@ def evaluate_runs(runs, downstream=None, log=print):
     started = time.perf_counter()
     split, interactions = build_split(runs[0].config.data, with_interactions=True)
     features = RankingFeatures(split, interactions)
-    vectors = [run.encode_vectors(split) for run in runs]
+    vectors = [run.encode_vectors(split, include_frozen=index == 0) for index, run in enumerate(runs)]
     log(f"features and vectors ready in {time.perf_counter() - started:.0f}s")
 
     def tables(name, transform=None):
@@ -189,7 +189,9 @@ class MARCRun:
         run_dir = Path(run_dir)
         config_path = run_dir / CONFIG_FILE
         if config_path.is_file():
-            saved = json.loads(config_path.read_text())
+            # Through RunConfig, so that keys added since the run was made
+            # take their defaults instead of looking like changed settings.
+            saved = json.loads(json.dumps(RunConfig.from_dict(json.loads(config_path.read_text())).to_dict()))
             wanted = json.loads(json.dumps(config.to_dict()))
             saved, wanted = ({name: values.get(name) for name in FIT_SECTIONS} for values in (saved, wanted))
             if saved != wanted:
@@ -221,7 +223,7 @@ class MARCRun:
     def frozen_vectors_path(self):
         return self.run_dir / "frozen-vectors.npz"
 
-    def encode_vectors(self, split=None, batch_size=64, verbose=1):
+    def encode_vectors(self, split=None, batch_size=64, verbose=1, include_frozen=True, include_trained=True):
         """Encodes every user and item with the trained model and the frozen backbone.
 
         Writes `vectors.npz` (MARC-C and MARC-O) and `frozen-vectors.npz`
@@ -234,11 +236,16 @@ class MARCRun:
             split: the run's `KARSplit`, to avoid rebuilding it.
             batch_size: texts per forward pass.
             verbose: show progress bars.
+            include_frozen: also encode (or read) the frozen backbone's
+                vectors; runs on the same data share them, so callers with
+                several runs need them from one only.
+            include_trained: encode the trained model's vectors; `False`
+                needs no trained model (frozen vectors only).
 
         Returns:
             A dict name -> ((user ids, user vectors), (item ids, item vectors)).
         """
-        if not self.model_path.is_file() and not self.vectors_path.is_file():
+        if include_trained and not self.model_path.is_file() and not self.vectors_path.is_file():
             raise ValueError(f"Run '{self.run_dir}' has no trained model yet; run `marc-keras fit` first.")
         split = split or build_split(self.config.data)
         user_ids, item_ids = sorted(split.user_texts), sorted(split.item_texts)
@@ -255,14 +262,20 @@ class MARCRun:
                     arrays[f"{name}/{tower}"] = vectors[output]
             write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
 
-        if not self.vectors_path.is_file():
-            model = keras.saving.load_model(self.model_path)
-            encoders = {tower: model.encoder(tower) for tower in ("user", "item")}
-            encode(encoders, {"marc-c": "compressed", "marc-o": "original"}, self.vectors_path)
-        frozen = self._build_model(lora_rank=0).encoder()
-        encode({"user": frozen, "item": frozen}, {"frozen": "original"}, self.frozen_vectors_path)
+        paths = []
+        if include_trained:
+            if not self.vectors_path.is_file():
+                model = keras.saving.load_model(self.model_path)
+                encoders = {tower: model.encoder(tower) for tower in ("user", "item")}
+                encode(encoders, {"marc-c": "compressed", "marc-o": "original"}, self.vectors_path)
+            paths.append(self.vectors_path)
+        if include_frozen:
+            if not self.frozen_vectors_path.is_file():
+                frozen = self._build_model(lora_rank=0).encoder()
+                encode({"user": frozen, "item": frozen}, {"frozen": "original"}, self.frozen_vectors_path)
+            paths.append(self.frozen_vectors_path)
         vectors = {}
-        for path in (self.vectors_path, self.frozen_vectors_path):
+        for path in paths:
             with np.load(path) as stored:
                 ids = {"user": stored["user_ids"], "item": stored["item_ids"]}
                 for key in stored.files:
@@ -319,6 +332,10 @@ class MARCRun:
             matching_hidden_units=settings.matching_hidden_units,
             share_compression=settings.share_compression,
             hsic_weight=settings.hsic_weight,
+            explicit_interactions=settings.explicit_interactions,
+            objective=settings.objective,
+            mrl_prefixes=settings.mrl_prefixes,
+            reconstruction_weight=settings.reconstruction_weight,
         )
 
     def fit(self, log=print, verbose=1):

@@ -57,6 +57,11 @@ class ModelSection:
         matching_hidden_units: hidden sizes of the matching network.
         share_compression: one compression network for users and items.
         hsic_weight: lambda of the HSIC terms.
+        explicit_interactions: feed c_u * c_i to the matching network.
+        objective: training objective, one of `marc_keras.models.marc.OBJECTIVES`
+            ("bce" is MARC; the rest serve baselines and ablations).
+        mrl_prefixes: nested prefix widths, for objective "mrl".
+        reconstruction_weight: weight of reconstructing r from c (ESE).
     """
 
     preset: str | None = None
@@ -68,6 +73,10 @@ class ModelSection:
     matching_hidden_units: tuple[int, ...] = (128,)
     share_compression: bool = True
     hsic_weight: float = 0.01
+    explicit_interactions: bool = True
+    objective: str = "bce"
+    mrl_prefixes: tuple[int, ...] = (16, 32, 64)
+    reconstruction_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,14 +4,33 @@ import keras
 from keras import ops
 
 from marc_keras.layers.compression_network import CompressionNetwork
+from marc_keras.layers.cosine_scorer import CosineScorer
 from marc_keras.layers.lora_backbone import LoRABackbone
 from marc_keras.layers.matching_network import MatchingNetwork
 from marc_keras.losses.hsic import hsic
+from marc_keras.losses.pair_losses import (
+    angle_loss,
+    cosent_loss,
+    cosine_embedding_loss,
+    cosine_similarity,
+    in_batch_contrastive_loss,
+)
 from marc_keras.models.marc_encoder import MARCEncoder
 
 TOWERS = ("user", "item")
 TOKEN_FIELDS = ("token_ids", "padding_mask")
 INPUT_NAMES = tuple(f"{tower}_{field}" for tower in TOWERS for field in TOKEN_FIELDS)
+# How the compressed pair is scored and trained. "bce" is MARC; the others
+# are the baselines and ablations of `marc_keras.method_registry`.
+OBJECTIVES = {
+    "bce": "matching network logit, binary cross-entropy (MARC)",
+    "cosine_bce": "learned scale * cosine of the pair, binary cross-entropy (no matching network)",
+    "cosine": "cosine embedding loss on the pair (MARC-CS)",
+    "contrastive": "in-batch contrastive loss on clicked pairs (LARR)",
+    "aoe": "CoSENT + angle ranking losses (ESE's AoE)",
+    "mrl": "binary cross-entropy of matching networks on nested prefixes (Matryoshka)",
+}
+BCE_OBJECTIVES = ("bce", "cosine_bce", "mrl")
 
 
 def _deserialize(value, default=None):
@@ -49,6 +68,13 @@ class MARC(keras.Model):
         matching: the `MatchingNetwork` (default hidden [128] -> 1).
         hsic_weight: lambda, the weight of the HSIC terms; 0 drops them
             (the "without HSIC" ablation). Default 0.01.
+        objective: how pairs are scored and trained, one of `OBJECTIVES`;
+            "bce" is MARC, the others serve the baselines and ablations
+            (MARC, Sec. 4.1 and 4.3).
+        mrl_prefixes: with objective "mrl", the nested prefix widths below
+            the compressed width that get their own matching network.
+        reconstruction_weight: weight of a linear reconstruction of r from c
+            (ESE's PCA-like constraint); 0 leaves it out.
         **kwargs: base model arguments.
 
     Returns:
@@ -70,18 +96,47 @@ class MARC(keras.Model):
         item_compression=None,
         matching=None,
         hsic_weight=0.01,
+        objective="bce",
+        mrl_prefixes=(16, 32, 64),
+        reconstruction_weight=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if float(hsic_weight) < 0:
             raise ValueError(f"hsic_weight must be >= 0; got {hsic_weight}.")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got '{objective}'.")
+        if float(reconstruction_weight) < 0:
+            raise ValueError(f"reconstruction_weight must be >= 0; got {reconstruction_weight}.")
+        self.objective = objective
+        self.mrl_prefixes = tuple(int(width) for width in mrl_prefixes) if objective == "mrl" else ()
+        self.reconstruction_weight = float(reconstruction_weight)
         self.backbone = _deserialize(backbone)
         self.compression = _deserialize(compression, CompressionNetwork(name="compression"))
         self.item_compression = _deserialize(item_compression)
         self.matching = _deserialize(matching, MatchingNetwork(name="matching"))
         self.hsic_weight = float(hsic_weight)
+        # Objectives that score pairs without the matching network leave it
+        # untouched; frozen, it gets no optimizer slots and no empty gradients.
+        self.matching.trainable = objective in ("bce", "mrl")
+        self.cosine_scorer = CosineScorer(name="cosine_scorer") if objective == "cosine_bce" else None
+        self.prefix_matching = [
+            MatchingNetwork(
+                self.matching.hidden_units,
+                self.matching.explicit_interactions,
+                name=f"matching_prefix_{width}",
+            )
+            for width in self.mrl_prefixes
+        ]
+        self.reconstruction = (
+            keras.layers.Dense(self.backbone.hidden_dim, name="reconstruction")
+            if self.reconstruction_weight > 0
+            else None
+        )
         self._build_heads()
-        self.bce_tracker = keras.metrics.Mean(name="bce")
+        self.bce_tracker = keras.metrics.Mean(name="bce" if objective in BCE_OBJECTIVES else objective)
+        if self.reconstruction is not None:
+            self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         if self.hsic_weight > 0:
             self.hsic_user_tracker = keras.metrics.Mean(name="hsic_user")
             self.hsic_item_tracker = keras.metrics.Mean(name="hsic_item")
@@ -102,6 +157,18 @@ class MARC(keras.Model):
                 compression.build(representation_shape)
         if not self.matching.built:
             self.matching.build((None, user_dim), (None, item_dim))
+        if any(not 0 < width < user_dim for width in self.mrl_prefixes) or list(self.mrl_prefixes) != sorted(set(self.mrl_prefixes)):
+            raise ValueError(
+                f"mrl_prefixes must be increasing widths below the compressed width {user_dim}; "
+                f"got {list(self.mrl_prefixes)}."
+            )
+        for width, matching in zip(self.mrl_prefixes, self.prefix_matching):
+            if not matching.built:
+                matching.build((None, width), (None, width))
+        if self.cosine_scorer is not None and not self.cosine_scorer.built:
+            self.cosine_scorer.build((None, user_dim), (None, item_dim))
+        if self.reconstruction is not None and not self.reconstruction.built:
+            self.reconstruction.build((None, user_dim))
         self.built = True
 
     @classmethod
@@ -116,6 +183,7 @@ class MARC(keras.Model):
         matching_hidden_units=(128,),
         share_compression=True,
         hsic_weight=0.01,
+        explicit_interactions=True,
         dtype=None,
         **kwargs,
     ):
@@ -131,8 +199,10 @@ class MARC(keras.Model):
             matching_hidden_units: hidden sizes of the matching network.
             share_compression: one compression network for users and items.
             hsic_weight: lambda.
+            explicit_interactions: feed c_u * c_i to the matching network.
             dtype: backbone dtype or policy, `None` for the global policy.
-            **kwargs: base model arguments.
+            **kwargs: `MARC` arguments (`objective`, `mrl_prefixes`,
+                `reconstruction_weight`) and base model arguments.
 
         Returns:
             A `MARC` model, built, with the checkpoint's tokenizer.
@@ -148,7 +218,7 @@ class MARC(keras.Model):
             backbone,
             compression=compression("compression"),
             item_compression=None if share_compression else compression("item_compression"),
-            matching=MatchingNetwork(matching_hidden_units, name="matching"),
+            matching=MatchingNetwork(matching_hidden_units, explicit_interactions, name="matching"),
             hsic_weight=hsic_weight,
             **kwargs,
         )
@@ -202,9 +272,20 @@ class MARC(keras.Model):
             outputs[f"{tower}_compressed"] = self.tower_compression(tower)(
                 original, training=training
             )  # (B, k)
-        outputs["logit"] = self.matching(
-            outputs["user_compressed"], outputs["item_compressed"], training=training
-        )  # (B, 1)
+        user, item = outputs["user_compressed"], outputs["item_compressed"]
+        if self.objective in ("bce", "mrl"):
+            outputs["logit"] = self.matching(user, item, training=training)  # (B, 1)
+        elif self.objective == "cosine_bce":
+            outputs["logit"] = self.cosine_scorer(user, item)
+        else:
+            # Objectives without a click head rank pairs by cosine; it is the
+            # score that their AUC measures.
+            outputs["logit"] = cosine_similarity(user, item)[:, None]
+        for width, matching in zip(self.mrl_prefixes, self.prefix_matching):
+            outputs[f"logit_prefix_{width}"] = matching(user[:, :width], item[:, :width], training=training)
+        if self.reconstruction is not None:
+            for tower in TOWERS:
+                outputs[f"{tower}_reconstruction"] = self.reconstruction(outputs[f"{tower}_compressed"])
         return outputs
 
     def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):
@@ -226,23 +307,46 @@ class MARC(keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
         self.optimizer.build(self.trainable_variables)
 
+    def _bce(self, logits, labels, sample_weight):
+        per_sample = ops.binary_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)[:, 0]
+        if sample_weight is None:
+            return ops.mean(per_sample)
+        weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        return ops.sum(per_sample * weights) / ops.maximum(ops.sum(weights), 1e-12)
+
+    def _objective_loss(self, y_pred, labels, sample_weight):
+        if self.objective in BCE_OBJECTIVES:
+            names = ["logit", *(f"logit_prefix_{width}" for width in self.mrl_prefixes)]
+            # Matryoshka: every nested prefix must predict clicks on its own.
+            return ops.mean(ops.stack([self._bce(y_pred[name], labels, sample_weight) for name in names]))
+        user, item, clicks = y_pred["user_compressed"], y_pred["item_compressed"], labels[:, 0]
+        if self.objective == "cosine":
+            return cosine_embedding_loss(user, item, clicks)
+        if self.objective == "contrastive":
+            return in_batch_contrastive_loss(user, item, clicks)
+        return cosent_loss(user, item, clicks) + angle_loss(user, item, clicks)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         logits = ops.cast(y_pred["logit"], "float32")
         labels = ops.reshape(ops.cast(y, "float32"), ops.shape(logits))
-        per_sample = ops.binary_crossentropy(labels, logits, from_logits=True)[:, 0]
-        if sample_weight is None:
-            bce = ops.mean(per_sample)
-        else:
-            weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-            bce = ops.sum(per_sample * weights) / ops.maximum(ops.sum(weights), 1e-12)
-        self.bce_tracker.update_state(bce)
-        loss = bce
+        objective = self._objective_loss(y_pred, labels, sample_weight)
+        self.bce_tracker.update_state(objective)
+        loss = objective
         if self.hsic_weight > 0:
             hsic_user = hsic(y_pred["user_original"], y_pred["user_compressed"])
             hsic_item = hsic(y_pred["item_original"], y_pred["item_compressed"])
             self.hsic_user_tracker.update_state(hsic_user)
             self.hsic_item_tracker.update_state(hsic_item)
             loss = loss - self.hsic_weight * (hsic_user + hsic_item)
+        if self.reconstruction is not None:
+            # ESE's PCA-like constraint: a linear map back from c must recover
+            # r, which is the objective PCA solves in closed form.
+            error = sum(
+                ops.mean(ops.square(ops.cast(y_pred[f"{tower}_reconstruction"], "float32") - ops.cast(y_pred[f"{tower}_original"], "float32")))
+                for tower in TOWERS
+            )
+            self.reconstruction_tracker.update_state(error)
+            loss = loss + self.reconstruction_weight * error
         if self.losses:
             loss = loss + ops.cast(ops.sum(ops.stack(self.losses)), "float32")
         return loss
@@ -275,6 +379,9 @@ class MARC(keras.Model):
             "compression": keras.saving.serialize_keras_object(self.compression),
             "matching": keras.saving.serialize_keras_object(self.matching),
             "hsic_weight": self.hsic_weight,
+            "objective": self.objective,
+            "mrl_prefixes": list(self.mrl_prefixes),
+            "reconstruction_weight": self.reconstruction_weight,
         }
         if self.item_compression is not None:
             config["item_compression"] = keras.saving.serialize_keras_object(self.item_compression)
