@@ -120,7 +120,9 @@ def evaluate_runs(runs, downstream=None, log=print):
 
     def tables(name, transform=None):
         def provider(seed):
-            index = downstream.seeds.index(seed) if len(runs) > 1 else 0
+            # Frozen vectors do not depend on the MARC run; only the first has them.
+            trained = name != "frozen" and len(runs) > 1
+            index = downstream.seeds.index(seed) if trained else 0
             (user_ids, users), (item_ids, items) = vectors[index][name]
             if transform is not None:
                 users, items = transform(users), transform(items)
@@ -139,7 +141,16 @@ def evaluate_runs(runs, downstream=None, log=print):
         "marc-o": tables("marc-o"),
         "marc-c": tables("marc-c"),
     }
-    rows = DownstreamEvaluator(features, downstream, log=log).evaluate(representations)
+    sources = [
+        f"{path.resolve()}@{path.stat().st_mtime_ns}"
+        for run in runs
+        for path in (run.vectors_path, run.frozen_vectors_path)
+        if path.is_file()
+    ]
+    evaluator = DownstreamEvaluator(
+        features, downstream, log=log, progress_path=runs[0].run_dir / "evaluate-progress.json", progress_fingerprint=sources
+    )
+    rows = evaluator.evaluate(representations)
     report = {
         "dataset": str(runs[0].config.data.data_dir or runs[0].config.data.dataset),
         "backbone": runs[0].config.model.preset or "all-MiniLM-L6-v2",

@@ -11,6 +11,19 @@ import keras_hub
 import numpy as np
 
 GENRES = ("action", "comedy", "drama", "horror")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    # Test models are small, and on a 2-core machine that runs anything else
+    # torch's 2-thread pool stalls waiting for the busy core (DESIGN.md Sec. 3):
+    # one thread keeps test times steady.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 TINY_WORDS = ("the", "a", "movie", "user", "likes", "film", "female", "male", *GENRES)
 
 

@@ -1,8 +1,11 @@
 """Downstream CTR evaluation of user/item vectors over several seeds (DESIGN.md Sec. 4)."""
 
 import dataclasses
+import json
+import os
 import statistics
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -49,6 +52,12 @@ class DownstreamEvaluator:
         features: a `RankingFeatures`.
         config: a `DownstreamConfig`.
         log: callable taking one progress line.
+        progress_path: optional JSON file recording every finished
+            (representation, seed) result with the settings it was made
+            with; an interrupted evaluation run again with the same settings
+            skips what it had finished.
+        progress_fingerprint: what else the results depend on (the vectors'
+            source), stored with them; other sources start afresh.
 
     Example:
     >>> evaluator = DownstreamEvaluator(features, DownstreamConfig(seeds=(0, 1, 2)))
@@ -56,10 +65,12 @@ class DownstreamEvaluator:
     >>> print(DownstreamEvaluator.to_markdown(rows))
     """
 
-    def __init__(self, features, config=None, log=print):
+    def __init__(self, features, config=None, log=print, progress_path=None, progress_fingerprint=""):
         self.features = features
         self.config = config or DownstreamConfig()
         self.log = log
+        self.progress_path = Path(progress_path) if progress_path else None
+        self.progress_fingerprint = str(progress_fingerprint)
         available = len(features.labels["train"])
         wanted = self.config.train_samples
         self.train_rows = (
@@ -113,20 +124,44 @@ class DownstreamEvaluator:
             "dcnv2" row when there is one.
         """
         rows = []
+        finished = self._load_progress()
         for name, provider in representations.items():
-            aucs, loglosses, started = [], [], time.perf_counter()
+            aucs, loglosses = [], []
             for seed in self.config.seeds:
-                tables = provider(seed) if provider is not None else (None, None)
-                _, test_auc, test_logloss = self.train_one(seed, *tables)
-                aucs.append(test_auc)
-                loglosses.append(test_logloss)
-                self.log(f"{name} seed {seed}: test AUC {test_auc:.4f}, logloss {test_logloss:.4f}")
-            rows.append(self.summary_row(name, aucs, loglosses, time.perf_counter() - started))
+                key = f"{name}/{seed}"
+                if key not in finished:
+                    seed_started = time.perf_counter()
+                    tables = provider(seed) if provider is not None else (None, None)
+                    _, test_auc, test_logloss = self.train_one(seed, *tables)
+                    finished[key] = {"auc": test_auc, "logloss": test_logloss, "seconds": time.perf_counter() - seed_started}
+                    self._save_progress(finished)
+                result = finished[key]
+                aucs.append(result["auc"])
+                loglosses.append(result["logloss"])
+                self.log(f"{name} seed {seed}: test AUC {result['auc']:.4f}, logloss {result['logloss']:.4f}")
+            seconds = sum(finished[f"{name}/{seed}"]["seconds"] for seed in self.config.seeds)
+            rows.append(self.summary_row(name, aucs, loglosses, seconds))
         base = next((row for row in rows if row["name"] == BASELINE_ROW), None)
         if base is not None:
             for row in rows:
                 row["relaimpr"] = relative_improvement(row["auc_mean"], base["auc_mean"])
         return rows
+
+    def _settings(self):
+        return {"config": json.loads(json.dumps(dataclasses.asdict(self.config))), "fingerprint": self.progress_fingerprint}
+
+    def _load_progress(self):
+        if self.progress_path is None or not self.progress_path.is_file():
+            return {}
+        saved = json.loads(self.progress_path.read_text())
+        return saved["results"] if saved.get("settings") == self._settings() else {}
+
+    def _save_progress(self, finished):
+        if self.progress_path is None:
+            return
+        partial = self.progress_path.with_name(f".partial-{self.progress_path.name}")
+        partial.write_text(json.dumps({"settings": self._settings(), "results": finished}, indent=2))
+        os.replace(partial, self.progress_path)
 
     @staticmethod
     def summary_row(name, aucs, loglosses, seconds):

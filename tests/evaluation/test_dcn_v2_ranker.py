@@ -83,3 +83,23 @@ def test_evaluator_is_deterministic_under_a_seed():
     first = DownstreamEvaluator(features, config, log=lambda _: None).train_one(3)[1]
     second = DownstreamEvaluator(features, config, log=lambda _: None).train_one(3)[1]
     assert first == pytest.approx(second, abs=1e-7)
+
+
+def test_an_interrupted_evaluation_resumes_from_its_progress_file(tmp_path, monkeypatch):
+    features, _ = synthetic_features(sizes={"train": 600, "validation": 200, "test": 200})
+    config = DownstreamConfig(max_epochs=1, batch_size=128, seeds=(0, 1))
+    progress = tmp_path / "progress.json"
+    first = DownstreamEvaluator(features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v1")
+    rows = first.evaluate({"dcnv2": None})
+    saved = json.loads(progress.read_text())
+    assert sorted(saved["results"]) == ["dcnv2/0", "dcnv2/1"]
+
+    resumed = DownstreamEvaluator(features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v1")
+    monkeypatch.setattr(resumed, "train_one", lambda *args: pytest.fail("finished results must not be retrained"))
+    assert resumed.evaluate({"dcnv2": None})[0]["aucs"] == rows[0]["aucs"]
+
+    other_vectors = DownstreamEvaluator(features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v2")
+    trained = []
+    monkeypatch.setattr(other_vectors, "train_one", lambda seed, *tables: trained.append(seed) or (None, 0.5, 0.7))
+    other_vectors.evaluate({"dcnv2": None})
+    assert trained == [0, 1]

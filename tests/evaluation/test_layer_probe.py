@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import keras
+from marc_keras.cli.main import main
+from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig
+from marc_keras.evaluation import DownstreamConfig, DownstreamEvaluator, RankingFeatures
+from marc_keras.evaluation.layer_probe import LayerProbe, LayerVectors, evaluate_layers
+
+SMALL = DownstreamConfig(max_epochs=1, batch_size=256, seeds=(0,), train_samples=600)
+
+
+@pytest.fixture(scope="module")
+def small(ml1m_dir):
+    """The split and features of MovieLens' first 60 users and the items they rated."""
+    full = MovieLens.load(ml1m_dir)
+    interactions = full.interactions[full.interactions["user_id"].astype(int) <= 60].reset_index(drop=True)
+    items = full.items[full.items["item_id"].isin(interactions["item_id"])].reset_index(drop=True)
+    data = InteractionData(interactions, items, full.users)
+    split = KARSplit.build(data, MovieLens.text_templates(), SplitConfig())
+    return split, RankingFeatures(split, data)
+
+
+def random_layer_vectors(split, layers=3, dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    user_ids, item_ids = sorted(split.user_texts), sorted(split.item_texts)
+    return LayerVectors(
+        np.array(user_ids),
+        rng.normal(size=(len(user_ids), layers, dim)).astype("float32"),
+        np.array(item_ids),
+        rng.normal(size=(len(item_ids), layers, dim)).astype("float32"),
+    )
+
+
+def test_downstream_part_scores_each_chosen_layer(small):
+    split, features = small
+    evaluator = DownstreamEvaluator(features, SMALL, log=lambda _: None)
+    vectors = random_layer_vectors(split)
+    rows = evaluate_layers(evaluator, vectors, layers=[2, 0], method="synthetic")
+    assert [(row["method"], row["layer"], row["name"]) for row in rows] == [
+        ("synthetic", 0, "synthetic/layer-0"),
+        ("synthetic", 2, "synthetic/layer-2"),
+    ]
+    for row in rows:
+        assert 0.0 <= row["auc_mean"] <= 1.0 and row["auc_std"] == 0.0 and len(row["aucs"]) == 1
+    with pytest.raises(ValueError, match=r"Layers \[3\] are not in 0..2 for 'synthetic'"):
+        evaluate_layers(evaluator, vectors, layers=[3], method="synthetic")
+
+
+def test_last_layer_is_the_pooled_output_in_input_order(make_tiny_backbone):
+    backbone = make_tiny_backbone(lora_rank=0)
+    texts = ["the movie", "a female user likes the comedy film", "drama", "the horror movie the user likes"]
+    layers = LayerProbe(backbone, batch_size=3, verbose=0).encode(texts)
+    assert layers.shape == (4, backbone.num_layers + 1, 16) and layers.dtype == np.float32
+    pooled = keras.ops.convert_to_numpy(backbone(backbone.tokenize(texts)))
+    np.testing.assert_allclose(layers[:, -1], pooled, atol=1e-5)
+    assert not np.allclose(layers[:, 0], layers[:, -1])
+
+
+def test_tiny_backbone_gives_one_result_per_layer_and_reuses_its_cache(small, make_tiny_backbone, tmp_path):
+    split, features = small
+    cache = tmp_path / "layers-tiny.npz"
+    probe = LayerProbe(make_tiny_backbone(lora_rank=0, seed=0), verbose=0)
+    vectors = probe.encode_split(split, cache_path=cache, fingerprint="tiny-0")
+    assert cache.is_file() and not list(tmp_path.glob(".partial-*"))
+    assert vectors.users.shape == (len(split.user_texts), 3, 16) and vectors.num_layers == 3
+    assert vectors.items.shape == (len(split.item_texts), 3, 16) and vectors.compressed is None
+
+    other = LayerProbe(make_tiny_backbone(lora_rank=0, seed=1), verbose=0)
+    reused = other.encode_split(split, cache_path=cache, fingerprint="tiny-0")
+    np.testing.assert_array_equal(reused.users, vectors.users)
+    np.testing.assert_array_equal(reused.item_ids, vectors.item_ids)
+    fresh = other.encode_split(split, cache_path=cache, fingerprint="tiny-1")
+    assert not np.allclose(fresh.users, vectors.users)
+    assert LayerVectors.load(cache, "tiny-0") is None
+
+    rows = other.probe(split, features, SMALL, method="tiny", cache_path=cache, fingerprint="tiny-1", log=lambda _: None)
+    assert [(row["method"], row["layer"]) for row in rows] == [("tiny", 0), ("tiny", 1), ("tiny", 2)]
+    assert all(0.0 <= row["auc_mean"] <= 1.0 and len(row["loglosses"]) == 1 for row in rows)
+
+
+def test_probe_command_explains_bad_input(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["probe", "--run-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "holds no config.json" in result.stderr
+    result = runner.invoke(main, ["probe", "--run-dir", str(tmp_path), "--output-dir", str(tmp_path), "--layers", "1,x"])
+    assert result.exit_code == 2 and "--layers" in result.stderr
+
+
+@pytest.mark.slow
+def test_probe_command_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
+    fit = [
+        "fit", "--run-dir", str(tmp_path / "run"), "--data-dir", str(ml1m_dir),
+        "--set", f'model.preset="{tiny_preset}"', "--set", "model.lora_rank=2",
+        "--set", "model.max_length=24", "--set", "model.compressed_dim=8",
+        "--set", "training.train_samples=32", "--set", "training.validation_samples=16",
+        "--set", "training.test_samples=16", "--set", "training.batch_size=16",
+    ]
+    assert CliRunner().invoke(main, fit).exit_code == 0
+    probe = [
+        "probe", "--run-dir", str(tmp_path / "run"), "--label", "tiny", "--frozen",
+        "--output-dir", str(tmp_path / "probe"), "--layers", "0,2",
+        "--set", "evaluate.seeds=[0]", "--set", "evaluate.train_samples=2000", "--set", "evaluate.max_epochs=1",
+        "--set", "training.threads=1",
+    ]
+    result = CliRunner().invoke(main, probe)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert [(row["method"], row["layer"]) for row in report["rows"]] == [
+        ("frozen", 0), ("frozen", 2), ("tiny", 0), ("tiny", 2)
+    ]
+    assert [marker["name"] for marker in report["markers"]] == ["dcnv2", "tiny/marc-c"]
+    assert all("relaimpr" in row for row in report["rows"])
+    assert (tmp_path / "probe" / "mra.png").stat().st_size > 0
+    assert "| tiny/marc-c | 2 |" in result.stdout
+    with np.load(tmp_path / "probe" / "layers-tiny.npz") as stored:
+        assert stored["user/compressed"].shape[1] == 8
+
+    again = CliRunner().invoke(main, [*probe[:8], "--layers", "2", "--no-markers", *probe[10:]])
+    assert again.exit_code == 0, again.output
+    assert "reusing the layer vectors of 'frozen'" in again.stderr
+    assert "reusing the layer vectors of 'tiny'" in again.stderr
+    assert [(row["method"], row["layer"]) for row in json.loads((tmp_path / "probe" / "probe.json").read_text())["rows"]] == [
+        ("frozen", 2), ("tiny", 2)
+    ]
+    result = CliRunner().invoke(main, [*probe[:8], "--layers", "7", *probe[10:]])
+    assert result.exit_code == 1 and "Layers [7] are not in 0..2" in result.stderr
