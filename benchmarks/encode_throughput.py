@@ -43,6 +43,8 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--auc-seeds", type=int, nargs="*", default=[0, 1, 2], help="downstream seeds for the int8 AUC check (none: skip)")
+    parser.add_argument("--auc-train-samples", type=int, default=100000, help="downstream training samples for the int8 AUC check")
+    parser.add_argument("--auc-max-epochs", type=int, default=3)
     parser.add_argument("--note", default="", help="what else ran on the machine during the measurement")
     return parser.parse_args()
 
@@ -165,7 +167,12 @@ def measure_int8_auc(run, split, interactions, bundles, args):
         users = encoder.encode([split.user_texts[user] for user in user_ids])["compressed"]
         items = encoder.encode([split.item_texts[item] for item in item_ids])["compressed"]
         tables[precision] = (features.vector_table(user_ids, users, "user"), features.vector_table(item_ids, items, "item"))
-    config = dataclasses.replace(run.config.evaluate, seeds=tuple(args.auc_seeds))
+    config = dataclasses.replace(
+        run.config.evaluate,
+        seeds=tuple(args.auc_seeds),
+        train_samples=args.auc_train_samples,
+        max_epochs=args.auc_max_epochs,
+    )
     rows = DownstreamEvaluator(features, config).evaluate(
         {f"marc-c-{precision}": (lambda seed, pair=pair: pair) for precision, pair in tables.items()}
     )
@@ -206,14 +213,15 @@ def markdown(result, args):
         auc = result["int8_auc"]
         lines.append(
             f"- downstream DCNv2 test AUC with MARC-C vectors, seeds {auc['seeds']}: fp32 {auc['fp32_auc_mean']:.4f}, "
-            f"int8 {auc['int8_auc_mean']:.4f}, delta {auc['delta']:+.4f}"
+            f"int8 {auc['int8_auc_mean']:.4f}, delta {auc['delta']:+.4f} (each seed trains both on the same rows "
+            f"in the same order; {args.auc_train_samples} training samples, at most {args.auc_max_epochs} epochs)"
         )
     lines += [
         f"- machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, load at start "
         f"{result['machine']['load_average_at_start']}; versions {result['machine']['versions']}",
         f"- also running: {result['note'] or 'nothing recorded'}",
         f"- command: `python benchmarks/encode_throughput.py --run-dir {args.run_dir} --threads {args.threads} "
-        f"--texts {args.texts} --batch-size {args.batch_size} --repeats {args.repeats}`",
+        f"--texts {args.texts} --batch-size {args.batch_size} --repeats {args.repeats} --auc-seeds {' '.join(map(str, args.auc_seeds))}`",
     ]
     return "\n".join(lines)
 
