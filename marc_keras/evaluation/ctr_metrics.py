@@ -45,5 +45,10 @@ def logloss(labels, probabilities):
 
 
 def relative_improvement(auc_value, base_auc):
-    """RelaImpr = (AUC - 0.5) / (AUC_base - 0.5) - 1 (KAR / MARC papers)."""
+    """RelaImpr = (AUC - 0.5) / (AUC_base - 0.5) - 1 (KAR / MARC papers).
+
+    Undefined (NaN) when the base ranks at chance (AUC 0.5).
+    """
+    if base_auc == 0.5:
+        return float("nan")
     return (auc_value - 0.5) / (base_auc - 0.5) - 1.0

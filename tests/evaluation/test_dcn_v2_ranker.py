@@ -100,6 +100,6 @@ def test_an_interrupted_evaluation_resumes_from_its_progress_file(tmp_path, monk
 
     other_vectors = DownstreamEvaluator(features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v2")
     trained = []
-    monkeypatch.setattr(other_vectors, "train_one", lambda seed, *tables: trained.append(seed) or (None, 0.5, 0.7))
+    monkeypatch.setattr(other_vectors, "train_one", lambda seed, *tables: trained.append(seed) or (None, 0.6, 0.7))
     other_vectors.evaluate({"dcnv2": None})
     assert trained == [0, 1]
