@@ -211,14 +211,17 @@ def compare(config_path, output_dir, methods, overrides, data_dir):
     users; the table gives AUC and logloss (mean +- std), RelaImpr against
     MARC-C, and whether MARC-C wins by more than one standard deviation.
     """
+    from marc_keras.method_registry import METHODS, resolve_methods
+
+    # Names are checked before the heavy imports, so a typo fails at once.
+    names = list(METHODS) if methods.strip() == "all" else [name.strip() for name in methods.split(",") if name.strip()]
+    resolve_methods(names)
     from marc_keras.comparison import compare_methods, to_markdown
-    from marc_keras.method_registry import METHODS
     from marc_keras.run_config import RunConfig
 
     if data_dir:
         overrides = (*overrides, f'data.data_dir="{data_dir}"')
     config = RunConfig.from_file(config_path, overrides)
-    names = list(METHODS) if methods.strip() == "all" else [name.strip() for name in methods.split(",") if name.strip()]
     report = compare_methods(config, names, output_dir, log=lambda line: click.echo(line, err=True))
     click.echo(to_markdown(report["rows"]))
 

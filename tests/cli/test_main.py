@@ -62,3 +62,10 @@ def test_data_describe_names_a_missing_directory(tmp_path):
     result = CliRunner().invoke(main, ["data", "describe", "--data-dir", str(tmp_path / "none")])
     assert result.exit_code == 1
     assert "lacks the MovieLens-1M files" in result.stderr and "marc-keras data download" in result.stderr
+
+
+def test_compare_refuses_unknown_methods_before_any_work(tmp_path):
+    result = CliRunner().invoke(main, ["compare", "--output-dir", str(tmp_path / "out"), "--methods", "marc-c,mrl2"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: Unknown method(s) ['mrl2']; valid methods are: frozen, pca")
+    assert not (tmp_path / "out").exists()
