@@ -2,23 +2,8 @@ import numpy as np
 import pytest
 
 import keras
+from conftest import explained_fraction, low_rank_vectors
 from marc_keras.evaluation import VAEProjection
-
-
-def low_rank_vectors(rows=500, dim=16, rank=3, noise=0.05, seed=0):
-    """Vectors `latent @ mixing + noise` off the origin, and their latent factors."""
-    rng = np.random.default_rng(seed)
-    latent = rng.normal(size=(rows, rank))
-    vectors = latent @ rng.normal(size=(rank, dim)) + noise * rng.normal(size=(rows, dim)) + 3.0
-    return vectors, latent
-
-
-def explained_fraction(codes, target):
-    """R^2 of the best affine map from `codes` to `target`."""
-    design = np.c_[codes, np.ones(len(codes))]
-    coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
-    residual = ((design @ coefficients - target) ** 2).sum()
-    return 1.0 - residual / ((target - target.mean(axis=0)) ** 2).sum()
 
 
 @pytest.fixture(scope="module")
