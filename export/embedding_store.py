@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from marc_keras.atomic_files import write_atomically
+
 ID_COLUMN = "id"
 METADATA_KEY = b"marc_keras"
 
@@ -166,11 +168,7 @@ class _StoreWriter:
         if self._chunks is not None:
             for name, chunks in self._chunks.items():
                 stacked = np.concatenate(chunks) if chunks else np.zeros((0, self.dims[name]), "float32")
-                target = _npy_path(self.path, name)
-                partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
-                with open(partial, "wb") as handle:
-                    np.save(handle, stacked)
-                os.replace(partial, target)
+                write_atomically(_npy_path(self.path, name), lambda temporary, array=stacked: np.save(temporary, array))
         os.replace(self._partial, self.path)
 
     def abort(self):

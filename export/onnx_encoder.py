@@ -262,24 +262,20 @@ class OnnxEncoder:
         else:
             import pyarrow.csv as pcsv
 
-            names = pcsv.open_csv(path).schema.names
-            total = None
+            # In CSV an empty field is an empty text, never a null.
+            reader = pcsv.open_csv(
+                path,
+                read_options=pcsv.ReadOptions(block_size=1 << 22),
+                convert_options=pcsv.ConvertOptions(column_types={text_column: pa.string()}, strings_can_be_null=False),
+            )
+            names, total = reader.schema.names, None
         missing = [name for name in columns if name not in names]
         if missing:
             raise ValueError(
                 f"'{path}' has no column(s) {missing}; its columns are {names}. "
                 "Name them with --id-column / --text-column."
             )
-        if suffix == ".parquet":
-            batches = table_file.iter_batches(batch_size=chunk_size, columns=columns)
-        else:
-            batches = pcsv.open_csv(
-                path,
-                read_options=pcsv.ReadOptions(block_size=1 << 22),
-                convert_options=pcsv.ConvertOptions(
-                    include_columns=columns, column_types={text_column: pa.string()}, strings_can_be_null=False
-                ),
-            )
+        batches = table_file.iter_batches(batch_size=chunk_size, columns=columns) if suffix == ".parquet" else reader
 
         def chunks():
             for batch in batches:

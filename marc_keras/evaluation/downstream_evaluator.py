@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from marc_keras.atomic_files import write_json
 from marc_keras.evaluation.ctr_metrics import auc, logloss, relative_improvement
 from marc_keras.evaluation.dcn_v2_ranker import DCNv2Ranker
 
@@ -159,9 +159,7 @@ class DownstreamEvaluator:
     def _save_progress(self, finished):
         if self.progress_path is None:
             return
-        partial = self.progress_path.with_name(f".partial-{self.progress_path.name}")
-        partial.write_text(json.dumps({"settings": self._settings(), "results": finished}, indent=2))
-        os.replace(partial, self.progress_path)
+        write_json(self.progress_path, {"settings": self._settings(), "results": finished})
 
     @staticmethod
     def summary_row(name, aucs, loglosses, seconds):
