@@ -136,7 +136,8 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
 
 
 @main.command()
-@click.option("--run-dir", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, exists=True), help="A finished `fit` run whose backbone is probed (repeatable). The first run's config gives the data, the downstream settings and the frozen backbone.")
+@click.option("--run-dir", "run_dirs", multiple=True, type=click.Path(file_okay=False, exists=True), help="A finished `fit` run whose backbone is probed (repeatable). The first run's config gives the data, the downstream settings and the frozen backbone.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), help="Instead of --run-dir: a TOML or JSON run config whose pretrained backbone is probed (with --frozen), e.g. one naming a SmolLM2 checkpoint as model.preset.")
 @click.option("--label", "labels", multiple=True, help="Curve name of each --run-dir, in order (default: the run directory's name).")
 @click.option("--frozen", is_flag=True, help="Also probe the pretrained backbone with LoRA off (curve 'frozen').")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where the layer-vector cache, probe.json, probe.md and mra.png go. Re-runs reuse the cache.")
@@ -145,7 +146,7 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
 @click.option("--markers/--no-markers", default=True, show_default=True, help="Also score DCNv2 without vectors and each run's MARC-C, drawn as horizontal lines.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per forward pass when encoding.")
 @_report_errors
-def probe(run_dirs, labels, frozen, output_dir, overrides, layers, markers, batch_size):
+def probe(run_dirs, config_path, labels, frozen, output_dir, overrides, layers, markers, batch_size):
     """Draw the MRA curve: downstream AUC of every backbone layer.
 
     Pools every layer (embeddings, then each block) of each run's backbone
@@ -156,6 +157,7 @@ def probe(run_dirs, labels, frozen, output_dir, overrides, layers, markers, batc
     """
     from marc_keras.evaluation.layer_probe import probe_runs
     from marc_keras.evaluation.mra_plot import mra_markdown
+    from marc_keras.run_config import RunConfig
 
     if layers is not None:
         try:
@@ -165,6 +167,7 @@ def probe(run_dirs, labels, frozen, output_dir, overrides, layers, markers, batc
     report = probe_runs(
         run_dirs, output_dir, labels=labels, frozen=frozen, overrides=overrides, layers=layers,
         markers=markers, batch_size=batch_size, log=lambda line: click.echo(line, err=True),
+        config=RunConfig.from_file(config_path, overrides) if config_path else None,
     )
     click.echo(mra_markdown(report["rows"], report["markers"]))
 
@@ -200,8 +203,9 @@ def describe(data_dir):
 @click.option("--methods", default="all", show_default=True, help="Comma-separated method names, or 'all'. Unknown names are listed with the valid ones.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting, e.g. --set training.train_samples=512 (repeatable).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="MovieLens-1M directory (overrides data.data_dir and MARC_KERAS_ML1M_DIR).")
+@click.option("--train-only", is_flag=True, help="Train and encode the methods' runs, skip the downstream scoring: lets several processes train disjoint --methods into one OUTPUT_DIR; a final call without it scores everything.")
 @_report_errors
-def compare(config_path, output_dir, methods, overrides, data_dir):
+def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
     """Compare MARC with compression baselines and its own ablations.
 
     Methods: frozen, pca, ae, vae (training-free); mrl, larr, bahe, ese
@@ -222,8 +226,8 @@ def compare(config_path, output_dir, methods, overrides, data_dir):
     if data_dir:
         overrides = (*overrides, f'data.data_dir="{data_dir}"')
     config = RunConfig.from_file(config_path, overrides)
-    report = compare_methods(config, names, output_dir, log=lambda line: click.echo(line, err=True))
-    click.echo(to_markdown(report["rows"]))
+    report = compare_methods(config, names, output_dir, log=lambda line: click.echo(line, err=True), train_only=train_only)
+    click.echo(json.dumps(report["fit_seconds"]) if train_only else to_markdown(report["rows"]))
 
 
 @main.command(name="prepare-smollm2")

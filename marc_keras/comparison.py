@@ -1,6 +1,7 @@
 """Trains and evaluates compression methods side by side: `marc-keras compare` (DESIGN.md Sec. 5)."""
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 from marc_keras.evaluation import DownstreamEvaluator, PCAProjection, RankingFeatures
 from marc_keras.evaluation.autoencoder_projection import AutoencoderProjection
 from marc_keras.evaluation.ctr_metrics import relative_improvement
+from marc_keras.evaluation.downstream_evaluator import BASELINE_ROW
 from marc_keras.evaluation.vae_projection import VAEProjection
 from marc_keras.marc_run import MARCRun, build_split, write_atomically, write_json
 from marc_keras.method_registry import resolve_methods
@@ -29,7 +31,27 @@ def beats_by_one_std(reference, row):
     return reference["auc_mean"] - row["auc_mean"] > max(reference["auc_std"], row["auc_std"])
 
 
-def compare_methods(config, method_names, output_dir, log=print, verbose=0):
+def _train(config, methods, output_dir, seeds, split, log, verbose):
+    """Fits (or resumes) every trained method's run per seed and encodes its vectors."""
+    trained, fit_seconds = {}, {}
+    for method in methods:
+        if method.kind != "trained" or method.run_name in trained:
+            continue
+        trained[method.run_name] = {}
+        for seed in seeds:
+            run_config = config.replace(
+                model=dataclasses.replace(config.model, **method.model),
+                training=dataclasses.replace(config.training, seed=seed),
+            )
+            run = MARCRun.open(output_dir / "runs" / method.run_name / f"seed{seed}", run_config)
+            log(f"training {method.run_name} seed {seed}")
+            metrics = run.fit(log=log, verbose=verbose)
+            fit_seconds.setdefault(method.run_name, []).append(metrics["timings"]["fit_s"])
+            trained[method.run_name][seed] = run.encode_vectors(split, include_frozen=False, verbose=verbose)
+    return fit_seconds, trained
+
+
+def compare_methods(config, method_names, output_dir, log=print, verbose=0, train_only=False):
     """Trains every method on the same labels and sample budget and scores it downstream.
 
     Trained methods are MARC runs with the method's `[model]` overrides
@@ -47,37 +69,30 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0):
         output_dir: where runs, `compare.json` and `compare.md` go.
         log: callable taking one progress line.
         verbose: Keras verbosity of the trainings.
+        train_only: train and encode the runs, then stop before the
+            downstream scoring, so trainings can be spread over processes
+            that share `output_dir/runs` (each method's runs are written by
+            one process only); a later call without it scores them all.
 
     Returns:
-        The report written to `compare.json`: rows with AUC / logloss mean
+        The report written to `compare.json`: a "dcnv2" row (the downstream
+        model without text vectors), then one row per method, with AUC / logloss mean
         and std, RelaImpr against MARC-C, and whether MARC-C beats each row
-        by more than one standard deviation.
+        by more than one standard deviation. With `train_only`, only
+        {"fit_seconds": ...} and nothing is written.
     """
     methods = resolve_methods(method_names)
     output_dir = Path(output_dir)
     seeds = list(config.evaluate.seeds)
     split, interactions = build_split(config.data, with_interactions=True)
+    fit_seconds, trained = _train(config, methods, output_dir, seeds, split, log, verbose)
+    if train_only:
+        return {"fit_seconds": fit_seconds}
     features = RankingFeatures(split, interactions)
     started = time.perf_counter()
     frozen = MARCRun(output_dir / "frozen", config).encode_vectors(split, include_trained=False, verbose=verbose)
     (user_ids, frozen_users), (item_ids, frozen_items) = frozen["frozen"]
     log(f"frozen vectors ready in {time.perf_counter() - started:.0f}s")
-
-    trained, fit_seconds = {}, {}
-    for method in methods:
-        if method.kind != "trained" or method.run_name in trained:
-            continue
-        trained[method.run_name] = {}
-        for seed in seeds:
-            run_config = config.replace(
-                model=dataclasses.replace(config.model, **method.model),
-                training=dataclasses.replace(config.training, seed=seed),
-            )
-            run = MARCRun.open(output_dir / "runs" / method.run_name / f"seed{seed}", run_config)
-            log(f"training {method.run_name} seed {seed}")
-            metrics = run.fit(log=log, verbose=verbose)
-            fit_seconds.setdefault(method.run_name, []).append(metrics["timings"]["fit_s"])
-            trained[method.run_name][seed] = run.encode_vectors(split, include_frozen=False, verbose=verbose)
 
     training_users = np.isin(user_ids, split.users["train"])
     fit_rows = np.concatenate([frozen_users[training_users], frozen_items])
@@ -103,12 +118,16 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0):
 
         return lookup
 
-    rows = DownstreamEvaluator(features, config.evaluate, log=log).evaluate(
-        {method.name: provider(method) for method in methods}
+    evaluator = DownstreamEvaluator(
+        features,
+        config.evaluate,
+        log=log,
+        progress_path=output_dir / "compare-progress.json",
+        progress_fingerprint=json.dumps(config.to_dict(), sort_keys=True),
     )
+    rows = evaluator.evaluate({BASELINE_ROW: None, **{method.name: provider(method) for method in methods}})
     reference = next((row for row in rows if row["name"] == REFERENCE_ROW), None)
     for row in rows:
-        row.pop("relaimpr", None)
         if reference is not None:
             row["relaimpr_vs_marc_c"] = relative_improvement(row["auc_mean"], reference["auc_mean"])
             row["marc_c_beats_by_one_std"] = row is not reference and beats_by_one_std(reference, row)

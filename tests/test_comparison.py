@@ -41,12 +41,18 @@ def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir
         ],
     )
     methods = ["frozen", "pca", "mrl", "marc-c", "marc-o"]
-    report = compare_methods(config, methods, tmp_path, log=lambda _: None)
-    assert [row["name"] for row in report["rows"]] == methods
+    trained_alone = compare_methods(config, ["mrl"], tmp_path, log=lambda _: None, train_only=True)
+    assert list(trained_alone["fit_seconds"]) == ["mrl"] and not (tmp_path / "compare.json").exists()
+    lines = []
+    report = compare_methods(config, methods, tmp_path, log=lines.append)
+    assert any(line.endswith("is a finished run; its metrics are in " + str(tmp_path / "runs" / "mrl" / "seed0" / "metrics.json")) for line in lines)
+    assert [row["name"] for row in report["rows"]] == ["dcnv2", *methods]
+    progress = json.loads((tmp_path / "compare-progress.json").read_text())["results"]
+    assert sorted(progress) == sorted(f"{name}/0" for name in ["dcnv2", *methods])
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["marc", "mrl"]
     marc_c = next(row for row in report["rows"] if row["name"] == "marc-c")
     assert marc_c["relaimpr_vs_marc_c"] == 0.0
     saved = json.loads((tmp_path / "compare.json").read_text())
-    assert saved["rows"][0]["name"] == "frozen" and (tmp_path / "compare.md").read_text().startswith("| method |")
+    assert saved["rows"][1]["name"] == "frozen" and (tmp_path / "compare.md").read_text().startswith("| method |")
     mrl_config = json.loads((tmp_path / "runs" / "mrl" / "seed0" / "config.json").read_text())
     assert mrl_config["model"]["objective"] == "mrl" and mrl_config["model"]["hsic_weight"] == 0.0

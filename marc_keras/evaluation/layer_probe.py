@@ -295,8 +295,6 @@ def _model_fingerprint(path):
 
 
 def _open_runs(run_dirs, labels, overrides):
-    if not run_dirs:
-        raise ValueError("Give at least one --run-dir: its config.json names the data, preset and pooling.")
     labels = list(labels or ())
     if labels and len(labels) != len(run_dirs):
         raise ValueError(f"Got {len(labels)} --label values for {len(run_dirs)} --run-dir values; give one per run or none.")
@@ -348,6 +346,7 @@ def probe_runs(
     batch_size=64,
     log=print,
     verbose=1,
+    config=None,
 ):
     """The MRA curve of trained MARC runs (and the frozen backbone): AUC per layer.
 
@@ -375,6 +374,9 @@ def probe_runs(
         batch_size: texts per forward pass when encoding.
         log: callable taking one progress line.
         verbose: show encoding progress bars.
+        config: a `RunConfig` standing in for the runs' when `run_dirs` is
+            empty: probes only the pretrained backbone it names (needs
+            `frozen`), e.g. a decoder that has no trained run.
 
     Returns:
         The report written to `probe.json`: dataset, seeds, downstream
@@ -384,14 +386,22 @@ def probe_runs(
 
     Raises:
         ValueError: a run is unfinished, labels clash, runs differ in their
-            [data] settings, or `layers` are out of range.
+            [data] settings, `layers` are out of range, or neither runs nor
+            a config with `frozen` say what to probe.
 
     Example:
     >>> report = probe_runs(["runs/marc"], "runs/probe", frozen=True, overrides=["evaluate.seeds=[0,1,2]"])
     """
-    runs = _open_runs(run_dirs, labels, overrides)
+    if run_dirs and config is not None:
+        raise ValueError("Give either --run-dir (the runs' configs are used) or --config, not both.")
+    if not run_dirs and (config is None or not frozen):
+        raise ValueError(
+            "Nothing to probe: give at least one --run-dir (its config.json names the data, preset and pooling), "
+            "or --config with --frozen to probe only the pretrained backbone."
+        )
+    runs = _open_runs(run_dirs, labels, overrides) if run_dirs else []
+    config = runs[0][1].config if runs else config
     output_dir = Path(output_dir)
-    config = runs[0][1].config
     if config.training.threads:
         import torch
 

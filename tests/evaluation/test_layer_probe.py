@@ -90,6 +90,8 @@ def test_probe_command_explains_bad_input(tmp_path):
     assert "holds no config.json" in result.stderr
     result = runner.invoke(main, ["probe", "--run-dir", str(tmp_path), "--output-dir", str(tmp_path), "--layers", "1,x"])
     assert result.exit_code == 2 and "--layers" in result.stderr
+    result = runner.invoke(main, ["probe", "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Nothing to probe" in result.stderr and "--config with --frozen" in result.stderr
 
 
 @pytest.mark.slow
@@ -130,3 +132,9 @@ def test_probe_command_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
     ]
     result = CliRunner().invoke(main, [*probe[:8], "--layers", "7", *probe[10:]])
     assert result.exit_code == 1 and "Layers [7] are not in 0..2" in result.stderr
+
+    frozen_only = ["probe", "--config", str(tmp_path / "run" / "config.json"), "--frozen", *probe[6:8], "--layers", "2", "--no-markers", *probe[10:]]
+    result = CliRunner().invoke(main, frozen_only)
+    assert result.exit_code == 0, result.output
+    assert "reusing the layer vectors of 'frozen'" in result.stderr
+    assert [(row["method"], row["layer"]) for row in json.loads((tmp_path / "probe" / "probe.json").read_text())["rows"]] == [("frozen", 2)]

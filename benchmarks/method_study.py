@@ -1,0 +1,122 @@
+"""Records a `marc-keras compare` table and/or a `marc-keras probe` MRA curve in RESULTS.md and results/.
+
+Usage:
+    python benchmarks/method_study.py --compare runs/compare --probe runs/probe \
+        --name compare-ml-1m-half --how "the commands" --note "what else ran"
+    python benchmarks/method_study.py --probe runs/probe-smollm2 --name mra-smollm2 --title "..."
+
+`--compare DIR` reads DIR/compare.json and writes results/NAME.json (the
+evaluate table's schema plus RelaImpr against MARC-C and the one-std verdict);
+`--probe DIR` copies DIR/mra.png and DIR/probe.json to results/ as
+mra-DATASET.png/json (or PROBE_NAME.png/json).
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import RESULTS_DIR, machine_facts, update_results_section, write_json
+
+from marc_keras.comparison import REFERENCE_ROW, to_markdown
+from marc_keras.evaluation.mra_plot import mra_markdown
+
+ROW_KEYS = ("name", "auc_mean", "auc_std", "logloss_mean", "logloss_std", "aucs", "loglosses", "seconds")
+
+
+def verdicts(rows):
+    """One line per row: does MARC-C beat it by more than one standard deviation?"""
+    reference = next(row for row in rows if row["name"] == REFERENCE_ROW)
+    lines = []
+    for row in rows:
+        if row is reference:
+            continue
+        margin = reference["auc_mean"] - row["auc_mean"]
+        spread = max(reference["auc_std"], row["auc_std"])
+        verdict = "**beats**" if row["marc_c_beats_by_one_std"] else "does **not** beat"
+        lines.append(f"- MARC-C {verdict} `{row['name']}` by more than one std: AUC margin {margin:+.4f} vs std {spread:.4f}")
+    return lines
+
+
+def record_compare(compare_dir, name):
+    report = json.loads((compare_dir / "compare.json").read_text())
+    rows = [
+        {key: row[key] for key in ROW_KEYS}
+        | {key: row[key] for key in ("relaimpr", "relaimpr_vs_marc_c", "marc_c_beats_by_one_std") if key in row}
+        for row in report["rows"]
+    ]
+    config = report["config"]
+    write_json(
+        f"{name}.json",
+        {
+            "dataset": Path(report["dataset"]).name,
+            "backbone": report["backbone"],
+            "seeds": report["seeds"],
+            "rows": rows,
+            "methods": report["methods"],
+            "fit_seconds": report["fit_seconds"],
+            "config": config,
+            "downstream": config["evaluate"],
+            "machine": machine_facts(),
+        },
+    )
+    fits = ", ".join(f"{run} {sum(seconds) / len(seconds):.0f}s" for run, seconds in report["fit_seconds"].items())
+    return [
+        f"Every method: {report['backbone']}, model {config['model']}, training {config['training']}; "
+        f"downstream DCNv2 {config['evaluate']}. Training seed i feeds downstream seed i.",
+        "",
+        to_markdown(rows),
+        "",
+        *verdicts(rows),
+        "",
+        f"- mean MARC-trainer fit time per run (1 torch thread): {fits}",
+    ]
+
+
+def record_probe(probe_dir, name):
+    report = json.loads((probe_dir / "probe.json").read_text())
+    shutil.copyfile(probe_dir / "mra.png", RESULTS_DIR / f"{name}.png")
+    write_json(f"{name}.json", report | {"machine": machine_facts()})
+    curves = ", ".join(f"{method['method']} ({method['num_layers']} layers x {method['hidden_dim']}-d)" for method in report["methods"])
+    return [
+        f"![MRA curve](results/{name}.png)",
+        "",
+        f"Curves: {curves}; downstream {report['downstream']}.",
+        "",
+        mra_markdown(report["rows"], report["markers"]),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", type=Path, help="a `marc-keras compare` output directory")
+    parser.add_argument("--probe", type=Path, help="a `marc-keras probe` output directory")
+    parser.add_argument("--name", required=True, help="RESULTS.md section and results/NAME.json of the table")
+    parser.add_argument("--probe-name", help="results/ name of the probe files (default mra-<dataset of --name>)")
+    parser.add_argument("--title", default="", help="section heading")
+    parser.add_argument("--how", default="", help="the commands that produced the directories")
+    parser.add_argument("--note", default="", help="what else ran during the measurement")
+    args = parser.parse_args()
+    if not (args.compare or args.probe):
+        parser.error("give --compare and/or --probe")
+    lines = [f"## {args.title or args.name}", ""]
+    if args.compare:
+        lines += record_compare(args.compare, args.name)
+    if args.probe:
+        probe_name = args.probe_name or args.name.replace("compare-", "mra-")
+        lines += ["", *record_probe(args.probe, probe_name)]
+    facts = machine_facts()
+    lines += [
+        "",
+        f"- commands: {args.how or 'not recorded'}",
+        f"- machine: {facts['cpu']}, {facts['cores']} cores, {facts['versions']}; also running: {args.note or 'nothing recorded'}",
+    ]
+    markdown = "\n".join(lines)
+    update_results_section(args.name, markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
