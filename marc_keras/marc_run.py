@@ -330,7 +330,9 @@ class MARCRun:
 
         Returns:
             The metrics dict written to `metrics.json`: MARC's own click AUC
-            and BCE on validation and test users, and stage wall times.
+            and its objective's loss (named as in the Keras logs: `bce`,
+            `contrastive`, `aoe`, `cosine`) on validation and test users,
+            and stage wall times.
         """
         metrics_path = self.run_dir / "metrics.json"
         if metrics_path.is_file() and self.model_path.is_file():
@@ -380,10 +382,12 @@ class MARCRun:
         timings["fit_s"] = time.perf_counter() - started
 
         metrics = {}
+        # The objective's loss is logged under its own name: bce, contrastive, aoe, ...
+        objective_loss = model.bce_tracker.name
         for name in ("validation", "test"):
             x, y = part(name)
             logs = model.evaluate(x, y, batch_size=training.batch_size, verbose=0, return_dict=True)
-            metrics[name] = {"auc": logs["auc"], "bce": logs["bce"], "pairs": int(len(y))}
+            metrics[name] = {"auc": logs["auc"], objective_loss: logs[objective_loss], "pairs": int(len(y))}
         write_atomically(self.model_path, model.save)
         write_atomically(self.encoder_path, model.encoder().save)
         if self.config.model.lora_rank:

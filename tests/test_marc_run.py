@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -43,6 +44,14 @@ def test_fit_writes_a_complete_run_and_a_rerun_only_reports(tiny_config, tmp_pat
     again = MARCRun.open(run_dir, tiny_config).fit(log=lambda _: None, verbose=0)
     assert again == json.loads(json.dumps(metrics))
     assert (run_dir / "model.keras").stat().st_mtime == model_mtime
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "aoe", "cosine"])
+def test_objectives_without_bce_report_their_own_loss(tiny_config, tmp_path, objective):
+    config = tiny_config.replace(model=dataclasses.replace(tiny_config.model, objective=objective, hsic_weight=0.0))
+    metrics = MARCRun.open(tmp_path / "run", config).fit(log=lambda _: None, verbose=0)
+    assert sorted(metrics["test"]) == sorted(["auc", objective, "pairs"])
+    assert np.isfinite(metrics["test"][objective])
 
 
 def test_tokens_are_sampled_deterministically(tiny_config, tmp_path):
