@@ -33,12 +33,11 @@ def beats_by_one_std(reference, row):
 
 def _train(config, methods, output_dir, seeds, split, log, verbose):
     """Fits (or resumes) every trained method's run per seed and encodes its vectors."""
-    trained, fit_seconds = {}, {}
-    for method in methods:
-        if method.kind != "trained" or method.run_name in trained:
-            continue
-        trained[method.run_name] = {}
-        for seed in seeds:
+    run_methods = {method.run_name: method for method in methods if method.kind == "trained"}
+    trained, fit_seconds = {name: {} for name in run_methods}, {}
+    # Seed-major, so an interrupted comparison has every method at its first seeds.
+    for seed in seeds:
+        for method in run_methods.values():
             run_config = config.replace(
                 model=dataclasses.replace(config.model, **method.model),
                 training=dataclasses.replace(config.training, seed=seed),

@@ -20,9 +20,8 @@ def test_beating_by_one_std_uses_the_larger_spread():
     assert "| pca | 0.7900 +- 0.0030 | 0.5000 +- 0.0100 | -3.33% | yes |" in table
 
 
-@pytest.mark.slow
-def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir, tmp_path):
-    config = RunConfig.from_file(
+def _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0]"):
+    return RunConfig.from_file(
         None,
         [
             f'model.preset="{tiny_preset}"',
@@ -35,11 +34,16 @@ def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir
             "training.validation_samples=16",
             "training.test_samples=16",
             "training.batch_size=16",
-            "evaluate.seeds=[0]",
+            f"evaluate.seeds={seeds}",
             "evaluate.train_samples=2000",
             "evaluate.max_epochs=1",
         ],
     )
+
+
+@pytest.mark.slow
+def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir, tmp_path):
+    config = _tiny_compare_config(tiny_preset, ml1m_dir)
     methods = ["frozen", "pca", "mrl", "marc-c", "marc-o"]
     trained_alone = compare_methods(config, ["mrl"], tmp_path, log=lambda _: None, train_only=True)
     assert list(trained_alone["fit_seconds"]) == ["mrl"] and not (tmp_path / "compare.json").exists()
@@ -56,3 +60,13 @@ def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir
     assert saved["rows"][1]["name"] == "frozen" and (tmp_path / "compare.md").read_text().startswith("| method |")
     mrl_config = json.loads((tmp_path / "runs" / "mrl" / "seed0" / "config.json").read_text())
     assert mrl_config["model"]["objective"] == "mrl" and mrl_config["model"]["hsic_weight"] == 0.0
+
+
+@pytest.mark.slow
+def test_compare_trains_every_method_at_a_seed_before_the_next_seed(tiny_preset, ml1m_dir, tmp_path):
+    config = _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0, 1]")
+    lines = []
+    report = compare_methods(config, ["mrl", "marc-c", "marc-o"], tmp_path, log=lines.append, train_only=True)
+    order = [line for line in lines if line.startswith("training ")]
+    assert order == ["training mrl seed 0", "training marc seed 0", "training mrl seed 1", "training marc seed 1"]
+    assert {name: len(seconds) for name, seconds in report["fit_seconds"].items()} == {"mrl": 2, "marc": 2}

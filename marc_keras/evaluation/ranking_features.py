@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from marc_keras.vector_standardization import standardize
+
 SPLITS = ("train", "validation", "test")
 # User columns with more distinct values than this (zip codes, free text) are
 # not categorical features.
@@ -112,7 +114,10 @@ class RankingFeatures:
         return padded
 
     def vector_table(self, ids, vectors, tower):
-        """Aligns external vectors with this vocabulary: row index -> vector.
+        """Aligns external vectors with this vocabulary, standardized per dimension.
+
+        Every dimension gets mean 0 and std 1 over the training samples' users
+        (items): see `marc_keras.vector_standardization.standardize` for why.
 
         Args:
             ids: the ids the rows of `vectors` belong to.
@@ -120,7 +125,8 @@ class RankingFeatures:
             tower: "user" or "item".
 
         Returns:
-            A float32 (vocabulary + 1, d) table; row 0 (unknown) is zeros.
+            A float32 (vocabulary + 1, d) table; row 0 (unknown) is zeros, the
+            training mean.
 
         Raises:
             ValueError: a sampled id has no vector, or the shapes disagree.
@@ -146,4 +152,5 @@ class RankingFeatures:
         for identifier, index in vocabulary.items():
             if identifier in position:
                 table[index] = vectors[position[identifier]]
+        table[1:] = standardize(table[1:], table[np.unique(self.inputs["train"][tower])])
         return table
