@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from marc_keras.vector_standardization import standardize
+from marc_keras.vector_centering import center
 
 SPLITS = ("train", "validation", "test")
 # User columns with more distinct values than this (zip codes, free text) are
@@ -114,10 +114,10 @@ class RankingFeatures:
         return padded
 
     def vector_table(self, ids, vectors, tower):
-        """Aligns external vectors with this vocabulary, standardized per dimension.
+        """Aligns external vectors with this vocabulary, centered per dimension.
 
-        Every dimension gets mean 0 and std 1 over the training samples' users
-        (items): see `marc_keras.vector_standardization.standardize` for why.
+        Every dimension gets mean 0 over the training samples' users (items):
+        see `marc_keras.vector_centering.center` for why.
 
         Args:
             ids: the ids the rows of `vectors` belong to.
@@ -152,5 +152,5 @@ class RankingFeatures:
         for identifier, index in vocabulary.items():
             if identifier in position:
                 table[index] = vectors[position[identifier]]
-        table[1:] = standardize(table[1:], table[np.unique(self.inputs["train"][tower])])
+        table[1:] = center(table[1:], table[np.unique(self.inputs["train"][tower])])
         return table

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from marc_keras.export.embedding_store import load_embedding_table
-from marc_keras.vector_standardization import standardize
+from marc_keras.vector_centering import center
 
 SPLITS = ("train", "validation", "test")
 TOWERS = ("user", "item")
@@ -266,9 +266,9 @@ class TFRSRanker:
                     f"{len(absent)} of {len(needed)} {tower}s have no vector in "
                     f"{self.paths[tower]}; they get the zero vector"
                 )
-            # Scaled as the Keras evaluator scales them (RankingFeatures.vector_table).
+            # Centered as the Keras evaluator centers them (RankingFeatures.vector_table).
             training = np.isin(ids, np.unique(arrays[f"train/{tower}_id"]))
-            arrays[f"{tower}_store/ids"], arrays[f"{tower}_store/vectors"] = ids, standardize(vectors, vectors[training])
+            arrays[f"{tower}_store/ids"], arrays[f"{tower}_store/vectors"] = ids, center(vectors, vectors[training])
             missing[tower] = len(absent)
         return arrays, missing
 
