@@ -235,9 +235,14 @@ class LoRABackbone(keras.layers.Layer):
             )
 
     def get_config(self):
+        backbone = keras.saving.serialize_keras_object(self.backbone)
+        if hasattr(self.backbone, "tie_word_embeddings"):
+            # keras-hub 0.32's LlamaBackbone.get_config drops it: a tied
+            # checkpoint (SmolLM2) would come back untied, one weight larger.
+            backbone["config"].setdefault("tie_word_embeddings", self.backbone.tie_word_embeddings)
         return {
             **super().get_config(),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "backbone": backbone,
             "lora_rank": self.lora_rank,
             "pooling": self.pooling.mode,
             "max_length": self.max_length,

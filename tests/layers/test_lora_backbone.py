@@ -3,8 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_WORDS
 
 import keras
+import keras_hub
 import marc_keras
 
 
@@ -67,6 +69,25 @@ def test_config_round_trip(make_tiny_backbone):
     clone = marc_keras.LoRABackbone.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     assert len(clone.trainable_weights) == len(layer.trainable_weights)
+
+
+def test_tied_llama_embeddings_survive_config_and_keras_round_trips(tiny_tokenizer, tmp_path):
+    # SmolLM2 ties its input and output embeddings; keras-hub's Llama config forgets that.
+    hub = keras_hub.models.LlamaBackbone(
+        vocabulary_size=tiny_tokenizer.vocabulary_size, num_layers=1, hidden_dim=16, intermediate_dim=32,
+        num_query_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+    )
+    layer = marc_keras.LoRABackbone(hub, tokenizer=tiny_tokenizer, lora_rank=2, pooling="last")
+    clone = marc_keras.LoRABackbone.from_config(layer.get_config())
+    assert clone.backbone.tie_word_embeddings
+    clone.set_weights(layer.get_weights())
+    compression = marc_keras.CompressionNetwork((16,), 8)
+    compression.build((None, 16))
+    encoder = marc_keras.MARCEncoder.copy_of(layer, compression)
+    encoder.save(tmp_path / "tied.keras")
+    loaded = keras.saving.load_model(tmp_path / "tied.keras")
+    texts = [" ".join(TINY_WORDS[:3]), TINY_WORDS[-1]]
+    np.testing.assert_allclose(loaded.encode(texts)["original"], encoder.encode(texts)["original"], atol=1e-6)
 
 
 def test_missing_preset_directory_is_named(tmp_path):
