@@ -357,7 +357,8 @@ def probe_runs(
     each layer with the `[evaluate]` settings and seeds. With `markers`,
     DCNv2 without vectors and each run's MARC-C vectors are scored too and
     drawn as horizontal lines. Writes `probe.json`, `probe.md` and
-    `mra.png` into `output_dir`.
+    `mra.png` into `output_dir`; every downstream score is kept in
+    `probe-progress.json` as it lands, so a re-run resumes.
 
     Args:
         run_dirs: `marc-keras fit` run directories; their [data] settings
@@ -439,7 +440,20 @@ def probe_runs(
             "cache": str(cache),
         })
 
-    evaluator = DownstreamEvaluator(features, config.evaluate, log=log)
+    # Scores are kept per (row, seed) while the data, downstream settings and
+    # every curve's model stay the same, so an interrupted probe resumes.
+    fingerprint = {
+        "data": dataclasses.asdict(config.data),
+        "evaluate": dataclasses.asdict(config.evaluate),
+        "sources": {method: source["fingerprint"] for method, source in sources.items()},
+    }
+    evaluator = DownstreamEvaluator(
+        features,
+        config.evaluate,
+        log=log,
+        progress_path=output_dir / "probe-progress.json",
+        progress_fingerprint=json.dumps(fingerprint, sort_keys=True, default=str),
+    )
     marker_rows = evaluator.evaluate({BASELINE_ROW: None}) if markers else []
     rows = []
     for method, vectors in encoded.items():

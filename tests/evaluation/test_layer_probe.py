@@ -123,8 +123,13 @@ def test_probe_command_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
     with np.load(tmp_path / "probe" / "layers-tiny.npz") as stored:
         assert stored["user/compressed"].shape[1] == 8
 
+    first_aucs = {(row["method"], row["layer"]): row["aucs"] for row in report["rows"]}
+    assert (tmp_path / "probe" / "probe-progress.json").is_file()
+
     again = CliRunner().invoke(main, [*probe[:8], "--layers", "2", "--no-markers", *probe[10:]])
     assert again.exit_code == 0, again.output
+    rerun = json.loads((tmp_path / "probe" / "probe.json").read_text())["rows"]
+    assert all(row["aucs"] == first_aucs[(row["method"], row["layer"])] for row in rerun)
     assert "reusing the layer vectors of 'frozen'" in again.stderr
     assert "reusing the layer vectors of 'tiny'" in again.stderr
     assert [(row["method"], row["layer"]) for row in json.loads((tmp_path / "probe" / "probe.json").read_text())["rows"]] == [
