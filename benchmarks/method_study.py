@@ -35,6 +35,9 @@ def verdicts(rows):
             continue
         margin = reference["auc_mean"] - row["auc_mean"]
         spread = max(reference["auc_std"], row["auc_std"])
+        if row["marc_c_beats_by_one_std"] is None:
+            lines.append(f"- MARC-C vs `{row['name']}`: AUC margin {margin:+.4f}; one seed, no std to judge it by")
+            continue
         verdict = "**beats**" if row["marc_c_beats_by_one_std"] else "does **not** beat"
         lines.append(f"- MARC-C {verdict} `{row['name']}` by more than one std: AUC margin {margin:+.4f} vs std {spread:.4f}")
     return lines

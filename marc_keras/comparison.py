@@ -77,8 +77,8 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
         The report written to `compare.json`: a "dcnv2" row (the downstream
         model without text vectors), then one row per method, with AUC / logloss mean
         and std, RelaImpr against MARC-C, and whether MARC-C beats each row
-        by more than one standard deviation. With `train_only`, only
-        {"fit_seconds": ...} and nothing is written.
+        by more than one standard deviation (`None` with a single seed).
+        With `train_only`, only {"fit_seconds": ...} and nothing is written.
     """
     methods = resolve_methods(method_names)
     output_dir = Path(output_dir)
@@ -129,7 +129,9 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
     for row in rows:
         if reference is not None:
             row["relaimpr_vs_marc_c"] = relative_improvement(row["auc_mean"], reference["auc_mean"])
-            row["marc_c_beats_by_one_std"] = row is not reference and beats_by_one_std(reference, row)
+            # One seed has no spread to beat: the verdict is left open (None).
+            judged = len(seeds) > 1 and row is not reference
+            row["marc_c_beats_by_one_std"] = beats_by_one_std(reference, row) if judged else None
     report = {
         "dataset": str(config.data.data_dir or config.data.dataset),
         "backbone": config.model.preset or "all-MiniLM-L6-v2",

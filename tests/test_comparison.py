@@ -56,6 +56,8 @@ def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["marc", "mrl"]
     marc_c = next(row for row in report["rows"] if row["name"] == "marc-c")
     assert marc_c["relaimpr_vs_marc_c"] == 0.0
+    # One seed has no std: no row is said to be beaten by more than one.
+    assert all(row["marc_c_beats_by_one_std"] is None for row in report["rows"])
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["rows"][1]["name"] == "frozen" and (tmp_path / "compare.md").read_text().startswith("| method |")
     mrl_config = json.loads((tmp_path / "runs" / "mrl" / "seed0" / "config.json").read_text())
