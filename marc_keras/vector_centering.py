@@ -48,5 +48,5 @@ def center(vectors, reference, max_std_ratio=MAX_STD_RATIO):
         raise ValueError(f"center needs a non-empty (M, d) reference; got shape {reference.shape}.")
     std = reference.std(axis=0)
     bound = max_std_ratio * np.median(std)
-    shrink = np.where((std > bound) & (bound > 0), std / np.where(bound > 0, bound, 1.0), 1.0)
+    shrink = np.maximum(std / bound, 1.0) if bound > 0 else 1.0
     return ((np.asarray(vectors, "float64") - reference.mean(axis=0)) / shrink).astype("float32")

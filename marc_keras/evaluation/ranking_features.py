@@ -113,23 +113,26 @@ class RankingFeatures:
                 padded[row, : len(values)] = np.clip(np.rint(values), 1, MAX_RATING)
         return padded
 
-    def vector_table(self, ids, vectors, tower):
+    def vector_table(self, ids, vectors, tower, allow_missing=False):
         """Aligns external vectors with this vocabulary, centered per dimension.
 
-        Every dimension gets mean 0 over the training samples' users (items):
-        see `marc_keras.vector_centering.center` for why.
+        Every dimension gets mean 0 over the training samples' users (items)
+        that have a vector: see `marc_keras.vector_centering.center` for why.
 
         Args:
             ids: the ids the rows of `vectors` belong to.
             vectors: (len(ids), d) array.
             tower: "user" or "item".
+            allow_missing: let sampled ids lack a vector (a store that misses
+                a few); they get the training mean, as unknown ids do.
 
         Returns:
-            A float32 (vocabulary + 1, d) table; row 0 (unknown) is zeros, the
-            training mean.
+            A float32 (vocabulary + 1, d) table; rows without a vector (row 0,
+            unknown, included) are zeros: the training mean.
 
         Raises:
-            ValueError: a sampled id has no vector, or the shapes disagree.
+            ValueError: a sampled id has no vector (unless `allow_missing`),
+                or the shapes disagree.
         """
         vocabulary = self.user_vocabulary if tower == "user" else self.item_vocabulary
         vectors = np.asarray(vectors, "float32")
@@ -144,13 +147,16 @@ class RankingFeatures:
         for name in SPLITS:
             needed.update(np.unique(self.inputs[name][tower]).tolist())
         missing = [identifier for identifier in missing if vocabulary[identifier] in needed]
-        if missing:
+        if missing and not allow_missing:
             raise ValueError(
                 f"{len(missing)} {tower} ids in the samples have no vector (e.g. {missing[:5]}); "
                 f"encode every {tower} of the split."
             )
+        has_vector = np.zeros(len(table), bool)
         for identifier, index in vocabulary.items():
             if identifier in position:
                 table[index] = vectors[position[identifier]]
-        table[1:] = center(table[1:], table[np.unique(self.inputs["train"][tower])])
+                has_vector[index] = True
+        training = np.unique(self.inputs["train"][tower])
+        table[has_vector] = center(table[has_vector], table[training[has_vector[training]]])
         return table

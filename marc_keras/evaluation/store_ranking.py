@@ -23,13 +23,11 @@ def _needed_ids(features, tower):
 
 
 def _vector_table(features, tower, path, ids, vectors, log):
-    """`features.vector_table` for a store; ids it lacks (a few at most) get zeros."""
+    """`features.vector_table` for a store; ids it lacks (a few at most) get the training mean."""
     missing = check_store_coverage(path, ids, _needed_ids(features, tower))
     if missing:
-        log(f"{len(missing)} {tower}s have no vector in {path}; they get the zero vector")
-        ids = np.concatenate([ids, np.asarray(missing, dtype=str)])
-        vectors = np.concatenate([vectors, np.zeros((len(missing), vectors.shape[1]), "float32")])
-    return features.vector_table(ids, vectors, tower), len(missing)
+        log(f"{len(missing)} {tower}s have no vector in {path}; they get the training mean")
+    return features.vector_table(ids, vectors, tower, allow_missing=True), len(missing)
 
 
 def rank_with_stores(run, user_store, item_store, column="compressed", engine="keras", seeds=None, log=print):
@@ -42,7 +40,7 @@ def rank_with_stores(run, user_store, item_store, column="compressed", engine="k
     child process). Both train on the same training subset with the run's
     `[evaluate]` settings and stop early on validation users. A store may
     lack vectors for at most 1% of the users (items) in the samples; those
-    get zero vectors and are counted in the report.
+    get the training mean and are counted in the report.
 
     Args:
         run: a `MARCRun`; its `[data]` settings give the split and its

@@ -34,7 +34,7 @@ SPLITS = ("train", "validation", "test")
 TOWERS = ("user", "item")
 SAMPLE_KEYS = ("item", "history_items", "history_ratings", "user_fields")
 # A store may lack vectors for at most this share of the distinct users (or
-# items) the split needs; those map to the out-of-vocabulary zero vector.
+# items) the split needs; those map to the out-of-vocabulary row: the training mean.
 # More than that means the store was encoded for other data.
 MAX_MISSING_FRACTION = 0.01
 STDERR_TAIL_LINES = 25
@@ -80,7 +80,7 @@ def check_store_coverage(path, store_ids, needed_ids, max_missing_fraction=MAX_M
         store_ids: the store's ids (from `read_store_vectors`).
         needed_ids: the ids the split needs (any type; compared as strings).
         max_missing_fraction: the largest share of the distinct needed ids
-            the store may lack; rankers give those the zero vector.
+            the store may lack; rankers give those the training mean.
 
     Returns:
         The sorted list of needed ids (as strings) without a vector.
@@ -264,7 +264,7 @@ class TFRSRanker:
             if absent:
                 self.log(
                     f"{len(absent)} of {len(needed)} {tower}s have no vector in "
-                    f"{self.paths[tower]}; they get the zero vector"
+                    f"{self.paths[tower]}; they get the training mean"
                 )
             # Centered as the Keras evaluator centers them (RankingFeatures.vector_table).
             training = np.isin(ids, np.unique(arrays[f"train/{tower}_id"]))

@@ -64,3 +64,16 @@ def test_vector_tables_are_centered_on_training_rows_only(real):
     # vocabulary index i holds ids[i - 1]
     train_mean = vectors[train_users - 1].mean(axis=0)
     np.testing.assert_allclose(table[test_users], vectors[test_users - 1] - train_mean, rtol=1e-4, atol=1e-4)
+
+
+def test_ids_without_a_vector_get_the_training_mean_when_allowed(real):
+    _, features = real
+    ids = list(features.user_vocabulary)
+    vectors = np.random.default_rng(1).normal(3.0, 1.0, (len(ids), 2))
+    train_users = np.unique(features.inputs["train"]["user"])
+    dropped = int(train_users[0])  # vocabulary index i holds ids[i - 1]
+    kept = [index for index in range(1, len(ids) + 1) if index != dropped]
+    table = features.vector_table([ids[index - 1] for index in kept], vectors[np.array(kept) - 1], "user", allow_missing=True)
+    assert (table[dropped] == 0).all()
+    train_mean = vectors[train_users[1:] - 1].mean(axis=0)
+    np.testing.assert_allclose(table[kept[0]], vectors[kept[0] - 1] - train_mean, rtol=1e-4, atol=1e-5)
