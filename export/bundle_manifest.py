@@ -43,6 +43,8 @@ class BundleManifest:
         source: where the encoder came from (run directory, tower, config).
         versions: package versions used to export.
         verification: the parity check that the export passed.
+        quantization: for int8 bundles, the quantization scheme (formats,
+            granularity, `reduce_range`); empty otherwise.
         format: always `marc-keras-onnx-bundle`.
         format_version: manifest layout version.
 
@@ -66,6 +68,7 @@ class BundleManifest:
     source: dict = dataclasses.field(default_factory=dict)
     versions: dict = dataclasses.field(default_factory=dict)
     verification: dict = dataclasses.field(default_factory=dict)
+    quantization: dict = dataclasses.field(default_factory=dict)
     inputs: tuple = INPUT_NAMES
     format: str = BUNDLE_FORMAT
     format_version: int = BUNDLE_FORMAT_VERSION

@@ -160,7 +160,9 @@ class OnnxExporter:
     the parity check it passed). Precisions: `fp32`; `fp16` (weights and
     arithmetic in float16, normalisation in float32, float32 inputs/outputs;
     for GPUs); `int8` (dynamic quantization of every MatMul, for ONNX Runtime
-    on CPU). The graph is written with Einsum products rewritten as MatMul.
+    on CPU, with 7-bit weights so that AVX2-only and VNNI CPUs give the same
+    vectors; the manifest's `quantization` names the scheme). The graph is
+    written with Einsum products rewritten as MatMul.
 
     Nothing is final until it is verified: `onnx.checker`, then ONNX Runtime
     against the Keras encoder on random token batches of shapes other than
@@ -242,11 +244,13 @@ class OnnxExporter:
         check = check or ParityCheck()
         with staged_directory(bundle_dir) as staging:
             with _quiet_exporters():
-                model_files = self._write_model(staging, precision, opset, external_data_threshold)
+                model_files, quantization = self._write_model(staging, precision, opset, external_data_threshold)
             onnx.checker.check_model(str(staging / MODEL_FILE), full_check=True)
             verification = self._verify(staging / MODEL_FILE, precision, check)
             (staging / TOKENIZER_FILE).write_text(self.encoder.backbone.tokenizer.to_json(), "utf-8")
-            manifest = self._manifest(staging, [*model_files, TOKENIZER_FILE], precision, opset, verification)
+            manifest = self._manifest(
+                staging, [*model_files, TOKENIZER_FILE], precision, opset, verification, quantization
+            )
             manifest.write(staging)
         return manifest
 
@@ -271,12 +275,13 @@ class OnnxExporter:
         external = model.ByteSize() > external_data_threshold
         target = directory / (f"float32-{MODEL_FILE}" if precision == "int8" else MODEL_FILE)
         self._save(model, target, external)
+        quantization = {}
         if precision == "int8":
-            quantize_int8(target, directory / MODEL_FILE, external)
+            quantization = quantize_int8(target, directory / MODEL_FILE, external)
             for leftover in (target, directory / f"float32-{EXTERNAL_DATA_FILE}"):
                 leftover.unlink(missing_ok=True)
             external = (directory / EXTERNAL_DATA_FILE).is_file()
-        return [MODEL_FILE, EXTERNAL_DATA_FILE] if external else [MODEL_FILE]
+        return ([MODEL_FILE, EXTERNAL_DATA_FILE] if external else [MODEL_FILE]), quantization
 
     @staticmethod
     def _save(model, path, external):
@@ -339,7 +344,7 @@ class OnnxExporter:
         verification["threshold"] = limit
         return verification
 
-    def _manifest(self, directory, files, precision, opset, verification):
+    def _manifest(self, directory, files, precision, opset, verification, quantization):
         backbone = self.encoder.backbone
         return BundleManifest(
             precision=precision,
@@ -356,4 +361,5 @@ class OnnxExporter:
             source={**self.source, "lora_rank": backbone.lora_rank},
             versions=_versions(),
             verification=verification,
+            quantization=quantization,
         )
