@@ -7,16 +7,19 @@ TensorFlow, so any process can read a store.
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from marc_keras.atomic_files import write_atomically
+from marc_keras.atomic_files import write_atomically, write_json
 
 ID_COLUMN = "id"
 METADATA_KEY = b"marc_keras"
+PART_METADATA_KEY = b"marc_keras_part"
+PROGRESS_FILE = "progress.json"
 
 
 def _npy_path(path, column):
@@ -30,6 +33,37 @@ def _ids_array(ids):
     return pa.array([str(value) for value in ids.tolist()], type=pa.string())
 
 
+def _schema(dims, manifest, id_type):
+    if id_type not in ("string", "int64"):
+        raise ValueError(f"id_type must be 'string' or 'int64'; got '{id_type}'.")
+    if not dims:
+        raise ValueError("An embedding store needs at least one vector column.")
+    metadata = {METADATA_KEY: json.dumps({"dims": dims, "manifest": manifest}).encode()}
+    fields = [pa.field(ID_COLUMN, pa.string() if id_type == "string" else pa.int64())]
+    fields += [pa.field(name, pa.list_(pa.float32(), dim)) for name, dim in dims.items()]
+    return pa.schema(fields, metadata=metadata)
+
+
+def _table(schema, dims, ids, vectors):
+    """Rows of a store: `ids` (n,) and `vectors[name]` (n, dims[name]) for every column."""
+    missing = set(dims) - set(vectors)
+    if missing:
+        raise ValueError(f"Rows are missing vector columns {sorted(missing)}.")
+    ids_array = _ids_array(ids)
+    if ids_array.type != schema.field(ID_COLUMN).type:
+        ids_array = ids_array.cast(schema.field(ID_COLUMN).type)
+    columns = [ids_array]
+    for name, dim in dims.items():
+        array = np.ascontiguousarray(vectors[name], dtype="float32")
+        if array.shape != (len(ids_array), dim):
+            raise ValueError(
+                f"Vectors '{name}' have shape {array.shape}; the store expects "
+                f"({len(ids_array)}, {dim})."
+            )
+        columns.append(pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), dim))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 class EmbeddingStore:
     """A parquet file of `id` plus fixed-size float32 list columns, one per vector kind.
 
@@ -39,7 +73,9 @@ class EmbeddingStore:
     streams chunks into a temporary file that becomes the store only on
     `close`, so an interrupted encode leaves no half-written store; with
     `write_npy=True` each vector column is also saved as `{stem}.{column}.npy`
-    beside it (row i = row i of the parquet).
+    beside it (row i = row i of the parquet). `EmbeddingStore.staged` writes
+    the chunks as part files that outlive a killed process, so that a re-run
+    resumes instead of starting over.
 
     Args:
         path: the `.parquet` file.
@@ -121,20 +157,48 @@ class EmbeddingStore:
         """
         return _StoreWriter(Path(path), dict(dims), manifest or {}, id_type, write_npy)
 
+    @staticmethod
+    def staged(path, dims, manifest, id_type, key):
+        """Opens a resumable writer: chunks are kept as part files until the store is finished.
+
+        Each chunk becomes `part-00000.parquet`, `part-00001.parquet`, ... in
+        the staging directory `.partial-{name}` beside `path`, each written
+        whole or not at all; `progress.json` there records `key`, what the
+        parts were made from. Opened again with an equal `key`, the writer
+        offers those parts back (`resume`); with another key, or none
+        recorded, it removes the staging directory first and says why in
+        `discarded`. `finish` streams the parts into the store (and `.npy`
+        files), renames it into place and removes the staging directory.
+
+        Args:
+            path: the `.parquet` store to create.
+            dims: vector column name -> width.
+            manifest: a JSON-serialisable dict stored in the schema metadata.
+            id_type: "string" or "int64".
+            key: a JSON-serialisable dict naming everything the vectors
+                depend on (input file, model checksums, chunking, columns).
+
+        Returns:
+            A writer with `resume(ids)`, `write(ids, vectors, notes)`,
+            `finish(write_npy)`, `rows` and `discarded` (`None`, or a
+            sentence saying which staging directory was dropped and why).
+
+        Example:
+        >>> store = EmbeddingStore.staged("items.parquet", {"compressed": 128}, manifest, "string", key)
+        >>> for ids, texts in chunks:
+        ...     if store.resume(ids) is None:  # not finished by an earlier attempt
+        ...         store.write(ids, encode(texts))
+        >>> store.finish()
+        """
+        return _StagedStore(Path(path), dict(dims), manifest or {}, id_type, key)
+
 
 class _StoreWriter:
     def __init__(self, path, dims, manifest, id_type, write_npy):
-        if id_type not in ("string", "int64"):
-            raise ValueError(f"id_type must be 'string' or 'int64'; got '{id_type}'.")
-        if not dims:
-            raise ValueError("An embedding store needs at least one vector column.")
         self.path = path
         self.dims = dims
         self.write_npy = write_npy
-        metadata = {METADATA_KEY: json.dumps({"dims": dims, "manifest": manifest}).encode()}
-        fields = [pa.field(ID_COLUMN, pa.string() if id_type == "string" else pa.int64())]
-        fields += [pa.field(name, pa.list_(pa.float32(), dim)) for name, dim in dims.items()]
-        self.schema = pa.schema(fields, metadata=metadata)
+        self.schema = _schema(dims, manifest, id_type)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
         self._writer = pq.ParquetWriter(self._partial, self.schema)
@@ -143,25 +207,12 @@ class _StoreWriter:
 
     def append(self, ids, vectors):
         """Appends rows: `ids` (n,) and `vectors[name]` (n, dims[name]) for every column."""
-        missing = set(self.dims) - set(vectors)
-        if missing:
-            raise ValueError(f"append() is missing vector columns {sorted(missing)}.")
-        ids_array = _ids_array(ids)
-        if ids_array.type != self.schema.field(ID_COLUMN).type:
-            ids_array = ids_array.cast(self.schema.field(ID_COLUMN).type)
-        columns = [ids_array]
-        for name, dim in self.dims.items():
-            array = np.ascontiguousarray(vectors[name], dtype="float32")
-            if array.shape != (len(ids_array), dim):
-                raise ValueError(
-                    f"Vectors '{name}' have shape {array.shape}; the store expects "
-                    f"({len(ids_array)}, {dim})."
-                )
-            columns.append(pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), dim))
-            if self._chunks is not None:
-                self._chunks[name].append(array)
-        self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
-        self.rows += len(ids_array)
+        table = _table(self.schema, self.dims, ids, vectors)
+        if self._chunks is not None:
+            for name in self.dims:
+                self._chunks[name].append(np.asarray(vectors[name], dtype="float32"))
+        self._writer.write_table(table)
+        self.rows += table.num_rows
 
     def close(self):
         self._writer.close()
@@ -183,6 +234,98 @@ class _StoreWriter:
             self.close()
         else:
             self.abort()
+
+
+class _StagedStore:
+    def __init__(self, path, dims, manifest, id_type, key):
+        self.path = path
+        self.dims = dims
+        self.schema = _schema(dims, manifest, id_type)
+        self.directory = path.with_name(f".partial-{path.name}")
+        self.key = json.loads(json.dumps(key))
+        self.discarded = self._discard_stale()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not (self.directory / PROGRESS_FILE).is_file():
+            write_json(self.directory / PROGRESS_FILE, self.key)
+        self._parts = []
+        self.rows = 0
+
+    def _discard_stale(self):
+        if not self.directory.exists():
+            return None
+        try:
+            recorded = json.loads((self.directory / PROGRESS_FILE).read_text("utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if recorded == self.key:
+            return None
+        if isinstance(recorded, dict):
+            changed = sorted(name for name in self.key.keys() | recorded.keys() if recorded.get(name) != self.key.get(name))
+            reason = f"it was made with a different {', '.join(changed)}"
+        else:
+            reason = f"it has no readable {PROGRESS_FILE}"
+        shutil.rmtree(self.directory)
+        return f"Discarded the unfinished encode in '{self.directory}': {reason}."
+
+    def _next_part(self):
+        return self.directory / f"part-{len(self._parts):05d}.parquet"
+
+    def resume(self, ids):
+        """Takes the next part from an earlier attempt if it holds exactly `ids`.
+
+        Returns:
+            The `notes` dict it was written with, or `None` when the part is
+            missing or unreadable or holds other ids (then `write` it).
+        """
+        part = self._next_part()
+        if not part.is_file():
+            return None
+        try:
+            part_file = pq.ParquetFile(part)
+            stored = part_file.read(columns=[ID_COLUMN]).column(ID_COLUMN)
+        except (OSError, pa.ArrowException):
+            return None
+        expected = _ids_array(ids).cast(self.schema.field(ID_COLUMN).type)
+        if not stored.equals(pa.chunked_array([expected])):
+            return None
+        self._parts.append(part)
+        self.rows += len(expected)
+        return json.loads(part_file.schema_arrow.metadata[PART_METADATA_KEY])
+
+    def write(self, ids, vectors, notes=None):
+        """Writes the next part: `ids` (n,), `vectors[name]` (n, dims[name]), and a small JSON `notes` dict."""
+        part = self._next_part()
+        table = _table(self.schema, self.dims, ids, vectors)
+        table = table.replace_schema_metadata({**self.schema.metadata, PART_METADATA_KEY: json.dumps(notes or {}).encode()})
+        write_atomically(part, lambda temporary: pq.write_table(table, temporary))
+        self._parts.append(part)
+        self.rows += table.num_rows
+
+    def finish(self, write_npy=False):
+        """Streams the parts into the store (and `.npy` files), one part in memory at a time."""
+        combined = self.directory / f"combined-{self.path.name}"
+        with pq.ParquetWriter(combined, self.schema) as writer:
+            for part in self._parts:
+                for batch in pq.ParquetFile(part).iter_batches():
+                    writer.write_batch(batch)
+        if write_npy:
+            for name, dim in self.dims.items():
+                self._write_npy(name, dim)
+        os.replace(combined, self.path)
+        shutil.rmtree(self.directory)
+
+    def _write_npy(self, name, dim):
+        temporary = self.directory / f"combined.{name}.npy"
+        array = np.lib.format.open_memmap(temporary, mode="w+", dtype="float32", shape=(self.rows, dim))
+        start = 0
+        for part in self._parts:
+            column = pq.read_table(part, columns=[name]).column(name).combine_chunks()
+            values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dim)
+            array[start : start + len(values)] = values
+            start += len(values)
+        array.flush()
+        del array
+        os.replace(temporary, _npy_path(self.path, name))
 
 
 def load_embedding_table(path, column=None):

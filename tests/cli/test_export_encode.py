@@ -1,4 +1,9 @@
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -8,6 +13,7 @@ from click.testing import CliRunner
 
 from marc_keras.cli.main import main
 from marc_keras.export.embedding_store import load_embedding_table
+from marc_keras.export.onnx_encoder import OnnxEncoder
 from marc_keras.marc_run import MARCRun
 from marc_keras.run_config import RunConfig
 
@@ -71,3 +77,44 @@ def test_export_and_encode_errors_are_one_line(tiny_run, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "has no column(s) ['blurb']" in result.stderr
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_a_killed_encode_resumes_without_encoding_its_finished_chunks_again(tiny_bundle, tmp_path):
+    # 8,000 short texts in 125 chunks of 64 take the tiny bundle about 1.5 s on
+    # one thread, so a kill after 10 chunks lands long before the end.
+    bundle, _ = tiny_bundle
+    rng = np.random.default_rng(0)
+    words = ["the", "a", "movie", "user", "likes", "film", "action", "comedy", "drama", "stars"]
+    count, chunk_size = 8000, 64
+    ids = [f"item{row}" for row in range(count)]
+    texts = [" ".join(rng.choice(words, rng.integers(1, 10))) for _ in range(count)]
+    pd.DataFrame({"id": ids, "text": texts}).to_csv(tmp_path / "items.csv", index=False)
+    output, staging = tmp_path / "items.parquet", tmp_path / ".partial-items.parquet"
+    command = [
+        str(Path(sys.executable).with_name("marc-keras")), "encode", "--bundle-dir", str(bundle),
+        "--input", str(tmp_path / "items.csv"), "--output", str(output), "--provider", "cpu",
+        "--threads", "1", "--batch-size", "8", "--chunk-size", str(chunk_size),
+    ]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list(staging.glob("part-*.parquet"))) < 10:
+        assert child.poll() is None, f"encode ended before it was killed: {child.communicate()}"
+        assert time.monotonic() < deadline, "encode wrote no 10 parts within 120 s"
+        time.sleep(0.005)
+    child.kill()
+    child.communicate()
+    assert child.returncode == -signal.SIGKILL and not output.exists()
+    finished_parts = len(list(staging.glob("part-*.parquet")))
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    stats = json.loads(rerun.stdout)
+    assert stats["rows"] == count and stats["resumed_rows"] >= finished_parts * chunk_size > 0
+    assert "resumed from an earlier run" in rerun.stderr and "\x1b[" not in rerun.stderr
+    clean = OnnxEncoder(bundle, provider="cpu", threads=1, batch_size=8)
+    clean.encode_file(tmp_path / "items.csv", tmp_path / "clean.parquet", chunk_size=chunk_size)
+    for column in ("compressed", "original"):
+        stored_ids, vectors, _ = load_embedding_table(output, column)
+        assert stored_ids.tolist() == ids
+        np.testing.assert_allclose(vectors, load_embedding_table(tmp_path / "clean.parquet", column)[1], atol=1e-5)
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["clean.parquet", "items.csv", "items.parquet"]

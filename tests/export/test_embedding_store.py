@@ -70,3 +70,34 @@ def test_files_that_are_not_stores_give_clear_errors(tmp_path):
         load_embedding_table(text)
     with pytest.raises(FileNotFoundError, match="marc-keras encode"):
         load_embedding_table(tmp_path / "none.parquet")
+
+
+def test_a_staged_store_takes_back_parts_only_for_the_same_key_and_ids(tmp_path):
+    path, staging = tmp_path / "items.parquet", tmp_path / ".partial-items.parquet"
+    dims, key, written = {"compressed": 4, "original": 6}, {"input": "items.csv", "chunk_size": 2}, vectors(5)
+    rows = {name: array[:2] for name, array in written.items()}
+    store = EmbeddingStore.staged(path, dims, MANIFEST, "string", key)
+    store.write(["u1", "u2"], rows, {"truncated": 1})
+    store.write(["u3", "u4"], {name: array[2:4] for name, array in written.items()})
+    # A killed process leaves its parts; a new writer with the same key takes them back.
+    store = EmbeddingStore.staged(path, dims, MANIFEST, "string", key)
+    assert store.discarded is None
+    assert store.resume(["u1", "u2"]) == {"truncated": 1}
+    assert store.resume(["u3", "u9"]) is None  # other ids: the part is written again
+    store.write(["u3", "u4"], {name: array[2:4] for name, array in written.items()})
+    store.write(["u5"], {name: array[4:] for name, array in written.items()})
+    store.finish(write_npy=True)
+    for column in dims:
+        ids, read, metadata = load_embedding_table(path, column)
+        assert ids.tolist() == ["u1", "u2", "u3", "u4", "u5"] and metadata["manifest"] == MANIFEST
+        np.testing.assert_array_equal(read, written[column])
+        np.testing.assert_array_equal(np.load(tmp_path / f"items.{column}.npy"), written[column])
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["items.compressed.npy", "items.original.npy", "items.parquet"]
+
+    EmbeddingStore.staged(path, dims, MANIFEST, "string", key).write(["u1", "u2"], rows)
+    store = EmbeddingStore.staged(path, dims, MANIFEST, "string", {**key, "chunk_size": 3})
+    assert store.discarded == f"Discarded the unfinished encode in '{staging}': it was made with a different chunk_size."
+    assert store.resume(["u1", "u2"]) is None
+    (staging / "progress.json").unlink()
+    store = EmbeddingStore.staged(path, dims, MANIFEST, "string", key)
+    assert store.discarded == f"Discarded the unfinished encode in '{staging}': it has no readable progress.json."

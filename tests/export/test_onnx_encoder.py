@@ -124,3 +124,75 @@ def test_the_runtime_imports_neither_keras_torch_nor_tensorflow():
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+@pytest.mark.parametrize("chunk_size", [100, 2], ids=["one-chunk", "across-chunks"])
+def test_duplicate_ids_are_refused_before_anything_is_written(tiny_bundle, tmp_path, chunk_size):
+    encoder = OnnxEncoder(tiny_bundle[0], provider="cpu")
+    ids = ["a", "b", "c", "b", "d", "a", "e", "b"]
+    pd.DataFrame({"id": ids, "text": ["a film"] * len(ids)}).to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(ValueError) as error:
+        encoder.encode_file(tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_size=chunk_size)
+    message = str(error.value)
+    assert "in.parquet' has duplicate ids in column 'id': 'a' (rows 0, 5); 'b' (rows 1, 3, 7)." in message
+    assert "deduplicate the input" in message
+    (tmp_path / "in.csv").write_text("item,text\n7,a film\n8,movie\n9,film\n8,the movie\n")
+    with pytest.raises(ValueError, match=r"in\.csv' has duplicate ids in column 'item': 8 \(rows 1, 3\)"):
+        encoder.encode_file(tmp_path / "in.csv", tmp_path / "out.parquet", id_column="item", chunk_size=chunk_size)
+    (tmp_path / "in.csv").write_text("item,text\n7,a film\n,movie\n")
+    with pytest.raises(ValueError, match=r"in\.csv' row 1 has no id \(a null in column 'item'\)"):
+        encoder.encode_file(tmp_path / "in.csv", tmp_path / "out.parquet", id_column="item", chunk_size=chunk_size)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.csv", "in.parquet"]
+
+
+def _interrupt_on_chunk(encoder, monkeypatch, chunk):
+    """Makes `encoder.encode` raise KeyboardInterrupt on its `chunk`-th call (from 0)."""
+    encode, calls = encoder.encode, []
+
+    def interrupted(texts, on_batch=None):
+        calls.append(len(texts))
+        if len(calls) > chunk:
+            raise KeyboardInterrupt
+        return encode(texts, on_batch)
+
+    monkeypatch.setattr(encoder, "encode", interrupted)
+
+
+def test_an_interrupted_encode_resumes_and_a_changed_input_starts_over(tiny_bundle, tmp_path, monkeypatch):
+    encoder = OnnxEncoder(tiny_bundle[0], provider="cpu", batch_size=2)
+    source, output, staging = tmp_path / "items.parquet", tmp_path / "store.parquet", tmp_path / ".partial-store.parquet"
+    pd.DataFrame({"id": np.arange(len(TEXTS)), "text": TEXTS}).to_parquet(source)
+    _interrupt_on_chunk(encoder, monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        encoder.encode_file(source, output, chunk_size=2, write_npy=True)
+    assert sorted(path.name for path in staging.iterdir()) == ["part-00000.parquet", "part-00001.parquet", "progress.json"]
+    assert not output.exists()
+    monkeypatch.undo()
+    stats = encoder.encode_file(source, output, chunk_size=2, write_npy=True)
+    assert (stats["rows"], stats["resumed_rows"], stats["truncated"], stats["discarded_partial"]) == (7, 4, 1, None)
+    ids, vectors, _ = load_embedding_table(output, "original")
+    assert ids.tolist() == list(range(len(TEXTS)))
+    np.testing.assert_allclose(vectors, encoder.encode(TEXTS)["original"], atol=1e-6)
+    np.testing.assert_array_equal(np.load(tmp_path / "store.original.npy"), vectors)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["items.parquet", "store.compressed.npy", "store.original.npy", "store.parquet"]
+
+    _interrupt_on_chunk(encoder, monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        encoder.encode_file(source, output, chunk_size=2)
+    monkeypatch.undo()
+    changed = list(reversed(TEXTS))
+    pd.DataFrame({"id": np.arange(len(TEXTS)), "text": changed}).to_parquet(source)
+    stats = encoder.encode_file(source, output, chunk_size=2)
+    assert stats["resumed_rows"] == 0
+    assert stats["discarded_partial"] == f"Discarded the unfinished encode in '{staging}': it was made with a different input."
+    np.testing.assert_allclose(load_embedding_table(output, "original")[1], encoder.encode(changed)["original"], atol=1e-6)
+    assert not staging.exists()
+
+
+def test_progress_off_a_terminal_is_plain_lines(tiny_bundle, tmp_path, capsys):
+    encoder = OnnxEncoder(tiny_bundle[0], provider="cpu", batch_size=2)
+    pd.DataFrame({"id": np.arange(len(TEXTS)), "text": TEXTS}).to_parquet(tmp_path / "items.parquet")
+    encoder.encode_file(tmp_path / "items.parquet", tmp_path / "store.parquet", verbose=True)
+    captured = capsys.readouterr()
+    assert "\x1b[" not in captured.err and captured.out == ""
+    assert captured.err.splitlines()[-1] == "items.parquet: encoded 7/7 texts (100%)"
