@@ -100,8 +100,8 @@ def evaluate(run_dirs, overrides):
 
 @main.command()
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True), help="A run directory; its config.json gives the data split and the [evaluate] settings.")
-@click.option("--user-store", required=True, type=click.Path(dir_okay=False, exists=True), help="Embedding store (.parquet) of user vectors, e.g. from `marc-keras encode`.")
-@click.option("--item-store", required=True, type=click.Path(dir_okay=False, exists=True), help="Embedding store (.parquet) of item vectors.")
+@click.option("--user-store", required=True, type=click.Path(dir_okay=False), help="Embedding store (.parquet) of user vectors, e.g. from `marc-keras encode`.")
+@click.option("--item-store", required=True, type=click.Path(dir_okay=False), help="Embedding store (.parquet) of item vectors.")
 @click.option("--column", default="compressed", show_default=True, help="Vector column of both stores: compressed (MARC-C) or original (MARC-O).")
 @click.option("--engine", type=click.Choice(["keras", "tfrs"]), default="keras", show_default=True, help="keras: the Keras 3 DCNv2; tfrs: a TensorFlow Recommenders DCNv2 in a child process (needs the tfrs extra).")
 @click.option("--seeds", metavar="0,1,2", help="Comma-separated ranker seeds (default: evaluate.seeds of the run).")
@@ -274,8 +274,8 @@ def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
 
 
 @main.command()
-@click.option("--bundle-dir", required=True, type=click.Path(file_okay=False, exists=True), help="A bundle made by `marc-keras export`.")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, exists=True), help="A .parquet or .csv table with an id column and a text column.")
+@click.option("--bundle-dir", required=True, type=click.Path(file_okay=False), help="A bundle made by `marc-keras export`.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="A .parquet or .csv table with an id column and a text column.")
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="The .parquet embedding store to write (replaced atomically).")
 @click.option("--id-column", default="id", show_default=True, help="Column of ids in the input table.")
 @click.option("--text-column", default="text", show_default=True, help="Column of texts in the input table.")
@@ -283,16 +283,19 @@ def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="ONNX Runtime provider; cuda fails clearly when it is unavailable.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per session run.")
-@click.option("--chunk-size", type=int, default=8192, show_default=True, help="Rows read from the input at a time.")
+@click.option("--chunk-size", type=int, default=8192, show_default=True, help="Rows encoded and saved at a time; a killed run loses at most one chunk.")
 @click.option("--npy", is_flag=True, help="Also write OUTPUT_STEM.<column>.npy beside the store.")
 @_report_errors
 def encode(bundle_dir, input_path, output_path, id_column, text_column, outputs, provider, threads, batch_size, chunk_size, npy):
     """Encode a table of texts into an embedding store with ONNX Runtime.
 
-    Streams the input in chunks, sorts each chunk's texts by length for
-    batching, and writes parquet with the id column, one fixed-size float32
-    list column per output and the bundle manifest in the schema metadata.
-    Texts over the bundle's max length are truncated and counted.
+    Checks the whole input first (duplicate or null ids and null texts are
+    refused, naming the rows), then streams it in chunks, sorts each chunk's
+    texts by length for batching, and writes parquet with the id column, one
+    fixed-size float32 list column per output and the bundle manifest in the
+    schema metadata. Texts over the bundle's max length are truncated and
+    counted. Finished chunks are kept in .partial-OUTPUT_NAME/ beside the
+    output: re-running a killed or interrupted command resumes from them.
     """
     from marc_keras.export.onnx_encoder import OnnxEncoder
 

@@ -1,15 +1,18 @@
 """marc-keras: compact LLM user and item vectors for recommenders (MARC).
 
 Importing this package selects the Keras torch backend (see `backend_guard`).
-The public names load on first use: keras-hub imports TensorFlow, which takes
-seconds, and the command line's `--help` should not wait for it.
+The public names load on first use, and the layers register with Keras when
+Keras is first imported: the command line's `--help` should not wait for
+Keras, while `keras.saving.load_model` on a MARC `.keras` file works right
+after `import marc_keras`.
 """
 
 import importlib
 
-from marc_keras.backend_guard import ensure_torch_backend
+from marc_keras.backend_guard import ensure_torch_backend, register_layers_when_keras_loads
 
 ensure_torch_backend()
+register_layers_when_keras_loads()
 
 __version__ = "0.1.0"
 

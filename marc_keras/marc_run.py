@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -9,13 +10,24 @@ import keras
 import numpy as np
 
 from marc_keras.atomic_files import write_atomically, write_json
+from marc_keras.backend_guard import set_random_seed, without_tensorflow
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
 from marc_keras.evaluation import DownstreamEvaluator, PCAProjection, RankingFeatures
+from marc_keras.line_progress import LineProgress, progress_is_interactive
 from marc_keras.models.marc import INPUT_NAMES, MARC
+from marc_keras.pair_batches import PairBatches
 from marc_keras.run_config import FIT_SECTIONS, RunConfig
+from marc_keras.step_checkpoint import START, StepCheckpoint
 
 CONFIG_FILE = "config.json"
 SPLITS = ("train", "validation", "test")
+# A run directory that holds any of these has started training: its config
+# is protected ("holds another run"). One without them (a `fit` that failed on
+# its data, say) is reset when opened with other settings.
+STARTED_MARKERS = ("checkpoint", "history.csv", "model.keras", "encoder.keras", "metrics.json")
+# What a run that has not started training may hold besides config.json; all
+# of it depends on the settings, so a reset removes it.
+STALE_BEFORE_TRAINING = ("tokens.npz", "frozen-vectors.npz", "vectors.npz", "evaluate-progress.json")
 
 
 def default_preset():
@@ -43,7 +55,9 @@ def load_dataset(data):
                 "data.dataset = 'files' needs data.interactions and data.items "
                 "(CSV or parquet paths); data.users is optional."
             )
-        interactions = InteractionData.from_files(data.interactions, data.items, data.users)
+        interactions = InteractionData.from_files(
+            data.interactions, data.items, data.users, encoding=data.encoding
+        )
         templates = data.templates
     else:
         raise ValueError(f"data.dataset must be 'movielens' or 'files'; got '{data.dataset}'.")
@@ -145,9 +159,10 @@ class MARCRun:
     """A MARC training run that lives in one directory and can be resumed.
 
     The directory holds `config.json` (the resolved settings), `tokens.npz`
-    (the sampled CTR pairs, tokenized once), `backup/` (Keras
-    BackupAndRestore state, so an interrupted `fit` resumes at its last
-    finished epoch), `history.csv`, and when finished `model.keras`,
+    (the sampled CTR pairs, tokenized once), `checkpoint/` (weights and
+    optimizer state every `training.checkpoint_steps` steps and at epoch
+    ends: a killed `fit` resumes at the step it last saved, see
+    `StepCheckpoint`), `history.csv`, and when finished `model.keras`,
     `encoder.keras` (frozen user encoder), `lora.lora.h5` and `metrics.json`.
     Every file is written atomically.
 
@@ -169,30 +184,28 @@ class MARCRun:
     def open(cls, run_dir, config):
         """Starts a run in `run_dir`, or resumes the one with the same config.
 
+        A directory whose run never started training (only `config.json`
+        and perhaps `tokens.npz`, e.g. a `fit` that failed on bad data) does
+        not block a corrected command: with other settings it is reset (its
+        stale files removed, the new config written).
+
         Raises:
-            ValueError: `run_dir` holds a run with other settings, or is a
-                non-empty directory that is not a run.
+            ValueError: `run_dir` holds a run that started training (it has
+                `checkpoint/`, `history.csv` or `model.keras`) with other
+                settings, or is a non-empty directory that is not a run.
         """
         run_dir = Path(run_dir)
         config_path = run_dir / CONFIG_FILE
         if config_path.is_file():
-            # Through RunConfig, so that keys added since the run was made
-            # take their defaults instead of looking like changed settings.
-            saved = json.loads(json.dumps(RunConfig.from_dict(json.loads(config_path.read_text())).to_dict()))
-            wanted = json.loads(json.dumps(config.to_dict()))
-            saved, wanted = ({name: values.get(name) for name in FIT_SECTIONS} for values in (saved, wanted))
-            if saved != wanted:
-                differences = sorted(
-                    f"{section}.{key}"
-                    for section in wanted
-                    for key in wanted[section]
-                    if (saved[section] or {}).get(key) != wanted[section][key]
-                )
+            differences = cls._saved_differences(config_path, config)
+            if differences and cls._started(run_dir):
                 raise ValueError(
                     f"Run directory '{run_dir}' holds another run (settings differ in "
-                    f"{', '.join(differences) or 'layout'}); choose a new --run-dir, or "
+                    f"{', '.join(differences)}); choose a new --run-dir, or "
                     "use the same settings to resume it."
                 )
+            if differences:
+                cls._reset(run_dir)
         elif run_dir.is_dir() and any(run_dir.iterdir()):
             raise ValueError(
                 f"'{run_dir}' is not empty and holds no {CONFIG_FILE}; it is not a "
@@ -201,6 +214,37 @@ class MARCRun:
         run = cls(run_dir, config)
         write_json(config_path, config.to_dict())
         return run
+
+    @staticmethod
+    def _started(run_dir):
+        return any((run_dir / name).exists() for name in STARTED_MARKERS)
+
+    @staticmethod
+    def _saved_differences(config_path, config):
+        """The `fit` keys whose saved value differs from `config`'s."""
+        try:
+            # Through RunConfig, so that keys added since the run was made
+            # take their defaults instead of looking like changed settings.
+            saved = json.loads(json.dumps(RunConfig.from_dict(json.loads(config_path.read_text())).to_dict()))
+        except ValueError as error:
+            return [f"all keys: its {CONFIG_FILE} no longer reads ({error})"]
+        wanted = json.loads(json.dumps(config.to_dict()))
+        return sorted(
+            f"{section}.{key}"
+            for section in FIT_SECTIONS
+            for key in wanted[section]
+            if (saved.get(section) or {}).get(key) != wanted[section][key]
+        )
+
+    @staticmethod
+    def _reset(run_dir):
+        """Removes what a run that never started training left behind."""
+        for path in run_dir.iterdir():
+            if path.name in (CONFIG_FILE, *STALE_BEFORE_TRAINING) or path.name.startswith(".partial-"):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
 
     @property
     def vectors_path(self):
@@ -270,6 +314,24 @@ class MARCRun:
                     if tower:
                         vectors.setdefault(name, {})[tower] = (ids[tower], stored[key])
         return {name: (towers["user"], towers["item"]) for name, towers in vectors.items()}
+
+    @property
+    def checkpoint_dir(self):
+        return self.run_dir / "checkpoint"
+
+    def _restore_checkpoint(self, model, train_x, train_y, log):
+        """Loads the run's last step checkpoint into `model`; the position to continue from."""
+        if StepCheckpoint.read_state(self.checkpoint_dir) is None:
+            return dict(START)
+        # Variables exist only once the model has seen a batch.
+        first = PairBatches(train_x, train_y, self.config.training.batch_size, self.config.training.seed)
+        model(first[0][0], training=False)
+        state = StepCheckpoint.restore(model, self.checkpoint_dir)
+        log(
+            f"resuming from {self.checkpoint_dir / state['weights']}: epoch {state['epoch'] + 1}, "
+            f"step {state['step']} ({state['global_step']} steps trained)"
+        )
+        return state
 
     @property
     def model_path(self):
@@ -343,7 +405,7 @@ class MARCRun:
             import torch
 
             torch.set_num_threads(training.threads)
-        keras.utils.set_random_seed(training.seed)
+        set_random_seed(training.seed)
         timings = {}
         started = time.perf_counter()
         split = build_split(self.config.data)
@@ -362,23 +424,47 @@ class MARCRun:
         model.compile(
             optimizer=keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay)
         )
-        callbacks = [
-            keras.callbacks.BackupAndRestore(str(self.run_dir / "backup")),
-            keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
-            keras.callbacks.EarlyStopping(
-                monitor="val_auc", mode="max", patience=2, restore_best_weights=True
-            ),
-        ]
-        started = time.perf_counter()
-        model.fit(
-            train_x,
-            train_y,
-            batch_size=training.batch_size,
-            epochs=training.epochs,
-            validation_data=part("validation"),
-            callbacks=callbacks,
-            verbose=verbose,
+        state = self._restore_checkpoint(model, train_x, train_y, log)
+        interactive = bool(verbose) and progress_is_interactive()
+        progress = [] if interactive or not verbose else [LineProgress(log)]
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=2, restore_best_weights=True
         )
+        callbacks = [
+            early_stopping,
+            StepCheckpoint(self.checkpoint_dir, training.checkpoint_steps, state, early_stopping=early_stopping),
+            keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
+            *progress,
+        ]
+
+        def fit_epochs(first_epoch, last_epoch, start_step):
+            batches = PairBatches(
+                train_x, train_y, training.batch_size, training.seed, epoch=first_epoch, start_step=start_step
+            )
+            model.fit(
+                batches,
+                initial_epoch=first_epoch,
+                epochs=last_epoch,
+                validation_data=part("validation"),
+                validation_batch_size=training.batch_size,
+                # PairBatches shuffles, reproducibly per epoch; Keras' own
+                # shuffle of batch indices could not be replayed on resume.
+                shuffle=False,
+                callbacks=[batches.epoch_callback(), *callbacks],
+                verbose=1 if interactive else 0,
+            )
+
+        started = time.perf_counter()
+        epoch = state["epoch"]
+        if state["step"]:
+            # The interrupted epoch's remaining batches, then whole epochs.
+            fit_epochs(epoch, epoch + 1, state["step"])
+            epoch += 1
+        if epoch < training.epochs and not model.stop_training:
+            fit_epochs(epoch, training.epochs, 0)
+        elif state.get("best_weights") is not None and not state["step"]:
+            # Killed after the last epoch, before the model was written.
+            model.set_weights(state["best_weights"])
         timings["fit_s"] = time.perf_counter() - started
 
         metrics = {}
@@ -388,10 +474,14 @@ class MARCRun:
             x, y = part(name)
             logs = model.evaluate(x, y, batch_size=training.batch_size, verbose=0, return_dict=True)
             metrics[name] = {"auc": logs["auc"], objective_loss: logs[objective_loss], "pairs": int(len(y))}
-        write_atomically(self.model_path, model.save)
-        write_atomically(self.encoder_path, model.encoder().save)
+        # Keras' serializer probes for TensorFlow (tf.TensorShape) and would load it.
+        with without_tensorflow():
+            write_atomically(self.model_path, model.save)
+            write_atomically(self.encoder_path, model.encoder().save)
         if self.config.model.lora_rank:
             write_atomically(self.run_dir / "lora.lora.h5", model.backbone.save_lora_weights)
         metrics["timings"] = timings
+        metrics["resumed_from_step"] = state["global_step"]
         write_json(metrics_path, metrics)
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         return metrics

@@ -8,7 +8,15 @@ import types
 import typing
 from pathlib import Path
 
+from marc_keras import config_checks as check
 from marc_keras.evaluation.downstream_evaluator import DownstreamConfig
+
+DATASETS = ("movielens", "files")
+# The same names as `marc_keras.layers.token_pooling.POOLING_MODES` and
+# `marc_keras.models.marc.OBJECTIVES` (a test keeps them equal); spelled out
+# here so that reading a config imports neither Keras nor the models.
+POOLING_MODES = ("mean", "last", "cls")
+OBJECTIVES = ("bce", "cosine_bce", "cosine", "contrastive", "aoe", "mrl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +34,12 @@ class DataSection:
         templates: text templates (see `TextTemplates.from_dict`); empty
             uses the dataset's defaults.
         seed: seed of the user split.
-        validation_fraction: share of users for validation.
-        test_fraction: share of users for test.
+        validation_fraction: share of users for validation, in (0, 1).
+        test_fraction: share of users for test, in (0, 1).
         max_text_history: most history items in a user's text.
+        encoding: text encoding of CSV tables (`dataset = "files"`), e.g.
+            "utf-8" (the default), "latin-1" or "cp1252". MovieLens `.dat`
+            files are always latin-1.
     """
 
     dataset: str = "movielens"
@@ -41,6 +52,25 @@ class DataSection:
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     max_text_history: int = 30
+    encoding: str = "utf-8"
+
+    def __post_init__(self):
+        check.choice("data.dataset", self.dataset, DATASETS)
+        if self.dataset == "files" and not (self.interactions and self.items):
+            raise ValueError(
+                "data.dataset = 'files' needs data.interactions and data.items "
+                "(CSV or parquet paths); data.users is optional."
+            )
+        check.whole_number("data.seed", self.seed, minimum=0)
+        for name in ("validation_fraction", "test_fraction"):
+            check.real_number(f"data.{name}", getattr(self, name), above=0, below=1)
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "data.validation_fraction + data.test_fraction must be < 1 to leave training "
+                f"users; got {self.validation_fraction} + {self.test_fraction}."
+            )
+        check.whole_number("data.max_text_history", self.max_text_history, minimum=0)
+        check.text_encoding("data.encoding", self.encoding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +108,26 @@ class ModelSection:
     mrl_prefixes: tuple[int, ...] = (16, 32, 64)
     reconstruction_weight: float = 0.0
 
+    def __post_init__(self):
+        check.whole_number("model.lora_rank", self.lora_rank, minimum=0)
+        check.choice("model.pooling", self.pooling, POOLING_MODES)
+        check.whole_number("model.max_length", self.max_length, minimum=1)
+        check.whole_number("model.compressed_dim", self.compressed_dim, minimum=1)
+        check.whole_numbers("model.compression_hidden_units", self.compression_hidden_units, minimum=1)
+        check.whole_numbers("model.matching_hidden_units", self.matching_hidden_units, minimum=1)
+        check.real_number("model.hsic_weight", self.hsic_weight, minimum=0)
+        check.choice("model.objective", self.objective, OBJECTIVES)
+        check.whole_numbers("model.mrl_prefixes", self.mrl_prefixes, minimum=1)
+        prefixes = list(self.mrl_prefixes)
+        if self.objective == "mrl" and (
+            not prefixes or prefixes != sorted(set(prefixes)) or prefixes[-1] >= self.compressed_dim
+        ):
+            raise ValueError(
+                "model.mrl_prefixes must be increasing widths below model.compressed_dim "
+                f"({self.compressed_dim}) for objective 'mrl'; got {prefixes}."
+            )
+        check.real_number("model.reconstruction_weight", self.reconstruction_weight, minimum=0)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSection:
@@ -93,6 +143,9 @@ class TrainingSection:
         weight_decay: AdamW weight decay.
         seed: seed of sampling, initialisation and shuffling.
         threads: torch CPU threads; `None` leaves torch's default.
+        checkpoint_steps: steps between mid-epoch checkpoints; a killed
+            `fit` loses at most this many steps (100 steps of 32 MiniLM
+            pairs are about five minutes on a 2-core CPU).
     """
 
     train_samples: int = 2048
@@ -104,6 +157,20 @@ class TrainingSection:
     weight_decay: float = 0.01
     seed: int = 0
     threads: int | None = None
+    checkpoint_steps: int = 100
+
+    def __post_init__(self):
+        for name in ("train_samples", "validation_samples", "test_samples", "epochs"):
+            check.whole_number(f"training.{name}", getattr(self, name), minimum=1)
+        check.whole_number(
+            "training.batch_size", self.batch_size, minimum=2,
+            why=" (HSIC and the in-batch losses compare the pairs of a batch)",
+        )
+        check.real_number("training.learning_rate", self.learning_rate, above=0)
+        check.real_number("training.weight_decay", self.weight_decay, minimum=0)
+        check.whole_number("training.seed", self.seed, minimum=0)
+        check.whole_number("training.threads", self.threads, minimum=1, optional=True)
+        check.whole_number("training.checkpoint_steps", self.checkpoint_steps, minimum=1)
 
 
 SECTIONS = {
@@ -167,7 +234,8 @@ class RunConfig:
     A config file is TOML (or JSON) with tables `[data]`, `[model]`,
     `[training]` and `[evaluate]` (the downstream DCNv2, see
     `DownstreamConfig`); any key left out keeps its default. Unknown sections or
-    keys are errors that name the key and the closest valid one.
+    keys are errors that name the key and the closest valid one; so are values
+    out of range (`training.batch_size = -4`) or not among a key's choices.
 
     Args:
         data: a `DataSection`.
@@ -212,7 +280,11 @@ class RunConfig:
                         f"are {', '.join(fields)}.{_suggest(key, fields)}"
                     )
                 kwargs[key] = _coerce(value, hints[key], dotted)
-            sections[section_name] = section_type(**kwargs)
+            try:
+                # Each section checks its ranges and choices in __post_init__.
+                sections[section_name] = section_type(**kwargs)
+            except ValueError as error:
+                raise ValueError(f"{source}: {error}") from None
         return cls(**sections)
 
     @classmethod

@@ -65,6 +65,7 @@ def test_tokens_are_sampled_deterministically(tiny_config, tmp_path):
 
 def test_a_directory_holding_another_run_is_refused(tiny_config, tmp_path):
     MARCRun.open(tmp_path, tiny_config)
+    (tmp_path / "history.csv").write_text("epoch,loss\n")  # it started training
     other = tiny_config.replace(training=tiny_config.training.__class__(epochs=3))
     with pytest.raises(ValueError, match="holds another run.*training.epochs"):
         MARCRun.open(tmp_path, other)
@@ -87,3 +88,52 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         write_atomically(target, failing)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+
+def _trained_weights(run_dir):
+    model = keras.saving.load_model(run_dir / "model.keras")
+    return [np.asarray(variable) for variable in model.trainable_variables]
+
+
+def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninterrupted_fit(
+    tiny_config, tmp_path, monkeypatch
+):
+    from marc_keras.step_checkpoint import StepCheckpoint
+
+    # 64 pairs in batches of 16: 4 steps an epoch, 2 epochs, a checkpoint every 3 steps.
+    config = tiny_config.replace(training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3))
+    MARCRun.open(tmp_path / "whole", config).fit(log=lambda _: None, verbose=0)
+
+    step_end = StepCheckpoint.on_train_batch_end
+
+    def killed_after_step_seven(self, batch, logs=None):
+        step_end(self, batch, logs)
+        if self.global_step == 7:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", killed_after_step_seven)
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
+    # Saved at global step 6 = step 2 of the second epoch; older weights are gone.
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert {key: state[key] for key in ("epoch", "step", "global_step", "weights")} == {
+        "epoch": 1, "step": 2, "global_step": 6, "weights": "step-000000006.npz"
+    }
+    assert state["early_stopping"]["best_epoch"] == 0 and state["best_weights"] == "best-00000.npz"
+    assert sorted(path.name for path in (run_dir / "checkpoint").iterdir()) == [
+        "best-00000.npz", "state.json", state["weights"]
+    ]
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", step_end)
+
+    lines = []
+    metrics = MARCRun.open(run_dir, config).fit(log=lines.append, verbose=0)
+    assert metrics["resumed_from_step"] == 6
+    assert [line for line in lines if "resuming from" in line][0].endswith("epoch 2, step 2 (6 steps trained)")
+    assert not (run_dir / "checkpoint").exists()
+    # Same data order, weights and optimizer state: the same model as the run never killed.
+    for resumed, whole in zip(_trained_weights(run_dir), _trained_weights(tmp_path / "whole"), strict=True):
+        np.testing.assert_allclose(resumed, whole, atol=1e-5)
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import gzip
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,7 +19,59 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 _TABLES = ("interactions", "items", "users")
 
 
-def _read_table(path: str | os.PathLike, table: str, id_columns: tuple[str, ...]) -> pd.DataFrame:
+def _undecodable_byte(path: Path, encoding: str) -> tuple[int, int, int] | None:
+    """`(line, byte in line, byte value)` of the first byte `encoding` cannot decode."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as error:
+                return number, error.start + 1, error.object[error.start]
+    return None
+
+
+def _csv_error(path: Path, table: str, error: Exception, encoding: str) -> ValueError:
+    """Turns a pandas CSV reading error into one line that names the file and line."""
+    if isinstance(error, UnicodeDecodeError):
+        found = _undecodable_byte(path, encoding)
+        where = (
+            f", line {found[0]}: byte 0x{found[2]:02x} (byte {found[1]} of the line)"
+            if found
+            else f": {error}:"
+        )
+        return ValueError(
+            f"{path}{where} is not valid {encoding} text. Save the {table} file as UTF-8, or "
+            "set data.encoding (encoding= of InteractionData.from_files) to the encoding it "
+            'was written in, e.g. "latin-1" or "cp1252".'
+        )
+    if isinstance(error, pd.errors.EmptyDataError):
+        return ValueError(
+            f"{path} is empty: the {table} file needs a header line naming its columns "
+            "and one line per row."
+        )
+    message = str(error)
+    ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if ragged:
+        expected, line, found = ragged.groups()
+        return ValueError(
+            f"{path}, line {line}: {found} fields where the header has {expected}. Put "
+            'double quotes around a value that contains a comma ("Heat, the movie"), or '
+            "fix the line."
+        )
+    unclosed = re.search(r"EOF inside string starting at row (\d+)", message)
+    if unclosed:
+        return ValueError(
+            f"{path}, line {int(unclosed.group(1)) + 1}: a double quote opened on this line "
+            'is never closed. Close it, or write a quote inside a quoted value as "".'
+        )
+    return ValueError(f"{path} is not a readable CSV {table} file: {message.strip()}")
+
+
+def _read_table(
+    path: str | os.PathLike, table: str, id_columns: tuple[str, ...], encoding: str = "utf-8"
+) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ValueError(
@@ -25,15 +80,33 @@ def _read_table(path: str | os.PathLike, table: str, id_columns: tuple[str, ...]
         )
     name = path.name.lower()
     if name.endswith(_CSV_SUFFIXES):
-        # Ids stay text: "007" and "7" are different items.
-        return pd.read_csv(
-            path,
-            dtype={column: str for column in id_columns},
-            keep_default_na=False,
-            na_values=[""],
-        )
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(
+                f"Unknown text encoding {encoding!r} for {path}; use one Python knows, such "
+                'as "utf-8", "latin-1" or "cp1252".'
+            ) from None
+        try:
+            # Ids stay text: "007" and "7" are different items.
+            return pd.read_csv(
+                path,
+                dtype={column: str for column in id_columns},
+                keep_default_na=False,
+                na_values=[""],
+                encoding=encoding,
+            )
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise _csv_error(path, table, error, encoding) from error
     if name.endswith(_PARQUET_SUFFIXES):
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as error:
+            # pyarrow's ArrowInvalid is a ValueError; its message names a buffer, not the file.
+            raise ValueError(
+                f"{path} is not a readable parquet {table} file ({error}). Write it again, "
+                "or as CSV."
+            ) from error
     raise ValueError(
         f"The {table} file {path} has an unknown suffix; use one of "
         f"{list(_CSV_SUFFIXES + _PARQUET_SUFFIXES)}."
@@ -86,12 +159,29 @@ def _numeric_column(
     return numeric
 
 
+def _attribute_text(values: pd.Series) -> pd.Series:
+    """An attribute column as text: missing values become "", whole floats lose ".0"."""
+    missing = values.isna().to_numpy()
+    present = values[~missing]
+    if pd.api.types.is_float_dtype(values) and ((present % 1 == 0) & (present.abs() < 2**53)).all():
+        # A column of years with one gap is read as floats: "1990", not "1990.0".
+        values = values.astype("Int64")
+    text = values.astype(str)
+    text[missing] = ""
+    return text
+
+
 def _attribute_table(frame: pd.DataFrame, id_column: str, source: str) -> pd.DataFrame:
     if id_column not in frame.columns:
         raise ValueError(
             f"{source}: missing the column '{id_column}' (found "
             f"{list(frame.columns)}). Add an '{id_column}' column with one "
             "row per id."
+        )
+    if len(frame) == 0:
+        raise ValueError(
+            f"{source}: has no rows (only a header?); it needs one row per "
+            f"{id_column.removesuffix('_id')}."
         )
     table = frame.copy()
     table[id_column] = _id_column(frame, id_column, source)
@@ -100,11 +190,12 @@ def _attribute_table(frame: pd.DataFrame, id_column: str, source: str) -> pd.Dat
         examples = table[id_column][duplicated].unique()[:3].tolist()
         raise ValueError(
             f"{source}: column '{id_column}' has {int(duplicated.sum())} "
-            f"duplicate ids (e.g. {examples}). Keep one row per id."
+            f"duplicate ids (e.g. {examples}; repeated in rows "
+            f"{_first_rows(duplicated)}, 1-based, header not counted). Keep one row per id."
         )
     for column in table.columns:
         if column != id_column:
-            table[column] = table[column].fillna("").astype(str)
+            table[column] = _attribute_text(table[column])
     columns = [id_column] + [column for column in table.columns if column != id_column]
     return table[columns].reset_index(drop=True)
 
@@ -305,6 +396,7 @@ class InteractionData:
         users: str | os.PathLike | None = None,
         *,
         label_threshold: float = 3.0,
+        encoding: str = "utf-8",
     ) -> InteractionData:
         """Read CSV (`.csv`, `.csv.gz`) or parquet (`.parquet`, `.pq`) files.
 
@@ -316,9 +408,16 @@ class InteractionData:
                 attribute columns.
             label_threshold: When `label` is absent it is derived as
                 `rating > label_threshold`.
+            encoding: Text encoding of the CSV files, e.g. "utf-8",
+                "latin-1" or "cp1252" (parquet files ignore it).
 
         Returns:
             A validated `InteractionData`.
+
+        Raises:
+            ValueError: a file is missing or unreadable (undecodable bytes,
+                lines with too many fields), or its content does not fit the
+                format; the message names the file and the line or rows.
 
         Example:
         ```python
@@ -328,9 +427,9 @@ class InteractionData:
         ```
         """
         return cls.from_frames(
-            _read_table(interactions, "interactions", ("user_id", "item_id")),
-            _read_table(items, "items", ("item_id",)),
-            None if users is None else _read_table(users, "users", ("user_id",)),
+            _read_table(interactions, "interactions", ("user_id", "item_id"), encoding),
+            _read_table(items, "items", ("item_id",), encoding),
+            None if users is None else _read_table(users, "users", ("user_id",), encoding),
             label_threshold=label_threshold,
             names={
                 "interactions": str(interactions),

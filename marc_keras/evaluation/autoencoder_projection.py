@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from marc_keras.backend_guard import set_random_seed
+
 # Columns whose training spread is below this are constant: they are centred
 # but not scaled, so that float noise is not blown up into a feature.
 MIN_STD = 1e-6
@@ -83,7 +85,7 @@ class AutoencoderProjection:
     bottleneck. Fit it on training data only (training users and the item
     catalogue), then apply it everywhere.
 
-    `fit` calls `keras.utils.set_random_seed(seed)` (initialisation and
+    `fit` calls `set_random_seed(seed)` (initialisation and
     shuffling), so the same data and seed give the same projection on the
     same machine and thread count; it also reseeds Python, numpy and torch.
 
@@ -182,7 +184,7 @@ class AutoencoderProjection:
         spread = vectors.std(axis=0)
         self.scale = np.where(spread > MIN_STD, spread, 1.0)
         standardised = self._standardise(vectors)
-        keras.utils.set_random_seed(self.seed)
+        set_random_seed(self.seed)
         self.model = self._build_model(dim)
         self.model.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
         history = self.model.fit(

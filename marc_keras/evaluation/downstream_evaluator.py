@@ -9,6 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from marc_keras import config_checks as check
+from marc_keras.backend_guard import set_random_seed
 from marc_keras.atomic_files import write_json
 from marc_keras.evaluation.ctr_metrics import auc, logloss, relative_improvement
 from marc_keras.evaluation.dcn_v2_ranker import DCNv2Ranker
@@ -40,6 +42,18 @@ class DownstreamConfig:
     num_experts: int = 3
     seeds: tuple[int, ...] = (0, 1, 2)
     train_samples: int | None = None
+
+    def __post_init__(self):
+        # Named as config keys: these settings are the `[evaluate]` table.
+        for name in ("max_epochs", "batch_size", "num_experts"):
+            check.whole_number(f"evaluate.{name}", getattr(self, name), minimum=1)
+        check.whole_number("evaluate.patience", self.patience, minimum=0)
+        check.real_number("evaluate.learning_rate", self.learning_rate, above=0)
+        check.real_number("evaluate.weight_decay", self.weight_decay, minimum=0)
+        check.whole_numbers("evaluate.seeds", self.seeds, minimum=0, allow_empty=False)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"evaluate.seeds must not repeat a seed; got {list(self.seeds)}.")
+        check.whole_number("evaluate.train_samples", self.train_samples, minimum=1, optional=True)
 
 
 class DownstreamEvaluator:
@@ -82,7 +96,7 @@ class DownstreamEvaluator:
     def train_one(self, seed, user_vectors=None, item_vectors=None, verbose=0):
         """Trains one ranker; returns it and its test (AUC, logloss)."""
         config = self.config
-        keras.utils.set_random_seed(seed)
+        set_random_seed(seed)
         ranker = DCNv2Ranker.from_features(
             self.features, user_vectors, item_vectors, num_experts=config.num_experts
         )

@@ -30,6 +30,26 @@ def _vector_table(features, tower, path, ids, vectors, log):
     return features.vector_table(ids, vectors, tower, allow_missing=True), len(missing)
 
 
+def _check_widths(run, stores, paths, column):
+    """Both stores must hold vectors of one width; "compressed" ones the run's compressed_dim."""
+    widths = {tower: stores[tower][1].shape[1] for tower in TOWERS}
+    expected = run.config.model.compressed_dim if column == "compressed" else None
+    for tower in TOWERS:
+        if expected is not None and widths[tower] != expected:
+            raise ValueError(
+                f"Embedding store '{paths[tower]}' holds {widths[tower]}-d '{column}' vectors, "
+                f"but run '{run.run_dir}' makes {expected}-d ones (model.compressed_dim): it was "
+                "encoded with another model's bundle. Encode both stores with this run's bundle, "
+                "or give the run that made them as --run-dir."
+            )
+    if widths["user"] != widths["item"]:
+        raise ValueError(
+            f"Embedding store '{paths['item']}' holds {widths['item']}-d '{column}' vectors, but "
+            f"the user store '{paths['user']}' holds {widths['user']}-d ones (expected the same "
+            "width): encode both stores with the same bundle."
+        )
+
+
 def rank_with_stores(run, user_store, item_store, column="compressed", engine="keras", seeds=None, log=print):
     """Trains a downstream DCNv2 on vectors from two embedding stores and scores test users.
 
@@ -60,7 +80,10 @@ def rank_with_stores(run, user_store, item_store, column="compressed", engine="k
         engine adds per-seed `runs` with validation AUC per epoch).
 
     Raises:
-        ValueError: an unknown engine, or a store that does not fit the split.
+        ValueError: an unknown engine, or a store that does not fit the split
+            or the run: "compressed" vectors must be `model.compressed_dim`
+            wide, and user and item vectors equally wide (the message names
+            the store, its width and the expected one).
 
     Example:
     >>> report = rank_with_stores(run, "users.parquet", "items.parquet", engine="tfrs")
@@ -85,8 +108,10 @@ def rank_with_stores(run, user_store, item_store, column="compressed", engine="k
             weight_decay=downstream.weight_decay,
             log=log,
         )
+        stores = ranker.stores
     else:
         stores = {tower: read_store_vectors(paths[tower], column) for tower in TOWERS}
+    _check_widths(run, stores, paths, column)
     started = time.perf_counter()
     split, interactions = build_split(run.config.data, with_interactions=True)
     features = RankingFeatures(split, interactions)

@@ -59,7 +59,16 @@ def read_store_vectors(path, column="compressed", expected_dim=None):
     Example:
     >>> ids, vectors = read_store_vectors("users.parquet", "compressed", expected_dim=128)
     """
-    ids, vectors, _ = load_embedding_table(path, column)
+    try:
+        ids, vectors, _ = load_embedding_table(path, column)
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        # E.g. numpy's reshape error when the schema's widths do not match the rows.
+        raise ValueError(
+            f"Embedding store '{path}' could not be read ({error}); it is damaged or was "
+            "altered. Re-encode it with `marc-keras encode`."
+        ) from error
     ids = np.asarray([str(identifier) for identifier in ids.tolist()], dtype=str)
     if expected_dim is not None and vectors.shape[1] != int(expected_dim):
         raise ValueError(

@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import keras
-import keras_hub
 from keras import ops
 
+from marc_keras.backend_guard import import_keras_hub, without_tensorflow
 from marc_keras.layers.token_pooling import TokenPooling
 from marc_keras.text_tokenizer import TOKENIZER_FILE, TextTokenizer
 
+keras_hub = import_keras_hub()
 LORA_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")
 
 
@@ -48,7 +49,10 @@ def _hidden_states_model(backbone):
 
 def _load_keras_hub_backbone(path, dtype):
     try:
-        return keras_hub.models.Backbone.from_preset(str(path), dtype=dtype)
+        # keras-hub asks TensorFlow for gfile URI schemes (gs://, ...); a local
+        # directory needs none, and loading TensorFlow costs seconds.
+        with without_tensorflow():
+            return keras_hub.models.Backbone.from_preset(str(path), dtype=dtype)
     except (ValueError, KeyError, NotImplementedError) as error:
         raise ValueError(
             f"keras-hub could not load a backbone from '{path}': {error}. "
