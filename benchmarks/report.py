@@ -12,8 +12,25 @@ RESULTS_MD = BENCHMARKS / "RESULTS.md"
 RESULTS_DIR = BENCHMARKS / "results"
 
 
+# The instruction sets whose presence changes which int8 / float kernels run.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def cpu_flags():
+    """Which of `CPU_FLAGS` this CPU has (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def machine_facts():
-    """CPU model, cores, load and package versions, recorded with every figure."""
+    """CPU model and flags, cores, load and package versions, recorded with every figure."""
     cpu = platform.processor()
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
@@ -21,9 +38,10 @@ def machine_facts():
                 cpu = line.split(":", 1)[1].strip()
     except (OSError, subprocess.CalledProcessError):
         pass
-    versions = {name: metadata.version(name) for name in ("keras", "keras-hub", "torch", "numpy")}
+    versions = {name: metadata.version(name) for name in ("keras", "keras-hub", "torch", "numpy", "onnxruntime")}
     return {
         "cpu": cpu,
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
         "python": platform.python_version(),

@@ -156,3 +156,16 @@ def set_random_seed(seed):
 
     with without_tensorflow():
         keras.utils.set_random_seed(seed)
+
+
+def serialize_keras_object(instance):
+    """`keras.saving.serialize_keras_object` without loading TensorFlow.
+
+    Keras' serializer checks for `tf.TensorShape` whenever TensorFlow is
+    importable, which imports it; `get_config` of every marc-keras layer
+    that nests another goes through here.
+    """
+    import keras
+
+    with without_tensorflow():
+        return keras.saving.serialize_keras_object(instance)

@@ -5,7 +5,7 @@ from pathlib import Path
 import keras
 from keras import ops
 
-from marc_keras.backend_guard import import_keras_hub, without_tensorflow
+from marc_keras.backend_guard import import_keras_hub, serialize_keras_object, without_tensorflow
 from marc_keras.layers.token_pooling import TokenPooling
 from marc_keras.text_tokenizer import TOKENIZER_FILE, TextTokenizer
 
@@ -239,7 +239,7 @@ class LoRABackbone(keras.layers.Layer):
             )
 
     def get_config(self):
-        backbone = keras.saving.serialize_keras_object(self.backbone)
+        backbone = serialize_keras_object(self.backbone)
         if hasattr(self.backbone, "tie_word_embeddings"):
             # keras-hub 0.32's LlamaBackbone.get_config drops it: a tied
             # checkpoint (SmolLM2) would come back untied, one weight larger.

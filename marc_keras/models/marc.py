@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from marc_keras.backend_guard import serialize_keras_object
 from marc_keras.layers.compression_network import CompressionNetwork
 from marc_keras.layers.cosine_scorer import CosineScorer
 from marc_keras.layers.lora_backbone import LoRABackbone
@@ -375,14 +376,14 @@ class MARC(keras.Model):
     def get_config(self):
         config = {
             **super().get_config(),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "compression": keras.saving.serialize_keras_object(self.compression),
-            "matching": keras.saving.serialize_keras_object(self.matching),
+            "backbone": serialize_keras_object(self.backbone),
+            "compression": serialize_keras_object(self.compression),
+            "matching": serialize_keras_object(self.matching),
             "hsic_weight": self.hsic_weight,
             "objective": self.objective,
             "mrl_prefixes": list(self.mrl_prefixes),
             "reconstruction_weight": self.reconstruction_weight,
         }
         if self.item_compression is not None:
-            config["item_compression"] = keras.saving.serialize_keras_object(self.item_compression)
+            config["item_compression"] = serialize_keras_object(self.item_compression)
         return config

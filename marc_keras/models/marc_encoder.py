@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from marc_keras.backend_guard import serialize_keras_object
 from marc_keras.layers.compression_network import CompressionNetwork
 from marc_keras.layers.lora_backbone import LoRABackbone
 from marc_keras.length_batches import encode_in_length_order
@@ -85,8 +86,8 @@ class MARCEncoder(keras.Model):
     def get_config(self):
         return {
             **super().get_config(),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "compression": keras.saving.serialize_keras_object(self.compression),
+            "backbone": serialize_keras_object(self.backbone),
+            "compression": serialize_keras_object(self.compression),
         }
 
     @classmethod
