@@ -35,4 +35,4 @@ bench: install
 	MARC_KERAS_ML1M_DIR=$(ML1M) $(BIN)/python benchmarks/train_step.py
 
 lint: install
-	$(BIN)/ruff check marc_keras cli tests benchmarks
+	$(BIN)/ruff check marc_keras cli export tests benchmarks

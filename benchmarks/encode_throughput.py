@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from marc_keras.evaluation import DownstreamEvaluator, RankingFeatures
+from marc_keras.config import RunConfig
+from marc_keras.experiments.marc_run import MARCRun, build_split
 from marc_keras.export.onnx_encoder import OnnxEncoder
 from marc_keras.export.onnx_exporter import OnnxExporter
-from marc_keras.marc_run import MARCRun, build_split
-from marc_keras.run_config import RunConfig
+from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
+from marc_keras.ranking.ranking_features import RankingFeatures
 
 import keras  # after marc_keras, which selects the torch backend
 import torch

@@ -16,8 +16,8 @@ from pathlib import Path
 
 FIT_ONE = """
 import json, sys, time
-from marc_keras.marc_run import MARCRun
-from marc_keras.run_config import RunConfig
+from marc_keras.config import RunConfig
+from marc_keras.experiments.marc_run import MARCRun
 config_path, run_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 run = MARCRun.open(run_dir, RunConfig.from_file(config_path, overrides))
 started = time.perf_counter()

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RESULTS_DIR, machine_facts, update_results_section, write_json
 
-from marc_keras.comparison import REFERENCE_ROW, to_markdown
-from marc_keras.evaluation.mra_plot import mra_markdown
+from marc_keras.experiments.comparison import REFERENCE_ROW, to_markdown
+from marc_keras.utils.markdown_tables import mra_markdown
 
 ROW_KEYS = ("name", "auc_mean", "auc_std", "logloss_mean", "logloss_std", "aucs", "loglosses", "seconds")
 

@@ -19,9 +19,9 @@ import keras
 import numpy as np
 import torch
 
-from marc_keras.marc_run import build_split, default_preset
+from marc_keras.config import DataSection
+from marc_keras.experiments.marc_run import build_split, default_preset
 from marc_keras.models.marc import MARC
-from marc_keras.run_config import DataSection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine_facts, update_results_section, write_json

@@ -59,8 +59,8 @@ def fit(config_path, overrides, run_dir, data_dir):
     model.keras, encoder.keras, lora.lora.h5, history.csv and metrics.json
     into RUN_DIR. An interrupted run resumes from its last finished epoch.
     """
-    from marc_keras.marc_run import MARCRun
-    from marc_keras.run_config import RunConfig
+    from marc_keras.config import RunConfig
+    from marc_keras.experiments.marc_run import MARCRun
 
     if data_dir:
         overrides = (*overrides, f'data.data_dir="{data_dir}"')
@@ -85,17 +85,16 @@ def evaluate(run_dirs, overrides):
     """
     from pathlib import Path
 
-    from marc_keras.marc_run import CONFIG_FILE, MARCRun, evaluate_runs
-    from marc_keras.run_config import RunConfig
+    from marc_keras.config import RunConfig
+    from marc_keras.experiments.marc_run import CONFIG_FILE, MARCRun, evaluate_runs
+    from marc_keras.utils.markdown_tables import downstream_markdown
 
     runs = []
     for run_dir in run_dirs:
         config = RunConfig.from_file(Path(run_dir) / CONFIG_FILE, overrides)
         runs.append(MARCRun(run_dir, config))
     rows = evaluate_runs(runs, log=lambda line: click.echo(line, err=True))
-    from marc_keras.evaluation import DownstreamEvaluator
-
-    click.echo(DownstreamEvaluator.to_markdown(rows))
+    click.echo(downstream_markdown(rows))
 
 
 @main.command()
@@ -117,10 +116,10 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
     """
     from pathlib import Path
 
-    from marc_keras.evaluation import DownstreamEvaluator
-    from marc_keras.evaluation.store_ranking import rank_with_stores
-    from marc_keras.marc_run import CONFIG_FILE, MARCRun
-    from marc_keras.run_config import RunConfig
+    from marc_keras.config import RunConfig
+    from marc_keras.experiments.marc_run import CONFIG_FILE, MARCRun
+    from marc_keras.experiments.store_ranking import rank_with_stores
+    from marc_keras.utils.markdown_tables import downstream_markdown
 
     if seeds is not None:
         try:
@@ -132,7 +131,7 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
         run, user_store, item_store, column=column, engine=engine, seeds=seeds,
         log=lambda line: click.echo(line, err=True),
     )
-    click.echo(DownstreamEvaluator.to_markdown(report["rows"]))
+    click.echo(downstream_markdown(report["rows"]))
 
 
 @main.command()
@@ -155,9 +154,9 @@ def probe(run_dirs, config_path, labels, frozen, output_dir, overrides, layers, 
     stopping on validation users, and reports test-user AUC per layer as
     mean +- std. Writes probe.json, probe.md and mra.png into OUTPUT_DIR.
     """
-    from marc_keras.evaluation.layer_probe import probe_runs
-    from marc_keras.evaluation.mra_plot import mra_markdown
-    from marc_keras.run_config import RunConfig
+    from marc_keras.config import RunConfig
+    from marc_keras.experiments.probe import probe_runs
+    from marc_keras.utils.markdown_tables import mra_markdown
 
     if layers is not None:
         try:
@@ -215,13 +214,13 @@ def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
     users; the table gives AUC and logloss (mean +- std), RelaImpr against
     MARC-C, and whether MARC-C wins by more than one standard deviation.
     """
-    from marc_keras.method_registry import METHODS, resolve_methods
+    from marc_keras.baselines.method_registry import METHODS, resolve_methods
 
     # Names are checked before the heavy imports, so a typo fails at once.
     names = list(METHODS) if methods.strip() == "all" else [name.strip() for name in methods.split(",") if name.strip()]
     resolve_methods(names)
-    from marc_keras.comparison import compare_methods, to_markdown
-    from marc_keras.run_config import RunConfig
+    from marc_keras.config import RunConfig
+    from marc_keras.experiments.comparison import compare_methods, to_markdown
 
     if data_dir:
         overrides = (*overrides, f'data.data_dir="{data_dir}"')

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from marc_keras.atomic_files import write_atomically, write_json
+from marc_keras.utils.atomic_files import write_atomically, write_json
 
 ID_COLUMN = "id"
 METADATA_KEY = b"marc_keras"

@@ -12,8 +12,8 @@ import numpy as np
 
 from marc_keras.export.bundle_manifest import MODEL_FILE, TOKENIZER_FILE, BundleManifest
 from marc_keras.export.embedding_store import EmbeddingStore
-from marc_keras.length_batches import encode_in_length_order
 from marc_keras.text_tokenizer import TextTokenizer
+from marc_keras.utils.length_batches import encode_in_length_order
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 TABLE_SUFFIXES = (".parquet", ".csv")

@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import torch
 
-from marc_keras.atomic_files import staged_directory
 from marc_keras.export.bundle_manifest import (
     INPUT_NAMES,
     MODEL_FILE,
@@ -24,6 +23,7 @@ from marc_keras.export.bundle_manifest import (
 from marc_keras.export.onnx_graph import convert_to_float16, quantize_int8, rewrite_einsum_as_matmul
 from marc_keras.layers.lora_backbone import LoRABackbone
 from marc_keras.models.marc_encoder import MARCEncoder
+from marc_keras.utils.atomic_files import staged_directory
 
 PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUT_NAMES = ("compressed", "original")

@@ -1,6 +1,6 @@
 """marc-keras: compact LLM user and item vectors for recommenders (MARC).
 
-Importing this package selects the Keras torch backend (see `backend_guard`).
+Importing this package selects the Keras torch backend (see `utils/backend_guard.py`).
 The public names load on first use, and the layers register with Keras when
 Keras is first imported: the command line's `--help` should not wait for
 Keras, while `keras.saving.load_model` on a MARC `.keras` file works right
@@ -9,7 +9,7 @@ after `import marc_keras`.
 
 import importlib
 
-from marc_keras.backend_guard import ensure_torch_backend, register_layers_when_keras_loads
+from marc_keras.utils.backend_guard import ensure_torch_backend, register_layers_when_keras_loads
 
 ensure_torch_backend()
 register_layers_when_keras_loads()
@@ -24,8 +24,8 @@ _PUBLIC = {
     "MatchingNetwork": "marc_keras.layers.matching_network",
     "TokenPooling": "marc_keras.layers.token_pooling",
     "TextTokenizer": "marc_keras.text_tokenizer",
-    "RunConfig": "marc_keras.run_config",
-    "MARCRun": "marc_keras.marc_run",
+    "RunConfig": "marc_keras.config.run_config",
+    "MARCRun": "marc_keras.experiments.marc_run",
     "hsic": "marc_keras.losses.hsic",
 }
 

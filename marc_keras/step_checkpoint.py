@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import torch
 
-from marc_keras.atomic_files import write_atomically, write_json
+from marc_keras.utils.atomic_files import write_atomically, write_json
 
 STATE_FILE = "state.json"
 SEED_STATE_NAME = "seed_generator_state"

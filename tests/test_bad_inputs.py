@@ -21,13 +21,12 @@ import pytest
 from click.testing import CliRunner
 
 from marc_keras.cli.main import main
-from marc_keras.evaluation.downstream_evaluator import DownstreamConfig
-from marc_keras.evaluation.store_ranking import rank_with_stores
-from marc_keras.evaluation.tfrs_ranker import read_store_vectors
+from marc_keras.config import DataSection, DownstreamConfig, RunConfig
+from marc_keras.experiments.marc_run import CONFIG_FILE, STARTED_MARKERS, MARCRun, load_dataset
+from marc_keras.experiments.store_ranking import rank_with_stores
 from marc_keras.export.embedding_store import METADATA_KEY, EmbeddingStore
 from marc_keras.export.onnx_encoder import OnnxEncoder
-from marc_keras.marc_run import CONFIG_FILE, STARTED_MARKERS, MARCRun, load_dataset
-from marc_keras.run_config import DataSection, RunConfig
+from marc_keras.ranking.tfrs_ranker import read_store_vectors
 
 INTERACTIONS = "user_id,item_id,rating,timestamp\nu1,i1,5,100\nu1,i2,3,200\nu2,i1,4,150\nu2,i3,1,160\nu3,i2,2,50\n"
 ITEMS = "item_id,title,genres\ni1,Heat (1995),Action|Crime\ni2,Köln Story (2001),Drama\ni3,Toy Story (1995),Comedy\n"
@@ -333,8 +332,8 @@ def test_config_errors_name_the_file_and_come_before_any_data(tmp_path):
 def test_config_choices_match_the_library():
     from marc_keras.layers.token_pooling import POOLING_MODES
     from marc_keras.models.marc import OBJECTIVES
-    from marc_keras.run_config import OBJECTIVES as CONFIG_OBJECTIVES
-    from marc_keras.run_config import POOLING_MODES as CONFIG_POOLING
+    from marc_keras.config.run_config import OBJECTIVES as CONFIG_OBJECTIVES
+    from marc_keras.config.run_config import POOLING_MODES as CONFIG_POOLING
 
     assert CONFIG_POOLING == POOLING_MODES and tuple(OBJECTIVES) == CONFIG_OBJECTIVES
     for path in ("configs/demo.toml", "configs/compare-cpu.toml", "configs/gpu.toml"):

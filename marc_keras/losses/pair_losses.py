@@ -2,7 +2,7 @@
 
 All take paired user and item vectors (B, k) and 0/1 labels (B,) and return
 a float32 scalar. They are the training objectives of the fine-tuned
-baselines and ablations that `marc_keras.method_registry` names:
+baselines and ablations that `marc_keras.baselines.method_registry` names:
 
 - `cosine_embedding_loss`: MARC-CS (cosine loss instead of cross-entropy);
 - `in_batch_contrastive_loss`: LARR (in-batch contrastive on clicked pairs);

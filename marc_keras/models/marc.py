@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from marc_keras.backend_guard import serialize_keras_object
 from marc_keras.layers.compression_network import CompressionNetwork
 from marc_keras.layers.cosine_scorer import CosineScorer
 from marc_keras.layers.lora_backbone import LoRABackbone
@@ -17,12 +16,13 @@ from marc_keras.losses.pair_losses import (
     in_batch_contrastive_loss,
 )
 from marc_keras.models.marc_encoder import MARCEncoder
+from marc_keras.utils.backend_guard import serialize_keras_object
 
 TOWERS = ("user", "item")
 TOKEN_FIELDS = ("token_ids", "padding_mask")
 INPUT_NAMES = tuple(f"{tower}_{field}" for tower in TOWERS for field in TOKEN_FIELDS)
 # How the compressed pair is scored and trained. "bce" is MARC; the others
-# are the baselines and ablations of `marc_keras.method_registry`.
+# are the baselines and ablations of `marc_keras.baselines.method_registry`.
 OBJECTIVES = {
     "bce": "matching network logit, binary cross-entropy (MARC)",
     "cosine_bce": "learned scale * cosine of the pair, binary cross-entropy (no matching network)",

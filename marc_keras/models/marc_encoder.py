@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 
-from marc_keras.backend_guard import serialize_keras_object
 from marc_keras.layers.compression_network import CompressionNetwork
 from marc_keras.layers.lora_backbone import LoRABackbone
-from marc_keras.length_batches import encode_in_length_order
+from marc_keras.utils.backend_guard import serialize_keras_object
+from marc_keras.utils.length_batches import encode_in_length_order
 
 
 @keras.saving.register_keras_serializable(package="marc_keras")

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from marc_keras.cli.main import main
+from marc_keras.config import RunConfig
+from marc_keras.experiments.marc_run import MARCRun
 from marc_keras.export.embedding_store import load_embedding_table
 from marc_keras.export.onnx_encoder import OnnxEncoder
-from marc_keras.marc_run import MARCRun
-from marc_keras.run_config import RunConfig
 
 
 @pytest.fixture(scope="module")

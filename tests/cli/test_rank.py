@@ -5,10 +5,10 @@ import pytest
 from click.testing import CliRunner
 
 from marc_keras.cli.main import main
+from marc_keras.config import RunConfig
 from marc_keras.data import MovieLens
+from marc_keras.experiments.marc_run import MARCRun
 from marc_keras.export.embedding_store import EmbeddingStore
-from marc_keras.marc_run import MARCRun
-from marc_keras.run_config import RunConfig
 
 DIM = 8
 SMALL = ["--seeds", "0", "--set", "evaluate.train_samples=2000", "--set", "evaluate.max_epochs=1"]

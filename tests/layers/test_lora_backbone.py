@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_WORDS
+from helpers import TINY_WORDS
 
 import keras
 import keras_hub

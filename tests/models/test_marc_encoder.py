@@ -4,7 +4,7 @@ import numpy as np
 
 import keras
 import marc_keras
-from conftest import genre_match_task
+from helpers import genre_match_task
 
 
 def test_encoder_outputs_equal_the_model_towers_in_input_order(make_tiny_marc):

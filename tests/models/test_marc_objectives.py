@@ -5,7 +5,7 @@ import pytest
 
 import keras
 import marc_keras
-from conftest import genre_match_task
+from helpers import genre_match_task
 from marc_keras.losses.pair_losses import cosine_similarity
 
 

@@ -1,0 +1,1 @@
+"""Compression baselines (PCA, autoencoder, VAE) and the registry of compared methods."""

@@ -1,0 +1,330 @@
+"""A MARC run's settings as data: one TOML/JSON file, with command-line overrides."""
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from marc_keras.config import config_checks as check
+from marc_keras.config.downstream_config import DownstreamConfig
+
+DATASETS = ("movielens", "files")
+# The same names as `marc_keras.layers.token_pooling.POOLING_MODES` and
+# `marc_keras.models.marc.OBJECTIVES` (a test keeps them equal); spelled out
+# here so that reading a config imports neither Keras nor the models.
+POOLING_MODES = ("mean", "last", "cls")
+OBJECTIVES = ("bce", "cosine_bce", "cosine", "contrastive", "aoe", "mrl")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Where interactions come from and how users are split (DESIGN.md Sec. 4).
+
+    Args:
+        dataset: "movielens" (ML-1M files) or "files" (bring your own
+            interactions / items / users tables, CSV or parquet).
+        data_dir: ML-1M directory; `None` uses `MARC_KERAS_ML1M_DIR` or the
+            download cache.
+        interactions: interactions table, for `dataset = "files"`.
+        items: items table, for `dataset = "files"`.
+        users: optional users table, for `dataset = "files"`.
+        templates: text templates (see `TextTemplates.from_dict`); empty
+            uses the dataset's defaults.
+        seed: seed of the user split.
+        validation_fraction: share of users for validation, in (0, 1).
+        test_fraction: share of users for test, in (0, 1).
+        max_text_history: most history items in a user's text.
+        encoding: text encoding of CSV tables (`dataset = "files"`), e.g.
+            "utf-8" (the default), "latin-1" or "cp1252". MovieLens `.dat`
+            files are always latin-1.
+    """
+
+    dataset: str = "movielens"
+    data_dir: str | None = None
+    interactions: str | None = None
+    items: str | None = None
+    users: str | None = None
+    templates: dict = dataclasses.field(default_factory=dict)
+    seed: int = 42
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_text_history: int = 30
+    encoding: str = "utf-8"
+
+    def __post_init__(self):
+        check.choice("data.dataset", self.dataset, DATASETS)
+        if self.dataset == "files" and not (self.interactions and self.items):
+            raise ValueError(
+                "data.dataset = 'files' needs data.interactions and data.items "
+                "(CSV or parquet paths); data.users is optional."
+            )
+        check.whole_number("data.seed", self.seed, minimum=0)
+        for name in ("validation_fraction", "test_fraction"):
+            check.real_number(f"data.{name}", getattr(self, name), above=0, below=1)
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "data.validation_fraction + data.test_fraction must be < 1 to leave training "
+                f"users; got {self.validation_fraction} + {self.test_fraction}."
+            )
+        check.whole_number("data.max_text_history", self.max_text_history, minimum=0)
+        check.text_encoding("data.encoding", self.encoding)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The MARC model (paper defaults; `preset = None` is all-MiniLM-L6-v2).
+
+    Args:
+        preset: keras-hub preset or Hugging Face checkpoint directory.
+        lora_rank: LoRA rank; 0 freezes the backbone.
+        pooling: "mean", "last" or "cls".
+        max_length: maximum tokens per text.
+        compressed_dim: width of MARC-C vectors.
+        compression_hidden_units: hidden sizes of the compression network.
+        matching_hidden_units: hidden sizes of the matching network.
+        share_compression: one compression network for users and items.
+        hsic_weight: lambda of the HSIC terms.
+        explicit_interactions: feed c_u * c_i to the matching network.
+        objective: training objective, one of `marc_keras.models.marc.OBJECTIVES`
+            ("bce" is MARC; the rest serve baselines and ablations).
+        mrl_prefixes: nested prefix widths, for objective "mrl".
+        reconstruction_weight: weight of reconstructing r from c (ESE).
+    """
+
+    preset: str | None = None
+    lora_rank: int = 8
+    pooling: str = "mean"
+    max_length: int = 128
+    compressed_dim: int = 128
+    compression_hidden_units: tuple[int, ...] = (256,)
+    matching_hidden_units: tuple[int, ...] = (128,)
+    share_compression: bool = True
+    hsic_weight: float = 0.01
+    explicit_interactions: bool = True
+    objective: str = "bce"
+    mrl_prefixes: tuple[int, ...] = (16, 32, 64)
+    reconstruction_weight: float = 0.0
+
+    def __post_init__(self):
+        check.whole_number("model.lora_rank", self.lora_rank, minimum=0)
+        check.choice("model.pooling", self.pooling, POOLING_MODES)
+        check.whole_number("model.max_length", self.max_length, minimum=1)
+        check.whole_number("model.compressed_dim", self.compressed_dim, minimum=1)
+        check.whole_numbers("model.compression_hidden_units", self.compression_hidden_units, minimum=1)
+        check.whole_numbers("model.matching_hidden_units", self.matching_hidden_units, minimum=1)
+        check.real_number("model.hsic_weight", self.hsic_weight, minimum=0)
+        check.choice("model.objective", self.objective, OBJECTIVES)
+        check.whole_numbers("model.mrl_prefixes", self.mrl_prefixes, minimum=1)
+        prefixes = list(self.mrl_prefixes)
+        if self.objective == "mrl" and (
+            not prefixes or prefixes != sorted(set(prefixes)) or prefixes[-1] >= self.compressed_dim
+        ):
+            raise ValueError(
+                "model.mrl_prefixes must be increasing widths below model.compressed_dim "
+                f"({self.compressed_dim}) for objective 'mrl'; got {prefixes}."
+            )
+        check.real_number("model.reconstruction_weight", self.reconstruction_weight, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSection:
+    """How MARC is trained.
+
+    Args:
+        train_samples: CTR samples drawn from training users.
+        validation_samples: CTR samples drawn from validation users.
+        test_samples: CTR samples drawn from test users for the final report.
+        batch_size: pairs per step (HSIC needs several dozen).
+        epochs: passes over the training sample.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        seed: seed of sampling, initialisation and shuffling.
+        threads: torch CPU threads; `None` leaves torch's default.
+        checkpoint_steps: steps between mid-epoch checkpoints; a killed
+            `fit` loses at most this many steps (100 steps of 32 MiniLM
+            pairs are about five minutes on a 2-core CPU).
+    """
+
+    train_samples: int = 2048
+    validation_samples: int = 512
+    test_samples: int = 1024
+    batch_size: int = 32
+    epochs: int = 1
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_steps: int = 100
+
+    def __post_init__(self):
+        for name in ("train_samples", "validation_samples", "test_samples", "epochs"):
+            check.whole_number(f"training.{name}", getattr(self, name), minimum=1)
+        check.whole_number(
+            "training.batch_size", self.batch_size, minimum=2,
+            why=" (HSIC and the in-batch losses compare the pairs of a batch)",
+        )
+        check.real_number("training.learning_rate", self.learning_rate, above=0)
+        check.real_number("training.weight_decay", self.weight_decay, minimum=0)
+        check.whole_number("training.seed", self.seed, minimum=0)
+        check.whole_number("training.threads", self.threads, minimum=1, optional=True)
+        check.whole_number("training.checkpoint_steps", self.checkpoint_steps, minimum=1)
+
+
+SECTIONS = {
+    "data": DataSection,
+    "model": ModelSection,
+    "training": TrainingSection,
+    "evaluate": DownstreamConfig,
+}
+# The sections that define what `fit` trains; `evaluate` settings can change
+# without making a run directory "another run".
+FIT_SECTIONS = ("data", "model", "training")
+
+
+def _suggest(name, options):
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(value, annotation, key):
+    """Converts a parsed config value to the field's declared type."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if value is None and type(None) in arguments:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        annotation = next(a for a in arguments if a is not type(None))
+        origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"Config key '{key}' takes a list like [256]; got {value!r}.")
+        return tuple(_coerce(item, arguments[0], key) for item in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"Config key '{key}' takes true or false; got {value!r}.")
+    if annotation in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"Config key '{key}' takes a number; got {value!r}.")
+        if annotation is int and float(value) != int(value):
+            raise ValueError(f"Config key '{key}' takes a whole number; got {value!r}.")
+        return annotation(value)
+    if annotation is str and not isinstance(value, str):
+        raise ValueError(f"Config key '{key}' takes a string; got {value!r}.")
+    if annotation is dict and not isinstance(value, dict):
+        raise ValueError(f"Config key '{key}' takes a table; got {value!r}.")
+    return value
+
+
+def _parse_override_value(text):
+    # TOML syntax for the value, so `epochs=2`, `preset="/m"`, `units=[64]`
+    # work; a bare word that is not TOML is taken as a string.
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """All settings of a `marc-keras fit` run, in three sections.
+
+    A config file is TOML (or JSON) with tables `[data]`, `[model]`,
+    `[training]` and `[evaluate]` (the downstream DCNv2, see
+    `DownstreamConfig`); any key left out keeps its default. Unknown sections or
+    keys are errors that name the key and the closest valid one; so are values
+    out of range (`training.batch_size = -4`) or not among a key's choices.
+
+    Args:
+        data: a `DataSection`.
+        model: a `ModelSection`.
+        training: a `TrainingSection`.
+        evaluate: a `DownstreamConfig`.
+
+    Example:
+    >>> config = RunConfig.from_file("configs/demo.toml", ["training.epochs=2"])
+    >>> config.training.epochs
+    2
+    """
+
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    training: TrainingSection = dataclasses.field(default_factory=TrainingSection)
+    evaluate: DownstreamConfig = dataclasses.field(default_factory=DownstreamConfig)
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        """Builds a config from nested dicts, checking every key and type."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected tables {list(SECTIONS)}; got {type(values).__name__}.")
+        sections = {}
+        for section_name, section_values in values.items():
+            if section_name not in SECTIONS:
+                raise ValueError(
+                    f"{source}: unknown section '{section_name}'; valid sections are "
+                    f"{', '.join(SECTIONS)}.{_suggest(section_name, SECTIONS)}"
+                )
+            if not isinstance(section_values, dict):
+                raise ValueError(f"{source}: '{section_name}' must be a table of keys.")
+            section_type = SECTIONS[section_name]
+            fields = {field.name: field for field in dataclasses.fields(section_type)}
+            hints = typing.get_type_hints(section_type)
+            kwargs = {}
+            for key, value in section_values.items():
+                dotted = f"{section_name}.{key}"
+                if key not in fields:
+                    raise ValueError(
+                        f"{source}: unknown key '{dotted}'; valid keys in [{section_name}] "
+                        f"are {', '.join(fields)}.{_suggest(key, fields)}"
+                    )
+                kwargs[key] = _coerce(value, hints[key], dotted)
+            try:
+                # Each section checks its ranges and choices in __post_init__.
+                sections[section_name] = section_type(**kwargs)
+            except ValueError as error:
+                raise ValueError(f"{source}: {error}") from None
+        return cls(**sections)
+
+    @classmethod
+    def from_file(cls, path=None, overrides=()):
+        """Reads a TOML or JSON file (or the defaults) and applies overrides.
+
+        Args:
+            path: a `.toml` or `.json` file, or `None` for the defaults.
+            overrides: strings `section.key=value`, value in TOML syntax.
+
+        Returns:
+            A `RunConfig`.
+
+        Raises:
+            FileNotFoundError: `path` does not exist.
+            ValueError: the file does not parse, or a key or value is invalid.
+        """
+        values = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"Config file '{path}' does not exist.")
+            text = path.read_text("utf-8")
+            try:
+                values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+            except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+                raise ValueError(f"Config file '{path}' does not parse: {error}") from error
+        for override in overrides:
+            dotted, separator, text = override.partition("=")
+            section, _, key = dotted.strip().partition(".")
+            if not separator or not key:
+                raise ValueError(
+                    f"Override '{override}' must look like section.key=value, "
+                    "for example training.epochs=2."
+                )
+            values.setdefault(section, {})[key] = _parse_override_value(text.strip())
+        return cls.from_dict(values, source=str(path) if path else "config")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections):
+        return dataclasses.replace(self, **sections)

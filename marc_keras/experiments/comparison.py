@@ -1,0 +1,167 @@
+"""Trains and evaluates compression methods side by side: `marc-keras compare` (DESIGN.md Sec. 5)."""
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from marc_keras.baselines.autoencoder_projection import AutoencoderProjection
+from marc_keras.baselines.method_registry import resolve_methods
+from marc_keras.baselines.pca_projection import PCAProjection
+from marc_keras.baselines.vae_projection import VAEProjection
+from marc_keras.experiments.marc_run import MARCRun, build_split
+from marc_keras.ranking.ctr_metrics import relative_improvement
+from marc_keras.ranking.downstream_evaluator import BASELINE_ROW, DownstreamEvaluator
+from marc_keras.ranking.ranking_features import RankingFeatures
+from marc_keras.utils.atomic_files import write_atomically, write_json
+
+REFERENCE_ROW = "marc-c"
+
+
+def _projection(method, components, seed):
+    if method.projection == "pca":
+        return PCAProjection(components)
+    if method.projection == "ae":
+        return AutoencoderProjection(components, seed=seed)
+    return VAEProjection(components, seed=seed)
+
+
+def beats_by_one_std(reference, row):
+    """Whether `reference`'s mean AUC exceeds `row`'s by more than the larger of their stds."""
+    return reference["auc_mean"] - row["auc_mean"] > max(reference["auc_std"], row["auc_std"])
+
+
+def _train(config, methods, output_dir, seeds, split, log, verbose):
+    """Fits (or resumes) every trained method's run per seed and encodes its vectors."""
+    run_methods = {method.run_name: method for method in methods if method.kind == "trained"}
+    trained, fit_seconds = {name: {} for name in run_methods}, {}
+    # Seed-major, so an interrupted comparison has every method at its first seeds.
+    for seed in seeds:
+        for method in run_methods.values():
+            run_config = config.replace(
+                model=dataclasses.replace(config.model, **method.model),
+                training=dataclasses.replace(config.training, seed=seed),
+            )
+            run = MARCRun.open(output_dir / "runs" / method.run_name / f"seed{seed}", run_config)
+            log(f"training {method.run_name} seed {seed}")
+            metrics = run.fit(log=log, verbose=verbose)
+            fit_seconds.setdefault(method.run_name, []).append(metrics["timings"]["fit_s"])
+            trained[method.run_name][seed] = run.encode_vectors(split, include_frozen=False, verbose=verbose)
+    return fit_seconds, trained
+
+
+def compare_methods(config, method_names, output_dir, log=print, verbose=0, train_only=False):
+    """Trains every method on the same labels and sample budget and scores it downstream.
+
+    Trained methods are MARC runs with the method's `[model]` overrides
+    (`marc_keras.baselines.method_registry`), one run per downstream seed (training
+    seed = downstream seed), so the spread covers both trainings; methods with
+    the same settings (marc-c and marc-o) share their runs. Training-free
+    methods are fitted on the frozen backbone's vectors of training users and
+    the item catalogue, with the downstream seed. Every run lives under
+    `output_dir/runs/` and resumes like any `marc-keras fit` run.
+
+    Args:
+        config: the base `RunConfig` (data, model, training budget,
+            `[evaluate]` with the seeds).
+        method_names: registered method names.
+        output_dir: where runs, `compare.json` and `compare.md` go.
+        log: callable taking one progress line.
+        verbose: Keras verbosity of the trainings.
+        train_only: train and encode the runs, then stop before the
+            downstream scoring, so trainings can be spread over processes
+            that share `output_dir/runs` (each method's runs are written by
+            one process only); a later call without it scores them all.
+
+    Returns:
+        The report written to `compare.json`: a "dcnv2" row (the downstream
+        model without text vectors), then one row per method, with AUC / logloss mean
+        and std, RelaImpr against MARC-C, and whether MARC-C beats each row
+        by more than one standard deviation (`None` with a single seed).
+        With `train_only`, only {"fit_seconds": ...} and nothing is written.
+    """
+    methods = resolve_methods(method_names)
+    output_dir = Path(output_dir)
+    seeds = list(config.evaluate.seeds)
+    split, interactions = build_split(config.data, with_interactions=True)
+    fit_seconds, trained = _train(config, methods, output_dir, seeds, split, log, verbose)
+    if train_only:
+        return {"fit_seconds": fit_seconds}
+    features = RankingFeatures(split, interactions)
+    started = time.perf_counter()
+    frozen = MARCRun(output_dir / "frozen", config).encode_vectors(split, include_trained=False, verbose=verbose)
+    (user_ids, frozen_users), (item_ids, frozen_items) = frozen["frozen"]
+    log(f"frozen vectors ready in {time.perf_counter() - started:.0f}s")
+
+    training_users = np.isin(user_ids, split.users["train"])
+    fit_rows = np.concatenate([frozen_users[training_users], frozen_items])
+    components = config.model.compressed_dim
+
+    def provider(method):
+        if method.kind == "frozen":
+            return lambda seed: (features.vector_table(user_ids, frozen_users, "user"), features.vector_table(item_ids, frozen_items, "item"))
+        if method.kind == "training-free":
+            def project(seed):
+                projection = _projection(method, components, seed).fit(fit_rows)
+                return (
+                    features.vector_table(user_ids, projection.transform(frozen_users), "user"),
+                    features.vector_table(item_ids, projection.transform(frozen_items), "item"),
+                )
+
+            return project
+        name = "marc-c" if method.vectors == "compressed" else "marc-o"
+
+        def lookup(seed):
+            (users_ids, users), (items_ids, items) = trained[method.run_name][seed][name]
+            return features.vector_table(users_ids, users, "user"), features.vector_table(items_ids, items, "item")
+
+        return lookup
+
+    evaluator = DownstreamEvaluator(
+        features,
+        config.evaluate,
+        log=log,
+        progress_path=output_dir / "compare-progress.json",
+        progress_fingerprint=json.dumps(config.to_dict(), sort_keys=True),
+    )
+    rows = evaluator.evaluate({BASELINE_ROW: None, **{method.name: provider(method) for method in methods}})
+    reference = next((row for row in rows if row["name"] == REFERENCE_ROW), None)
+    for row in rows:
+        if reference is not None:
+            row["relaimpr_vs_marc_c"] = relative_improvement(row["auc_mean"], reference["auc_mean"])
+            # One seed has no spread to beat: the verdict is left open (None).
+            judged = len(seeds) > 1 and row is not reference
+            row["marc_c_beats_by_one_std"] = beats_by_one_std(reference, row) if judged else None
+    report = {
+        "dataset": str(config.data.data_dir or config.data.dataset),
+        "backbone": config.model.preset or "all-MiniLM-L6-v2",
+        "seeds": seeds,
+        "methods": {method.name: method.description for method in methods},
+        "fit_seconds": fit_seconds,
+        "config": config.to_dict(),
+        "rows": rows,
+    }
+    write_json(output_dir / "compare.json", report)
+    markdown = to_markdown(rows)
+    write_atomically(output_dir / "compare.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
+    return report
+
+
+def to_markdown(rows):
+    """The comparison as a Markdown table."""
+    lines = [
+        "| method | test AUC | test logloss | RelaImpr vs marc-c | MARC-C better by > 1 std |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        relaimpr = f"{100 * row['relaimpr_vs_marc_c']:+.2f}%" if "relaimpr_vs_marc_c" in row else "-"
+        beaten = {True: "yes", False: "no"}.get(row.get("marc_c_beats_by_one_std"), "-")
+        if row["name"] == REFERENCE_ROW:
+            beaten = "-"
+        lines.append(
+            f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
+            f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} | {beaten} |"
+        )
+    return "\n".join(lines)

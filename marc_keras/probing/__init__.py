@@ -1,0 +1,1 @@
+"""Layer-wise probing: every backbone layer's vectors scored downstream (the MRA curve)."""

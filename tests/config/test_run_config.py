@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from marc_keras.config import RunConfig
+
+
+def test_file_and_overrides_resolve_with_types(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nlora_rank = 4\ncompression_hidden_units = [64, 32]\n[training]\nepochs = 3\n')
+    config = RunConfig.from_file(path, ["training.epochs=5", "model.preset=/models/x", "data.seed=7"])
+    assert config.model.lora_rank == 4
+    assert config.model.compression_hidden_units == (64, 32)
+    assert config.training.epochs == 5 and config.data.seed == 7
+    assert config.model.preset == "/models/x"
+    assert config.training.batch_size == 32  # default kept
+
+
+def test_json_config_round_trips(tmp_path):
+    config = RunConfig.from_file(None, ["model.hsic_weight=0.1"])
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert RunConfig.from_file(path) == config
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainng.epochs=2", "unknown section 'trainng'.*Did you mean 'training'"),
+        ("training.epoch=2", "unknown key 'training.epoch'.*Did you mean 'epochs'"),
+        ("training.epochs=2.5", "'training.epochs' takes a whole number"),
+        ("model.share_compression=1", "takes true or false"),
+        ("model.compression_hidden_units=64", "takes a list"),
+        ("epochs", "must look like section.key=value"),
+    ],
+)
+def test_bad_keys_and_values_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_file(None, [override])
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.toml"):
+        RunConfig.from_file(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[model\nlora_rank = ")
+    with pytest.raises(ValueError, match="broken.toml' does not parse"):
+        RunConfig.from_file(broken)

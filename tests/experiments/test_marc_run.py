@@ -1,0 +1,140 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import keras
+from marc_keras.config import RunConfig
+from marc_keras.experiments.marc_run import MARCRun
+from marc_keras.utils.atomic_files import write_atomically
+
+
+@pytest.fixture
+def tiny_config(tiny_preset, ml1m_dir):
+    return RunConfig.from_file(
+        None,
+        [
+            f'model.preset="{tiny_preset}"',
+            f'data.data_dir="{ml1m_dir}"',
+            "model.lora_rank=2",
+            "model.max_length=24",
+            "model.compressed_dim=8",
+            "model.compression_hidden_units=[16]",
+            "model.matching_hidden_units=[16]",
+            "training.train_samples=64",
+            "training.validation_samples=32",
+            "training.test_samples=32",
+            "training.batch_size=16",
+        ],
+    )
+
+
+def test_fit_writes_a_complete_run_and_a_rerun_only_reports(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = MARCRun.open(run_dir, tiny_config).fit(log=lambda _: None, verbose=0)
+    for name in ("config.json", "tokens.npz", "history.csv", "model.keras", "encoder.keras", "lora.lora.h5", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.glob(".partial-*"))
+    assert metrics["test"]["pairs"] == 32 and 0.0 <= metrics["test"]["auc"] <= 1.0
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    encoder = keras.saving.load_model(run_dir / "encoder.keras")
+    assert encoder.encode(["Female, age 25-34. Recently watched: nothing yet."])["compressed"].shape == (1, 8)
+    model_mtime = (run_dir / "model.keras").stat().st_mtime
+    again = MARCRun.open(run_dir, tiny_config).fit(log=lambda _: None, verbose=0)
+    assert again == json.loads(json.dumps(metrics))
+    assert (run_dir / "model.keras").stat().st_mtime == model_mtime
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "aoe", "cosine"])
+def test_objectives_without_bce_report_their_own_loss(tiny_config, tmp_path, objective):
+    config = tiny_config.replace(model=dataclasses.replace(tiny_config.model, objective=objective, hsic_weight=0.0))
+    metrics = MARCRun.open(tmp_path / "run", config).fit(log=lambda _: None, verbose=0)
+    assert sorted(metrics["test"]) == sorted(["auc", objective, "pairs"])
+    assert np.isfinite(metrics["test"][objective])
+
+
+def test_tokens_are_sampled_deterministically(tiny_config, tmp_path):
+    for name in ("a", "b"):
+        MARCRun.open(tmp_path / name, tiny_config).fit(log=lambda _: None, verbose=0)
+    with np.load(tmp_path / "a" / "tokens.npz") as a, np.load(tmp_path / "b" / "tokens.npz") as b:
+        assert a.files == b.files
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_directory_holding_another_run_is_refused(tiny_config, tmp_path):
+    MARCRun.open(tmp_path, tiny_config)
+    (tmp_path / "history.csv").write_text("epoch,loss\n")  # it started training
+    other = tiny_config.replace(training=tiny_config.training.__class__(epochs=3))
+    with pytest.raises(ValueError, match="holds another run.*training.epochs"):
+        MARCRun.open(tmp_path, other)
+    stranger = tmp_path / "not-a-run"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a marc-keras run"):
+        MARCRun.open(stranger, tiny_config)
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def failing(path):
+        Path(path).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, failing)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+
+def _trained_weights(run_dir):
+    model = keras.saving.load_model(run_dir / "model.keras")
+    return [np.asarray(variable) for variable in model.trainable_variables]
+
+
+def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninterrupted_fit(
+    tiny_config, tmp_path, monkeypatch
+):
+    from marc_keras.step_checkpoint import StepCheckpoint
+
+    # 64 pairs in batches of 16: 4 steps an epoch, 2 epochs, a checkpoint every 3 steps.
+    config = tiny_config.replace(training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3))
+    MARCRun.open(tmp_path / "whole", config).fit(log=lambda _: None, verbose=0)
+
+    step_end = StepCheckpoint.on_train_batch_end
+
+    def killed_after_step_seven(self, batch, logs=None):
+        step_end(self, batch, logs)
+        if self.global_step == 7:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", killed_after_step_seven)
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
+    # Saved at global step 6 = step 2 of the second epoch; older weights are gone.
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert {key: state[key] for key in ("epoch", "step", "global_step", "weights")} == {
+        "epoch": 1, "step": 2, "global_step": 6, "weights": "step-000000006.npz"
+    }
+    assert state["early_stopping"]["best_epoch"] == 0 and state["best_weights"] == "best-00000.npz"
+    assert sorted(path.name for path in (run_dir / "checkpoint").iterdir()) == [
+        "best-00000.npz", "state.json", state["weights"]
+    ]
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", step_end)
+
+    lines = []
+    metrics = MARCRun.open(run_dir, config).fit(log=lines.append, verbose=0)
+    assert metrics["resumed_from_step"] == 6
+    assert [line for line in lines if "resuming from" in line][0].endswith("epoch 2, step 2 (6 steps trained)")
+    assert not (run_dir / "checkpoint").exists()
+    # Same data order, weights and optimizer state: the same model as the run never killed.
+    for resumed, whole in zip(_trained_weights(run_dir), _trained_weights(tmp_path / "whole"), strict=True):
+        np.testing.assert_allclose(resumed, whole, atol=1e-5)
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
