@@ -7,6 +7,7 @@ from marc_keras.layers.compression_network import CompressionNetwork
 from marc_keras.layers.lora_backbone import LoRABackbone
 from marc_keras.utils.backend_guard import serialize_keras_object
 from marc_keras.utils.length_batches import encode_in_length_order
+from marc_keras.utils.line_progress import count_progress, progress_is_interactive
 
 
 @keras.saving.register_keras_serializable(package="marc_keras")
@@ -64,7 +65,7 @@ class MARCEncoder(keras.Model):
         Args:
             texts: a sequence of strings.
             batch_size: texts per forward pass.
-            verbose: show a progress bar.
+            verbose: show progress (a bar on a terminal, plain lines otherwise).
 
         Returns:
             A dict of float32 numpy arrays `compressed` (N, k) and
@@ -74,13 +75,13 @@ class MARCEncoder(keras.Model):
         if not texts:
             return {name: np.zeros((0, dim), "float32") for name, dim in self.output_dims.items()}
         tokens = self.backbone.tokenize(texts)  # (N, longest): validates every text once
-        progress = keras.utils.Progbar(len(texts), unit_name="text") if verbose else None
+        on_batch = None
+        if verbose and progress_is_interactive():
+            on_batch = keras.utils.Progbar(len(texts), unit_name="text").add
+        elif verbose:
+            on_batch = count_progress(len(texts), "texts encoded")
         return encode_in_length_order(
-            tokens,
-            self.output_dims,
-            self.predict_on_batch,
-            batch_size=batch_size,
-            on_batch=progress.add if progress is not None else None,
+            tokens, self.output_dims, self.predict_on_batch, batch_size=batch_size, on_batch=on_batch
         )
 
     def get_config(self):

@@ -57,3 +57,24 @@ class LineProgress(keras.callbacks.Callback):
 
 def _format(logs):
     return " ".join(f"{name} {float(value):.4f}" for name, value in (logs or {}).items())
+
+
+def count_progress(total, unit="texts", log=None, interval_s=30.0):
+    """A callable `advance(count)` that logs "k/total unit (p%)" every `interval_s` seconds and at the end.
+
+    The plain-line counterpart of `keras.utils.Progbar` for output that is
+    not a terminal; lines go to stderr unless `log` is given.
+    """
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    started = last = time.perf_counter()
+    done = 0
+
+    def advance(count):
+        nonlocal done, last
+        done += count
+        now = time.perf_counter()
+        if now - last >= interval_s or done >= total:
+            last = now
+            log(f"{done}/{total} {unit} ({100 * done / total:.0f}%) | {now - started:.1f} s")
+
+    return advance

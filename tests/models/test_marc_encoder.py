@@ -50,3 +50,15 @@ def test_minilm_encoder_end_to_end(minilm_path):
     vectors = model.encoder().encode(["Heat (1995). Genres: Action, Crime, Thriller.", ""])
     assert vectors["compressed"].shape == (2, 128) and vectors["original"].shape == (2, 384)
     assert np.isfinite(vectors["compressed"]).all()
+
+
+def test_verbose_encoding_off_a_terminal_logs_plain_lines(make_tiny_marc, capsys):
+    encoder = make_tiny_marc().encoder()
+    texts = ["user likes drama", "the horror movie", "a film"] * 5
+    quiet = encoder.encode(texts, batch_size=4)["compressed"]
+    loud = encoder.encode(texts, batch_size=4, verbose=True)["compressed"]
+    captured = capsys.readouterr()
+    np.testing.assert_array_equal(loud, quiet)
+    assert "\x1b[" not in captured.out + captured.err
+    # One line at the end (the 30-second interval never passes here).
+    assert captured.err.strip().splitlines()[-1].startswith("15/15 texts encoded (100%)")
