@@ -39,15 +39,32 @@ from report import machine_facts, update_results_section, write_json
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", required=True, type=Path, help="a finished `marc-keras fit` run")
-    parser.add_argument("--texts", type=int, default=2048, help="real texts sampled from users and items")
+    parser.add_argument(
+        "--run-dir", required=True, type=Path, help="a finished `marc-keras fit` run"
+    )
+    parser.add_argument(
+        "--texts", type=int, default=2048, help="real texts sampled from users and items"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--auc-seeds", type=int, nargs="*", default=[0, 1, 2], help="downstream seeds for the int8 AUC check (none: skip)")
-    parser.add_argument("--auc-train-samples", type=int, default=100000, help="downstream training samples for the int8 AUC check")
+    parser.add_argument(
+        "--auc-seeds",
+        type=int,
+        nargs="*",
+        default=[0, 1, 2],
+        help="downstream seeds for the int8 AUC check (none: skip)",
+    )
+    parser.add_argument(
+        "--auc-train-samples",
+        type=int,
+        default=100000,
+        help="downstream training samples for the int8 AUC check",
+    )
     parser.add_argument("--auc-max-epochs", type=int, default=3)
-    parser.add_argument("--note", default="", help="what else ran on the machine during the measurement")
+    parser.add_argument(
+        "--note", default="", help="what else ran on the machine during the measurement"
+    )
     return parser.parse_args()
 
 
@@ -71,7 +88,10 @@ def encoder_flops(lengths, hidden_dim, num_layers, intermediate_dim, compression
     4 d i, attention scores and weighted sum 4 T d.
     """
     lengths = np.asarray(lengths, "float64")
-    per_layer = lengths * (8 * hidden_dim**2 + 4 * hidden_dim * intermediate_dim) + 4 * lengths**2 * hidden_dim
+    per_layer = (
+        lengths * (8 * hidden_dim**2 + 4 * hidden_dim * intermediate_dim)
+        + 4 * lengths**2 * hidden_dim
+    )
     return float(num_layers * per_layer.sum() + compression_flops * len(lengths))
 
 
@@ -92,26 +112,44 @@ def main():
     split, interactions = build_split(run.config.data, with_interactions=True)
     texts_by_source = [*split.user_texts.values(), *split.item_texts.values()]
     rng = np.random.default_rng(0)
-    texts = [texts_by_source[i] for i in rng.choice(len(texts_by_source), args.texts, replace=False)]
+    texts = [
+        texts_by_source[i] for i in rng.choice(len(texts_by_source), args.texts, replace=False)
+    ]
 
     bundles = {}
     for precision in ("fp32", "int8"):
         bundles[precision] = args.run_dir / f"bundle-{precision}"
         if not (bundles[precision] / "manifest.json").is_file():
-            OnnxExporter.from_run(args.run_dir).export(bundles[precision], precision=precision, overwrite=True)
+            OnnxExporter.from_run(args.run_dir).export(
+                bundles[precision], precision=precision, overwrite=True
+            )
 
     encoder = keras.saving.load_model(args.run_dir / "encoder.keras")
     tokens = encoder.backbone.tokenize(texts)  # padded to the longest text, as predict needs
     lengths = tokens["padding_mask"].sum(axis=1)
     hub = encoder.backbone.backbone
-    compression_flops = 2 * sum(int(np.prod(w.shape)) for w in encoder.compression.weights if len(w.shape) == 2)
-    flops = encoder_flops(lengths, hub.hidden_dim, len(hub.transformer_layers), hub.intermediate_dim, compression_flops)
+    compression_flops = 2 * sum(
+        int(np.prod(w.shape)) for w in encoder.compression.weights if len(w.shape) == 2
+    )
+    flops = encoder_flops(
+        lengths,
+        hub.hidden_dim,
+        len(hub.transformer_layers),
+        hub.intermediate_dim,
+        compression_flops,
+    )
 
     runners = {
         "keras-predict": lambda: encoder.predict(tokens, batch_size=args.batch_size, verbose=0),
-        "ort-fp32": OnnxEncoder(bundles["fp32"], "cpu", args.threads, args.batch_size, sort_by_length=False).encode,
-        "ort-fp32-sorted": OnnxEncoder(bundles["fp32"], "cpu", args.threads, args.batch_size).encode,
-        "ort-int8-sorted": OnnxEncoder(bundles["int8"], "cpu", args.threads, args.batch_size).encode,
+        "ort-fp32": OnnxEncoder(
+            bundles["fp32"], "cpu", args.threads, args.batch_size, sort_by_length=False
+        ).encode,
+        "ort-fp32-sorted": OnnxEncoder(
+            bundles["fp32"], "cpu", args.threads, args.batch_size
+        ).encode,
+        "ort-int8-sorted": OnnxEncoder(
+            bundles["int8"], "cpu", args.threads, args.batch_size
+        ).encode,
     }
     rows = []
     for name, runner in runners.items():
@@ -127,7 +165,9 @@ def main():
                 "gflops_per_s": flops / seconds / 1e9,
             }
         )
-        print(f"{name}: {len(texts) / seconds:.1f} texts/s (median of {args.repeats}: {seconds:.2f}s)")
+        print(
+            f"{name}: {len(texts) / seconds:.1f} texts/s (median of {args.repeats}: {seconds:.2f}s)"
+        )
     keras_rate = rows[0]["texts_per_s"]
     for row in rows:
         row["speedup_vs_keras"] = row["texts_per_s"] / keras_rate
@@ -175,7 +215,10 @@ def measure_int8_auc(run, split, interactions, bundles, args):
         encoder = OnnxEncoder(bundle, "cpu", args.threads, args.batch_size)
         users = encoder.encode([split.user_texts[user] for user in user_ids])["compressed"]
         items = encoder.encode([split.item_texts[item] for item in item_ids])["compressed"]
-        tables[precision] = (features.vector_table(user_ids, users, "user"), features.vector_table(item_ids, items, "item"))
+        tables[precision] = (
+            features.vector_table(user_ids, users, "user"),
+            features.vector_table(item_ids, items, "item"),
+        )
     config = dataclasses.replace(
         run.config.evaluate,
         seeds=tuple(args.auc_seeds),
@@ -183,7 +226,10 @@ def measure_int8_auc(run, split, interactions, bundles, args):
         max_epochs=args.auc_max_epochs,
     )
     rows = DownstreamEvaluator(features, config).evaluate(
-        {f"marc-c-{precision}": (lambda seed, pair=pair: pair) for precision, pair in tables.items()}
+        {
+            f"marc-c-{precision}": (lambda seed, pair=pair: pair)
+            for precision, pair in tables.items()
+        }
     )
     by_name = {row["name"]: row for row in rows}
     fp32, int8 = by_name["marc-c-fp32"], by_name["marc-c-int8"]

@@ -30,7 +30,19 @@ def main():
         "backbone": "all-MiniLM-L6-v2",
         "seeds": report["seeds"],
         "rows": [
-            {key: row[key] for key in ("name", "auc_mean", "auc_std", "logloss_mean", "logloss_std", "aucs", "loglosses", "seconds")}
+            {
+                key: row[key]
+                for key in (
+                    "name",
+                    "auc_mean",
+                    "auc_std",
+                    "logloss_mean",
+                    "logloss_std",
+                    "aucs",
+                    "loglosses",
+                    "seconds",
+                )
+            }
             | ({"relaimpr": row["relaimpr"]} if "relaimpr" in row else {})
             for row in report["rows"]
         ],
@@ -40,7 +52,10 @@ def main():
         "machine": machine_facts(),
     }
     write_json(f"{args.name}.json", result)
-    table = [f"| representation | test AUC (mean +- std, {len(report['seeds'])} seeds) | test logloss | RelaImpr vs dcnv2 | downstream wall (s) |", "|---|---|---|---|---|"]
+    table = [
+        f"| representation | test AUC (mean +- std, {len(report['seeds'])} seeds) | test logloss | RelaImpr vs dcnv2 | downstream wall (s) |",
+        "|---|---|---|---|---|",
+    ]
     for row in result["rows"]:
         relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
         table.append(

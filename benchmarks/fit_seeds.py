@@ -38,7 +38,15 @@ def main():
     processes, logs = {}, {}
     for seed in args.seeds:
         run_dir = args.runs_dir / f"seed{seed}"
-        command = [sys.executable, "-c", FIT_ONE, args.config, str(run_dir), f"training.seed={seed}", *args.overrides]
+        command = [
+            sys.executable,
+            "-c",
+            FIT_ONE,
+            args.config,
+            str(run_dir),
+            f"training.seed={seed}",
+            *args.overrides,
+        ]
         logs[seed] = open(f"{run_dir}.log", "w")  # noqa: SIM115  (closed once the process ends)
         processes[seed] = subprocess.Popen(command, stdout=logs[seed], stderr=subprocess.STDOUT)
     failed = [seed for seed, process in processes.items() if process.wait() != 0]

@@ -23,7 +23,16 @@ from report import RESULTS_DIR, machine_facts, update_results_section, write_jso
 from marc_keras.experiments.comparison import REFERENCE_ROW, to_markdown
 from marc_keras.utils.markdown_tables import mra_markdown
 
-ROW_KEYS = ("name", "auc_mean", "auc_std", "logloss_mean", "logloss_std", "aucs", "loglosses", "seconds")
+ROW_KEYS = (
+    "name",
+    "auc_mean",
+    "auc_std",
+    "logloss_mean",
+    "logloss_std",
+    "aucs",
+    "loglosses",
+    "seconds",
+)
 
 
 def verdicts(rows):
@@ -36,10 +45,14 @@ def verdicts(rows):
         margin = reference["auc_mean"] - row["auc_mean"]
         spread = max(reference["auc_std"], row["auc_std"])
         if row["marc_c_beats_by_one_std"] is None:
-            lines.append(f"- MARC-C vs `{row['name']}`: AUC margin {margin:+.4f}; one seed, no std to judge it by")
+            lines.append(
+                f"- MARC-C vs `{row['name']}`: AUC margin {margin:+.4f}; one seed, no std to judge it by"
+            )
             continue
         verdict = "**beats**" if row["marc_c_beats_by_one_std"] else "does **not** beat"
-        lines.append(f"- MARC-C {verdict} `{row['name']}` by more than one std: AUC margin {margin:+.4f} vs std {spread:.4f}")
+        lines.append(
+            f"- MARC-C {verdict} `{row['name']}` by more than one std: AUC margin {margin:+.4f} vs std {spread:.4f}"
+        )
     return lines
 
 
@@ -47,7 +60,11 @@ def record_compare(compare_dir, name):
     report = json.loads((compare_dir / "compare.json").read_text())
     rows = [
         {key: row[key] for key in ROW_KEYS}
-        | {key: row[key] for key in ("relaimpr", "relaimpr_vs_marc_c", "marc_c_beats_by_one_std") if key in row}
+        | {
+            key: row[key]
+            for key in ("relaimpr", "relaimpr_vs_marc_c", "marc_c_beats_by_one_std")
+            if key in row
+        }
         for row in report["rows"]
     ]
     config = report["config"]
@@ -65,7 +82,10 @@ def record_compare(compare_dir, name):
             "machine": machine_facts(),
         },
     )
-    fits = ", ".join(f"{run} {sum(seconds) / len(seconds):.0f}s" for run, seconds in report["fit_seconds"].items())
+    fits = ", ".join(
+        f"{run} {sum(seconds) / len(seconds):.0f}s"
+        for run, seconds in report["fit_seconds"].items()
+    )
     return [
         f"Every method: {report['backbone']}, model {config['model']}, training {config['training']}; "
         f"downstream DCNv2 {config['evaluate']}. Training seed i feeds downstream seed i.",
@@ -82,7 +102,10 @@ def record_probe(probe_dir, name):
     report = json.loads((probe_dir / "probe.json").read_text())
     shutil.copyfile(probe_dir / "mra.png", RESULTS_DIR / f"{name}.png")
     write_json(f"{name}.json", report | {"machine": machine_facts()})
-    curves = ", ".join(f"{method['method']} ({method['num_layers']} layers x {method['hidden_dim']}-d)" for method in report["methods"])
+    curves = ", ".join(
+        f"{method['method']} ({method['num_layers']} layers x {method['hidden_dim']}-d)"
+        for method in report["methods"]
+    )
     return [
         f"![MRA curve](results/{name}.png)",
         "",
@@ -96,8 +119,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", type=Path, help="a `marc-keras compare` output directory")
     parser.add_argument("--probe", type=Path, help="a `marc-keras probe` output directory")
-    parser.add_argument("--name", required=True, help="RESULTS.md section and results/NAME.json of the table")
-    parser.add_argument("--probe-name", help="results/ name of the probe files (default mra-<dataset of --name>)")
+    parser.add_argument(
+        "--name", required=True, help="RESULTS.md section and results/NAME.json of the table"
+    )
+    parser.add_argument(
+        "--probe-name", help="results/ name of the probe files (default mra-<dataset of --name>)"
+    )
     parser.add_argument("--title", default="", help="section heading")
     parser.add_argument("--how", default="", help="the commands that produced the directories")
     parser.add_argument("--note", default="", help="what else ran during the measurement")

@@ -13,7 +13,16 @@ RESULTS_DIR = BENCHMARKS / "results"
 
 
 # The instruction sets whose presence changes which int8 / float kernels run.
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def cpu_flags():
@@ -33,12 +42,17 @@ def machine_facts():
     """CPU model and flags, cores, load and package versions, recorded with every figure."""
     cpu = platform.processor()
     try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+        for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True
+        ).stdout.splitlines():
             if line.startswith("Model name:"):
                 cpu = line.split(":", 1)[1].strip()
     except (OSError, subprocess.CalledProcessError):
         pass
-    versions = {name: metadata.version(name) for name in ("keras", "keras-hub", "torch", "numpy", "onnxruntime")}
+    versions = {
+        name: metadata.version(name)
+        for name in ("keras", "keras-hub", "torch", "numpy", "onnxruntime")
+    }
     return {
         "cpu": cpu,
         "cpu_flags": cpu_flags(),

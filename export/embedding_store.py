@@ -95,7 +95,9 @@ class EmbeddingStore:
         try:
             self._file = pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, OSError) as error:
-            raise ValueError(f"'{self.path}' is not a readable parquet embedding store: {error}") from error
+            raise ValueError(
+                f"'{self.path}' is not a readable parquet embedding store: {error}"
+            ) from error
         raw = (self._file.schema_arrow.metadata or {}).get(METADATA_KEY)
         if raw is None:
             raise ValueError(
@@ -218,8 +220,13 @@ class _StoreWriter:
         self._writer.close()
         if self._chunks is not None:
             for name, chunks in self._chunks.items():
-                stacked = np.concatenate(chunks) if chunks else np.zeros((0, self.dims[name]), "float32")
-                write_atomically(_npy_path(self.path, name), lambda temporary, array=stacked: np.save(temporary, array))
+                stacked = (
+                    np.concatenate(chunks) if chunks else np.zeros((0, self.dims[name]), "float32")
+                )
+                write_atomically(
+                    _npy_path(self.path, name),
+                    lambda temporary, array=stacked: np.save(temporary, array),
+                )
         os.replace(self._partial, self.path)
 
     def abort(self):
@@ -260,7 +267,11 @@ class _StagedStore:
         if recorded == self.key:
             return None
         if isinstance(recorded, dict):
-            changed = sorted(name for name in self.key.keys() | recorded.keys() if recorded.get(name) != self.key.get(name))
+            changed = sorted(
+                name
+                for name in self.key.keys() | recorded.keys()
+                if recorded.get(name) != self.key.get(name)
+            )
             reason = f"it was made with a different {', '.join(changed)}"
         else:
             reason = f"it has no readable {PROGRESS_FILE}"
@@ -296,7 +307,9 @@ class _StagedStore:
         """Writes the next part: `ids` (n,), `vectors[name]` (n, dims[name]), and a small JSON `notes` dict."""
         part = self._next_part()
         table = _table(self.schema, self.dims, ids, vectors)
-        table = table.replace_schema_metadata({**self.schema.metadata, PART_METADATA_KEY: json.dumps(notes or {}).encode()})
+        table = table.replace_schema_metadata(
+            {**self.schema.metadata, PART_METADATA_KEY: json.dumps(notes or {}).encode()}
+        )
         write_atomically(part, lambda temporary: pq.write_table(table, temporary))
         self._parts.append(part)
         self.rows += table.num_rows
@@ -316,7 +329,9 @@ class _StagedStore:
 
     def _write_npy(self, name, dim):
         temporary = self.directory / f"combined.{name}.npy"
-        array = np.lib.format.open_memmap(temporary, mode="w+", dtype="float32", shape=(self.rows, dim))
+        array = np.lib.format.open_memmap(
+            temporary, mode="w+", dtype="float32", shape=(self.rows, dim)
+        )
         start = 0
         for part in self._parts:
             column = pq.read_table(part, columns=[name]).column(name).combine_chunks()

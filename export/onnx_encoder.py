@@ -70,7 +70,9 @@ class OnnxEncoder:
     >>> encoder.encode_file("items.parquet", "item-vectors.parquet", id_column="item_id", text_column="text")
     """
 
-    def __init__(self, bundle_dir, provider="auto", threads=None, batch_size=64, sort_by_length=True):
+    def __init__(
+        self, bundle_dir, provider="auto", threads=None, batch_size=64, sort_by_length=True
+    ):
         import onnxruntime
 
         self.bundle_dir = Path(bundle_dir)
@@ -103,7 +105,10 @@ class OnnxEncoder:
         tokenizer = TextTokenizer.from_json(
             (self.bundle_dir / TOKENIZER_FILE).read_text("utf-8"), max_length=manifest.max_length
         )
-        if tokenizer.vocabulary_size != manifest.tokenizer_vocabulary_size or tokenizer.vocabulary_size > manifest.vocabulary_size:
+        if (
+            tokenizer.vocabulary_size != manifest.tokenizer_vocabulary_size
+            or tokenizer.vocabulary_size > manifest.vocabulary_size
+        ):
             raise ValueError(
                 f"The tokenizer in '{self.bundle_dir}' knows {tokenizer.vocabulary_size} tokens, but the "
                 f"model was exported with {manifest.tokenizer_vocabulary_size} (embedding rows "
@@ -216,7 +221,9 @@ class OnnxEncoder:
         outputs = list(outputs or self.output_dims)
         unknown = [name for name in outputs if name not in self.output_dims]
         if unknown:
-            raise ValueError(f"Unknown outputs {unknown}; this bundle has {sorted(self.output_dims)}.")
+            raise ValueError(
+                f"Unknown outputs {unknown}; this bundle has {sorted(self.output_dims)}."
+            )
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be at least 1; got {chunk_size}.")
         chunk_size = int(chunk_size)
@@ -224,7 +231,11 @@ class OnnxEncoder:
         total, id_type = self._check_input(input_path, id_column, text_column, chunk_size)
         status = input_path.stat()
         key = {
-            "input": {"path": str(input_path.resolve()), "size": status.st_size, "mtime_ns": status.st_mtime_ns},
+            "input": {
+                "path": str(input_path.resolve()),
+                "size": status.st_size,
+                "mtime_ns": status.st_mtime_ns,
+            },
             "bundle_files": self.manifest.files,
             "chunk_size": chunk_size,
             "columns": [id_column, text_column],
@@ -241,7 +252,10 @@ class OnnxEncoder:
                 ids = chunk.column(id_column).to_numpy()
                 notes = store.resume(ids)
                 if notes is None:
-                    vectors = self.encode(chunk.column(text_column).to_pylist(), on_batch=progress.advance if progress else None)
+                    vectors = self.encode(
+                        chunk.column(text_column).to_pylist(),
+                        on_batch=progress.advance if progress else None,
+                    )
                     notes = {"truncated": self.last_truncated}
                     store.write(ids, {name: vectors[name] for name in outputs}, notes)
                 else:
@@ -295,7 +309,11 @@ class OnnxEncoder:
     def _check_texts(texts, ids, offset, path, column):
         import pyarrow as pa
 
-        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type) or pa.types.is_null(texts.type)):
+        if not (
+            pa.types.is_string(texts.type)
+            or pa.types.is_large_string(texts.type)
+            or pa.types.is_null(texts.type)
+        ):
             raise ValueError(
                 f"'{path}' column '{column}' holds {texts.type} values, not texts (row {offset}, "
                 f"id {ids[0].as_py()!r}); store the texts as strings before encoding."
@@ -318,7 +336,9 @@ class OnnxEncoder:
         described = []
         for value in repeated[:shown]:
             rows = pc.indices_nonzero(pc.equal(ids, value)).to_pylist()
-            listed = ", ".join(str(row) for row in rows[:shown]) + (", ..." if len(rows) > shown else "")
+            listed = ", ".join(str(row) for row in rows[:shown]) + (
+                ", ..." if len(rows) > shown else ""
+            )
             described.append(f"{value.as_py()!r} (rows {listed})")
         more = f" and {len(repeated) - shown} more" if len(repeated) > shown else ""
         raise ValueError(
@@ -340,7 +360,9 @@ class OnnxEncoder:
             raise FileNotFoundError(f"Input table '{path}' does not exist.")
         suffix = path.suffix.lower()
         if suffix not in TABLE_SUFFIXES:
-            raise ValueError(f"'{path}' must be a .parquet or .csv table; got '{suffix or 'no suffix'}'.")
+            raise ValueError(
+                f"'{path}' must be a .parquet or .csv table; got '{suffix or 'no suffix'}'."
+            )
         columns = [id_column, text_column]
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -354,7 +376,9 @@ class OnnxEncoder:
             reader = pcsv.open_csv(
                 path,
                 read_options=pcsv.ReadOptions(block_size=1 << 22),
-                convert_options=pcsv.ConvertOptions(column_types={text_column: pa.string()}, strings_can_be_null=False),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={text_column: pa.string()}, strings_can_be_null=False
+                ),
             )
             names = reader.schema.names
         missing = [name for name in columns if name not in names]
@@ -363,7 +387,11 @@ class OnnxEncoder:
                 f"'{path}' has no column(s) {missing}; its columns are {names}. "
                 "Name them with --id-column / --text-column."
             )
-        batches = table_file.iter_batches(batch_size=chunk_size, columns=columns) if suffix == ".parquet" else reader
+        batches = (
+            table_file.iter_batches(batch_size=chunk_size, columns=columns)
+            if suffix == ".parquet"
+            else reader
+        )
         pending = None
         for batch in batches:
             table = pa.Table.from_batches([batch]).select(columns)
@@ -396,7 +424,13 @@ class _Progress:
         self._bar = None
         if self._stream.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
                 TextColumn("[bold]encoding {task.description}"),
@@ -420,12 +454,17 @@ class _Progress:
         self._resumed += count if resumed else 0
         if self._bar is not None:
             self._bar.advance(self._task, count)
-        elif self._done * 10 // self._total > self._written * 10 // self._total or time.monotonic() - self._written_at >= self._every_s:
+        elif (
+            self._done * 10 // self._total > self._written * 10 // self._total
+            or time.monotonic() - self._written_at >= self._every_s
+        ):
             self._write_line()
 
     def _write_line(self):
         resumed = f", {self._resumed} of them resumed from an earlier run" if self._resumed else ""
-        self.note(f"{self._label}: encoded {self._done}/{self._total} texts ({100 * self._done // self._total}%{resumed})")
+        self.note(
+            f"{self._label}: encoded {self._done}/{self._total} texts ({100 * self._done // self._total}%{resumed})"
+        )
         self._written, self._written_at = self._done, time.monotonic()
 
     def close(self):

@@ -67,7 +67,9 @@ class _OnnxModule(torch.nn.Module):
         self.encoder = encoder
 
     def forward(self, token_ids, padding_mask):
-        outputs = self.encoder({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+        outputs = self.encoder(
+            {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
+        )
         return tuple(outputs[name] for name in OUTPUT_NAMES)
 
 
@@ -120,7 +122,11 @@ def merge_lora(encoder):
         layer.backbone.save_weights(str(weights))
         plain.load_weights(str(weights))
     backbone = LoRABackbone(
-        plain, tokenizer=layer.tokenizer, lora_rank=0, pooling=layer.pooling.mode, max_length=layer.max_length
+        plain,
+        tokenizer=layer.tokenizer,
+        lora_rank=0,
+        pooling=layer.pooling.mode,
+        max_length=layer.max_length,
     )
     compression = type(encoder.compression).from_config(
         {**encoder.compression.get_config(), "dtype": "float32"}
@@ -137,7 +143,9 @@ def random_token_batch(shape, vocabulary_size, pad_id, rng):
     batch, length = shape
     lengths = rng.integers(1, length + 1, batch)
     lengths[0] = length
-    token_ids = rng.integers(min(5, vocabulary_size - 1), vocabulary_size, (batch, length)).astype("int32")
+    token_ids = rng.integers(min(5, vocabulary_size - 1), vocabulary_size, (batch, length)).astype(
+        "int32"
+    )
     padding_mask = (np.arange(length)[None, :] < lengths[:, None]).astype("int32")
     token_ids = np.where(padding_mask == 1, token_ids, pad_id).astype("int32")
     return {"token_ids": token_ids, "padding_mask": padding_mask}
@@ -185,7 +193,9 @@ class OnnxExporter:
         if not isinstance(encoder, MARCEncoder):
             raise TypeError(f"OnnxExporter needs a MARCEncoder; got {type(encoder).__name__}.")
         if encoder.backbone.tokenizer is None:
-            raise ValueError("The encoder has no tokenizer; export an encoder built with from_preset.")
+            raise ValueError(
+                "The encoder has no tokenizer; export an encoder built with from_preset."
+            )
         self.encoder = encoder
         self.source = dict(source or {})
 
@@ -207,16 +217,30 @@ class OnnxExporter:
         if tower == "user":
             path = run_dir / "encoder.keras"
             if not path.is_file():
-                raise FileNotFoundError(f"'{path}' does not exist; run `marc-keras fit --run-dir {run_dir}` first.")
+                raise FileNotFoundError(
+                    f"'{path}' does not exist; run `marc-keras fit --run-dir {run_dir}` first."
+                )
             encoder = keras.saving.load_model(path)
         else:
             path = run_dir / "model.keras"
             if not path.is_file():
-                raise FileNotFoundError(f"'{path}' does not exist; run `marc-keras fit --run-dir {run_dir}` first.")
+                raise FileNotFoundError(
+                    f"'{path}' does not exist; run `marc-keras fit --run-dir {run_dir}` first."
+                )
             encoder = keras.saving.load_model(path).encoder("item")
-        return cls(encoder, source={"run_dir": str(run_dir.resolve()), "tower": tower, "file": path.name})
+        return cls(
+            encoder, source={"run_dir": str(run_dir.resolve()), "tower": tower, "file": path.name}
+        )
 
-    def export(self, bundle_dir, precision="fp32", opset=20, overwrite=False, check=None, external_data_threshold=EXTERNAL_DATA_THRESHOLD):
+    def export(
+        self,
+        bundle_dir,
+        precision="fp32",
+        opset=20,
+        overwrite=False,
+        check=None,
+        external_data_threshold=EXTERNAL_DATA_THRESHOLD,
+    ):
         """Exports, verifies and writes the bundle.
 
         Args:
@@ -237,26 +261,41 @@ class OnnxExporter:
                 measured error and the threshold).
         """
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got '{precision}'.")
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got '{precision}'."
+            )
         bundle_dir = Path(bundle_dir)
         if bundle_dir.exists() and not overwrite:
-            raise ValueError(f"Bundle directory '{bundle_dir}' already exists; pass overwrite=True (--overwrite) to replace it.")
+            raise ValueError(
+                f"Bundle directory '{bundle_dir}' already exists; pass overwrite=True (--overwrite) to replace it."
+            )
         check = check or ParityCheck()
         with staged_directory(bundle_dir) as staging:
             with _quiet_exporters():
-                model_files, quantization = self._write_model(staging, precision, opset, external_data_threshold)
+                model_files, quantization = self._write_model(
+                    staging, precision, opset, external_data_threshold
+                )
             onnx.checker.check_model(str(staging / MODEL_FILE), full_check=True)
             verification = self._verify(staging / MODEL_FILE, precision, check)
-            (staging / TOKENIZER_FILE).write_text(self.encoder.backbone.tokenizer.to_json(), "utf-8")
+            (staging / TOKENIZER_FILE).write_text(
+                self.encoder.backbone.tokenizer.to_json(), "utf-8"
+            )
             manifest = self._manifest(
-                staging, [*model_files, TOKENIZER_FILE], precision, opset, verification, quantization
+                staging,
+                [*model_files, TOKENIZER_FILE],
+                precision,
+                opset,
+                verification,
+                quantization,
             )
             manifest.write(staging)
         return manifest
 
     def _write_model(self, directory, precision, opset, external_data_threshold):
         merged = merge_lora(self.encoder)
-        example = random_token_batch(EXPORT_SHAPE, self._vocabulary_size, self._pad_id, np.random.default_rng(0))
+        example = random_token_batch(
+            EXPORT_SHAPE, self._vocabulary_size, self._pad_id, np.random.default_rng(0)
+        )
         batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
         program = torch.onnx.export(
             _OnnxModule(merged).eval(),
@@ -326,15 +365,25 @@ class OnnxExporter:
                         f"ONNX output '{name}' has shape {actual[name].shape} at input shape "
                         f"{(batch, length)}; Keras gives {reference.shape}. The export is wrong."
                     )
-                worst_error[name] = max(worst_error[name], float(np.abs(actual[name] - reference).max()))
-                worst_cosine[name] = min(worst_cosine[name], float(row_cosines(actual[name], reference).min()))
+                worst_error[name] = max(
+                    worst_error[name], float(np.abs(actual[name] - reference).max())
+                )
+                worst_cosine[name] = min(
+                    worst_cosine[name], float(row_cosines(actual[name], reference).min())
+                )
         verification = {"shapes": shapes, "max_abs_error": worst_error, "min_cosine": worst_cosine}
         if precision == "fp32":
-            failed = {name: error for name, error in worst_error.items() if not error <= check.fp32_max_abs_error}
+            failed = {
+                name: error
+                for name, error in worst_error.items()
+                if not error <= check.fp32_max_abs_error
+            }
             limit = f"max abs error <= {check.fp32_max_abs_error}"
         else:
             threshold = check.fp16_min_cosine if precision == "fp16" else check.int8_min_cosine
-            failed = {name: cosine for name, cosine in worst_cosine.items() if not cosine >= threshold}
+            failed = {
+                name: cosine for name, cosine in worst_cosine.items() if not cosine >= threshold
+            }
             limit = f"per-text cosine >= {threshold}"
         if failed:
             raise ValueError(

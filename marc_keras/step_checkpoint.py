@@ -29,7 +29,11 @@ def _training_variables(model):
         "seed": [variable for variable in model.variables if variable.name == SEED_STATE_NAME],
         "optimizer": model.optimizer.variables,
     }
-    return {f"{kind}/{index}": variable for kind, group in groups.items() for index, variable in enumerate(group)}
+    return {
+        f"{kind}/{index}": variable
+        for kind, group in groups.items()
+        for index, variable in enumerate(group)
+    }
 
 
 class StepCheckpoint(keras.callbacks.Callback):
@@ -124,12 +128,19 @@ class StepCheckpoint(keras.callbacks.Callback):
                 names=np.array(list(variables)),
                 # Unseeded dropout draws from torch's global generator.
                 torch_rng_state=torch.get_rng_state().numpy(),
-                **{f"value_{index}": np.asarray(value) for index, value in enumerate(variables.values())},
+                **{
+                    f"value_{index}": np.asarray(value)
+                    for index, value in enumerate(variables.values())
+                },
             ),
         )
         early = self.early_stopping
         if early is not None and early.best_weights is not None:
-            self._early_memory = {"best": float(early.best), "best_epoch": int(early.best_epoch), "wait": int(early.wait)}
+            self._early_memory = {
+                "best": float(early.best),
+                "best_epoch": int(early.best_epoch),
+                "wait": int(early.wait),
+            }
             state["early_stopping"] = self._early_memory
             state["best_weights"] = f"best-{early.best_epoch:05d}.npz"
             if not (self.directory / state["best_weights"]).is_file():
@@ -190,5 +201,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         state["torch_rng_state"] = torch_rng_state
         if state.get("best_weights"):
             with np.load(directory / state["best_weights"]) as stored:
-                state["best_weights"] = [stored[f"arr_{index}"] for index in range(len(stored.files))]
+                state["best_weights"] = [
+                    stored[f"arr_{index}"] for index in range(len(stored.files))
+                ]
         return state

@@ -116,9 +116,7 @@ class TextTokenizer:
         vocabulary = {token: index for index, token in enumerate(special)}
         for word in words:
             vocabulary.setdefault(word, len(vocabulary))
-        tokenizer = tokenizers.Tokenizer(
-            tokenizers.models.WordPiece(vocabulary, unk_token="[UNK]")
-        )
+        tokenizer = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocabulary, unk_token="[UNK]"))
         tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
         tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
         tokenizer.post_processor = tokenizers.processors.TemplateProcessing(

@@ -45,7 +45,9 @@ def make_tiny_backbone(tiny_tokenizer):
         if architecture == "bert":
             backbone = keras_hub.models.BertBackbone(num_heads=2, max_sequence_length=32, **common)
         else:
-            backbone = keras_hub.models.LlamaBackbone(num_query_heads=2, num_key_value_heads=1, **common)
+            backbone = keras_hub.models.LlamaBackbone(
+                num_query_heads=2, num_key_value_heads=1, **common
+            )
         return marc_keras.LoRABackbone(
             backbone, tokenizer=tiny_tokenizer, lora_rank=lora_rank, pooling=pooling
         )
@@ -75,7 +77,17 @@ def tiny_preset(tmp_path_factory):
     Stands in for a real checkpoint where a test needs `from_preset` but not
     real weights (run plumbing, the CLI).
     """
-    words = (*TINY_WORDS, "age", "recently", "watched", "stars", "star", "genres", "programmer", "children's")
+    words = (
+        *TINY_WORDS,
+        "age",
+        "recently",
+        "watched",
+        "stars",
+        "star",
+        "genres",
+        "programmer",
+        "children's",
+    )
     tokenizer = marc_keras.TextTokenizer.from_vocabulary(words, max_length=24)
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.BertBackbone(
@@ -122,12 +134,19 @@ def _perturb_lora(backbone, seed):
 def make_tiny_encoder(tiny_tokenizer_module):
     def make(architecture="bert", pooling="mean", seed=0):
         keras.utils.set_random_seed(seed)
-        common = dict(vocabulary_size=tiny_tokenizer_module.vocabulary_size, num_layers=2, hidden_dim=16, intermediate_dim=32)
+        common = dict(
+            vocabulary_size=tiny_tokenizer_module.vocabulary_size,
+            num_layers=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+        )
         if architecture == "bert":
             hub = keras_hub.models.BertBackbone(num_heads=2, max_sequence_length=32, **common)
         else:
             hub = keras_hub.models.LlamaBackbone(num_query_heads=2, num_key_value_heads=1, **common)
-        backbone = marc_keras.LoRABackbone(hub, tokenizer=tiny_tokenizer_module, lora_rank=2, pooling=pooling)
+        backbone = marc_keras.LoRABackbone(
+            hub, tokenizer=tiny_tokenizer_module, lora_rank=2, pooling=pooling
+        )
         _perturb_lora(backbone, seed)
         compression = marc_keras.CompressionNetwork((16,), 8, name="compression")
         encoder = marc_keras.MARCEncoder(backbone, compression)

@@ -15,7 +15,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Folder -> the package it is installed as (pyproject.toml's package-dir).
-SOURCES = {"marc_keras": ROOT / "marc_keras", "marc_keras.export": ROOT / "export", "marc_keras.cli": ROOT / "cli"}
+SOURCES = {
+    "marc_keras": ROOT / "marc_keras",
+    "marc_keras.export": ROOT / "export",
+    "marc_keras.cli": ROOT / "cli",
+}
 ORCHESTRATION = "marc_keras.experiments"
 MAY_IMPORT_ORCHESTRATION = {"marc_keras.experiments", "marc_keras.cli"}
 # What the command line may call: the orchestration layer, the config, the
@@ -100,7 +104,7 @@ def _find_cycle(graph):
         state[node] = "open"
         for successor in sorted(graph.get(node, ())):
             if state.get(successor) == "open":
-                return [*path[path.index(successor):], successor]
+                return [*path[path.index(successor) :], successor]
             if successor not in state:
                 cycle = visit(successor, [*path, successor])
                 if cycle:
@@ -117,12 +121,20 @@ def _find_cycle(graph):
 
 
 def test_the_graph_sees_every_folder_and_nested_imports():
-    for name in ("marc_keras.experiments.marc_run", "marc_keras.export.onnx_encoder", "marc_keras.cli.main"):
+    for name in (
+        "marc_keras.experiments.marc_run",
+        "marc_keras.export.onnx_encoder",
+        "marc_keras.cli.main",
+    ):
         assert name in MODULES
     graph = _component_graph()
     # cli/main.py imports only inside its commands: nested imports are read.
-    assert {"marc_keras.experiments", "marc_keras.config", "marc_keras.export"} <= graph["marc_keras.cli"]
-    assert {"marc_keras.ranking", "marc_keras.probing", "marc_keras.models"} <= graph["marc_keras.experiments"]
+    assert {"marc_keras.experiments", "marc_keras.config", "marc_keras.export"} <= graph[
+        "marc_keras.cli"
+    ]
+    assert {"marc_keras.ranking", "marc_keras.probing", "marc_keras.models"} <= graph[
+        "marc_keras.experiments"
+    ]
     # `from marc_keras.config import config_checks` is an import of that module.
     assert ("marc_keras.config.run_config", "marc_keras.config.config_checks") in _package_imports()
 
@@ -152,7 +164,9 @@ def test_the_cli_calls_the_orchestration_layer_and_a_few_entry_points():
         for name, target in _package_imports()
         if _component(name) == "marc_keras.cli"
         and _component(target) != "marc_keras.cli"
-        and not any(target == allowed or target.startswith(f"{allowed}.") for allowed in CLI_MAY_IMPORT)
+        and not any(
+            target == allowed or target.startswith(f"{allowed}.") for allowed in CLI_MAY_IMPORT
+        )
     )
     assert not offenders, offenders
 
@@ -163,7 +177,8 @@ def test_config_uses_the_standard_library_only():
         for name in MODULES
         if _component(name) == "marc_keras.config"
         for target in _imports(name)
-        if target.split(".")[0] not in sys.stdlib_module_names and _component(target) != "marc_keras.config"
+        if target.split(".")[0] not in sys.stdlib_module_names
+        and _component(target) != "marc_keras.config"
     )
     assert not offenders, offenders
 
@@ -181,6 +196,8 @@ def test_reading_a_run_config_imports_no_framework():
         "RunConfig.from_dict({'training': {'epochs': 2}, 'evaluate': {'seeds': [0]}})\n"
         "print(sorted(m for m in ('keras', 'keras_hub', 'torch', 'tensorflow', 'numpy') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -63,7 +63,12 @@ def write_data(directory, interactions=INTERACTIONS, items=ITEMS, users=USERS):
 
 
 def data_section(paths, **settings):
-    return {"dataset": "files", **{name: str(path) for name, path in paths.items()}, "templates": TEMPLATES, **settings}
+    return {
+        "dataset": "files",
+        **{name: str(path) for name, path in paths.items()},
+        "templates": TEMPLATES,
+        **settings,
+    }
 
 
 def fit_cli(config_path, run_dir, *overrides):
@@ -77,6 +82,7 @@ def fit_cli(config_path, run_dir, *overrides):
 # Data files (data.dataset = "files"): library `load_dataset`, CLI `fit`.
 # Each case: what to break -> (file named in the message, pattern).
 
+
 def _replace(table, old, new):
     return {"interactions": INTERACTIONS, "items": ITEMS, "users": USERS}[table].replace(old, new)
 
@@ -84,19 +90,28 @@ def _replace(table, old, new):
 DATA_CASES = {
     "missing file": (
         lambda d: {**write_data(d), "interactions": d / "nope.csv"},
-        "nope.csv", r"The interactions file \S*nope\.csv does not exist",
+        "nope.csv",
+        r"The interactions file \S*nope\.csv does not exist",
     ),
     "empty file": (
         lambda d: write_data(d, items=""),
-        "items.csv", r"items\.csv is empty: the items file needs a header line",
+        "items.csv",
+        r"items\.csv is empty: the items file needs a header line",
     ),
     "missing column": (
-        lambda d: write_data(d, interactions="".join(line.rsplit(",", 1)[0] + "\n" for line in INTERACTIONS.splitlines())),
-        "interactions.csv", r"interactions\.csv: missing the columns \['timestamp'\]",
+        lambda d: write_data(
+            d,
+            interactions="".join(
+                line.rsplit(",", 1)[0] + "\n" for line in INTERACTIONS.splitlines()
+            ),
+        ),
+        "interactions.csv",
+        r"interactions\.csv: missing the columns \['timestamp'\]",
     ),
     "missing id column": (
         lambda d: write_data(d, items=_replace("items", "item_id,", "movie,")),
-        "items.csv", r"items\.csv: missing the column 'item_id'",
+        "items.csv",
+        r"items\.csv: missing the column 'item_id'",
     ),
     "non-numeric rating": (
         lambda d: write_data(d, interactions=_replace("interactions", "u1,i2,3,", "u1,i2,three,")),
@@ -110,7 +125,8 @@ DATA_CASES = {
     ),
     "empty id": (
         lambda d: write_data(d, interactions=_replace("interactions", "u1,i2,", ",i2,")),
-        "interactions.csv", r"interactions\.csv: column 'user_id' is empty in 1 rows \(rows 2,",
+        "interactions.csv",
+        r"interactions\.csv: column 'user_id' is empty in 1 rows \(rows 2,",
     ),
     "non-UTF-8 bytes": (
         lambda d: write_data(d, items=ITEMS.encode("latin-1")),
@@ -119,25 +135,31 @@ DATA_CASES = {
         r"UTF-8, or set data\.encoding",
     ),
     "ragged line": (
-        lambda d: write_data(d, items=_replace("items", "Toy Story (1995)", "Toy Story, the (1995)")),
+        lambda d: write_data(
+            d, items=_replace("items", "Toy Story (1995)", "Toy Story, the (1995)")
+        ),
         "items.csv",
         r"items\.csv, line 4: 4 fields where the header has 3\. Put double quotes around a value that contains a comma",
     ),
     "unclosed quote": (
         lambda d: write_data(d, items=_replace("items", "i2,Köln", 'i2,"Köln')),
-        "items.csv", r"items\.csv, line 3: a double quote opened on this line is never closed",
+        "items.csv",
+        r"items\.csv, line 3: a double quote opened on this line is never closed",
     ),
     "header-only interactions": (
         lambda d: write_data(d, interactions="user_id,item_id,rating,timestamp\n"),
-        "interactions.csv", r"interactions\.csv: has no rows",
+        "interactions.csv",
+        r"interactions\.csv: has no rows",
     ),
     "header-only items": (
         lambda d: write_data(d, items="item_id,title,genres\n"),
-        "items.csv", r"items\.csv: has no rows \(only a header\?\); it needs one row per item",
+        "items.csv",
+        r"items\.csv: has no rows \(only a header\?\); it needs one row per item",
     ),
     "header-only users": (
         lambda d: write_data(d, users="user_id,gender,age\n"),
-        "users.csv", r"users\.csv: has no rows \(only a header\?\); it needs one row per user",
+        "users.csv",
+        r"users\.csv: has no rows \(only a header\?\); it needs one row per user",
     ),
     "duplicate item ids": (
         lambda d: write_data(d, items=ITEMS + "i2,Again (2002),Drama\n"),
@@ -151,7 +173,8 @@ DATA_CASES = {
     ),
     "unreadable parquet": (
         lambda d: {**write_data(d), "items": _garbage(d / "items.parquet")},
-        "items.parquet", r"items\.parquet is not a readable parquet items file",
+        "items.parquet",
+        r"items\.parquet is not a readable parquet items file",
     ),
 }
 
@@ -209,6 +232,7 @@ def test_null_and_numeric_attribute_values_become_texts(tmp_path):
 # ---------------------------------------------------------------------------
 # A failed run directory never blocks its corrected re-run.
 
+
 def _config(paths, **settings):
     return RunConfig.from_dict({"data": data_section(paths, **settings)})
 
@@ -240,9 +264,15 @@ def test_a_run_that_started_training_is_another_run(tmp_path, marker):
         (run_dir / marker).mkdir()
     else:
         (run_dir / marker).write_text("started")
-    with pytest.raises(ValueError, match=r"holds another run \(settings differ in data\.encoding\); choose a new --run-dir"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds another run \(settings differ in data\.encoding\); choose a new --run-dir",
+    ):
         MARCRun.open(run_dir, _config(paths, encoding="cp1252"))
-    assert RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text())).data.encoding == "utf-8"
+    assert (
+        RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text())).data.encoding
+        == "utf-8"
+    )
 
 
 def test_a_failed_fit_does_not_block_the_corrected_command(tmp_path):
@@ -266,7 +296,10 @@ def test_a_failed_fit_does_not_block_the_corrected_command(tmp_path):
 # Config values: rejected when the config is read, before any data.
 
 CONFIG_CASES = [
-    ("training.batch_size=-4", "training.batch_size must be >= 2 (HSIC and the in-batch losses compare the pairs of a batch); got -4."),
+    (
+        "training.batch_size=-4",
+        "training.batch_size must be >= 2 (HSIC and the in-batch losses compare the pairs of a batch); got -4.",
+    ),
     ("training.epochs=0", "training.epochs must be >= 1; got 0."),
     ("training.train_samples=0", "training.train_samples must be >= 1; got 0."),
     ("training.validation_samples=-1", "training.validation_samples must be >= 1; got -1."),
@@ -277,13 +310,25 @@ CONFIG_CASES = [
     ("training.seed=-1", "training.seed must be >= 0; got -1."),
     ("training.threads=0", "training.threads must be >= 1; got 0."),
     ("model.lora_rank=-1", "model.lora_rank must be >= 0; got -1."),
-    ('model.pooling="maen"', "model.pooling must be one of 'mean', 'last', 'cls'; got 'maen'. Did you mean 'mean'?"),
+    (
+        'model.pooling="maen"',
+        "model.pooling must be one of 'mean', 'last', 'cls'; got 'maen'. Did you mean 'mean'?",
+    ),
     ("model.max_length=0", "model.max_length must be >= 1; got 0."),
     ("model.compressed_dim=0", "model.compressed_dim must be >= 1; got 0."),
-    ("model.compression_hidden_units=[256, 0]", "model.compression_hidden_units must hold numbers >= 1; got [256, 0]."),
-    ("model.matching_hidden_units=[-8]", "model.matching_hidden_units must hold numbers >= 1; got [-8]."),
+    (
+        "model.compression_hidden_units=[256, 0]",
+        "model.compression_hidden_units must hold numbers >= 1; got [256, 0].",
+    ),
+    (
+        "model.matching_hidden_units=[-8]",
+        "model.matching_hidden_units must hold numbers >= 1; got [-8].",
+    ),
     ("model.hsic_weight=-0.01", "model.hsic_weight must be >= 0; got -0.01."),
-    ('model.objective="bec"', "model.objective must be one of 'bce', 'cosine_bce', 'cosine', 'contrastive', 'aoe', 'mrl'; got 'bec'."),
+    (
+        'model.objective="bec"',
+        "model.objective must be one of 'bce', 'cosine_bce', 'cosine', 'contrastive', 'aoe', 'mrl'; got 'bec'.",
+    ),
     ("model.mrl_prefixes=[0]", "model.mrl_prefixes must hold numbers >= 1; got [0]."),
     ("model.reconstruction_weight=-1", "model.reconstruction_weight must be >= 0; got -1.0."),
     ('data.dataset="csv"', "data.dataset must be one of 'movielens', 'files'; got 'csv'."),
@@ -291,9 +336,15 @@ CONFIG_CASES = [
     ("data.seed=-1", "data.seed must be >= 0; got -1."),
     ("data.validation_fraction=0", "data.validation_fraction must be > 0; got 0.0."),
     ("data.test_fraction=1", "data.test_fraction must be < 1; got 1.0."),
-    ("data.test_fraction=0.95", "data.validation_fraction + data.test_fraction must be < 1 to leave training users; got 0.1 + 0.95."),
+    (
+        "data.test_fraction=0.95",
+        "data.validation_fraction + data.test_fraction must be < 1 to leave training users; got 0.1 + 0.95.",
+    ),
     ("data.max_text_history=-2", "data.max_text_history must be >= 0; got -2."),
-    ('data.encoding="utf-9"', "data.encoding must be a text encoding Python knows, such as \"utf-8\", \"latin-1\" or \"cp1252\"; got 'utf-9'."),
+    (
+        'data.encoding="utf-9"',
+        'data.encoding must be a text encoding Python knows, such as "utf-8", "latin-1" or "cp1252"; got \'utf-9\'.',
+    ),
     ("evaluate.max_epochs=0", "evaluate.max_epochs must be >= 1; got 0."),
     ("evaluate.patience=-1", "evaluate.patience must be >= 0; got -1."),
     ("evaluate.batch_size=0", "evaluate.batch_size must be >= 1; got 0."),
@@ -318,12 +369,23 @@ def test_out_of_range_config_values_are_named_when_read(override, message):
 def test_config_errors_name_the_file_and_come_before_any_data(tmp_path):
     config = tmp_path / "run.toml"
     # The data does not exist: the config error must come first.
-    config.write_text('[data]\ndataset = "files"\ninteractions = "none.csv"\nitems = "none.csv"\n[training]\nbatch_size = -4\n')
+    config.write_text(
+        '[data]\ndataset = "files"\ninteractions = "none.csv"\nitems = "none.csv"\n[training]\nbatch_size = -4\n'
+    )
     run_dir = tmp_path / "run"
-    line = one_line_error(CliRunner().invoke(main, ["fit", "--config", str(config), "--run-dir", str(run_dir)]))
-    assert line == f"Error: {config}: training.batch_size must be >= 2 (HSIC and the in-batch losses compare the pairs of a batch); got -4."
+    line = one_line_error(
+        CliRunner().invoke(main, ["fit", "--config", str(config), "--run-dir", str(run_dir)])
+    )
+    assert (
+        line
+        == f"Error: {config}: training.batch_size must be >= 2 (HSIC and the in-batch losses compare the pairs of a batch); got -4."
+    )
     assert not run_dir.exists()
-    line = one_line_error(CliRunner().invoke(main, ["fit", "--run-dir", str(run_dir), "--set", "model.pooling=\"maen\""]))
+    line = one_line_error(
+        CliRunner().invoke(
+            main, ["fit", "--run-dir", str(run_dir), "--set", 'model.pooling="maen"']
+        )
+    )
     assert line.startswith("Error: config: model.pooling must be one of") and not run_dir.exists()
     with pytest.raises(ValueError, match=r"evaluate\.seeds must not repeat a seed"):
         DownstreamConfig(seeds=(0, 0))
@@ -343,11 +405,23 @@ def test_config_choices_match_the_library():
 # ---------------------------------------------------------------------------
 # ONNX bundles and the texts `encode` reads.
 
+
 def _encode_cli(bundle, input_path, output_path, *args):
-    return CliRunner().invoke(main, [
-        "encode", "--bundle-dir", str(bundle), "--input", str(input_path), "--output", str(output_path),
-        "--provider", "cpu", *args,
-    ])
+    return CliRunner().invoke(
+        main,
+        [
+            "encode",
+            "--bundle-dir",
+            str(bundle),
+            "--input",
+            str(input_path),
+            "--output",
+            str(output_path),
+            "--provider",
+            "cpu",
+            *args,
+        ],
+    )
 
 
 def _texts_file(path, ids, texts):
@@ -379,11 +453,23 @@ def _drop_tokenizer(bundle):
 
 
 BUNDLE_CASES = {
-    "tampered model": (_tamper, r"Bundle file '\S+model\.onnx' does not match its checksum in manifest\.json"),
-    "truncated model": (_truncate, r"Bundle file '\S+model\.onnx' does not match its checksum in manifest\.json"),
+    "tampered model": (
+        _tamper,
+        r"Bundle file '\S+model\.onnx' does not match its checksum in manifest\.json",
+    ),
+    "truncated model": (
+        _truncate,
+        r"Bundle file '\S+model\.onnx' does not match its checksum in manifest\.json",
+    ),
     "truncated manifest": (_truncate_manifest, r"\S+manifest\.json is not valid JSON"),
-    "missing tokenizer": (_drop_tokenizer, r"Bundle file '\S+tokenizer\.json' listed in manifest\.json is missing"),
-    "missing bundle": (lambda bundle: shutil.rmtree(bundle) or bundle, r"'\S+bundle' is not an encoder bundle: it has no manifest\.json"),
+    "missing tokenizer": (
+        _drop_tokenizer,
+        r"Bundle file '\S+tokenizer\.json' listed in manifest\.json is missing",
+    ),
+    "missing bundle": (
+        lambda bundle: shutil.rmtree(bundle) or bundle,
+        r"'\S+bundle' is not an encoder bundle: it has no manifest\.json",
+    ),
 }
 
 
@@ -403,7 +489,11 @@ def test_a_damaged_bundle_is_refused_naming_the_file(case, tiny_bundle, tmp_path
 
 
 ENCODE_CASES = {
-    "null text": (["a", "b", "c"], ["a film", None, "movie"], r"'\S+in\.parquet' row 1 \(id 'b'\) has a null in column 'text'"),
+    "null text": (
+        ["a", "b", "c"],
+        ["a film", None, "movie"],
+        r"'\S+in\.parquet' row 1 \(id 'b'\) has a null in column 'text'",
+    ),
     "non-string text": (["a", "b"], [1984, 7], r"'\S+in\.parquet'.* int.*row 0.*id 'a'"),
     "missing input": (None, None, r"Input table '\S+in\.parquet' does not exist"),
 }
@@ -446,7 +536,10 @@ def test_empty_and_very_long_texts_are_encoded(tiny_bundle, tmp_path):
     # An empty text is the special tokens alone ([CLS] [SEP]).
     tokens = encoder.tokenizer([""])
     assert tokens["padding_mask"].sum() == 2
-    assert tokens["token_ids"][0].tolist() == [2, 3]  # [CLS], [SEP] of TextTokenizer.from_vocabulary
+    assert tokens["token_ids"][0].tolist() == [
+        2,
+        3,
+    ]  # [CLS], [SEP] of TextTokenizer.from_vocabulary
     # A long text is cut to max_length: only its first tokens count.
     cut = encoder.encode([" ".join(long_text.split()[:50])])
     np.testing.assert_allclose(vectors["compressed"][1], cut["compressed"][0], atol=1e-5)
@@ -454,17 +547,20 @@ def test_empty_and_very_long_texts_are_encoded(tiny_bundle, tmp_path):
     (tmp_path / "in.csv").write_text(f"id,text\nm1,\nm2,{long_text}\nm3,a film\n")
     result = _encode_cli(bundle, tmp_path / "in.csv", tmp_path / "out.parquet")
     assert result.exit_code == 0, result.output
-    stats = json.loads(result.stdout[result.stdout.index("{"):])
+    stats = json.loads(result.stdout[result.stdout.index("{") :])
     assert stats["rows"] == 3 and stats["truncated"] == 1
 
 
 # ---------------------------------------------------------------------------
 # Embedding stores of the wrong width, for `rank`.
 
+
 def _store(path, ids, dims, data_dims=None):
     rng = np.random.default_rng(0)
     with EmbeddingStore.writer(path, dims) as store:
-        store.append(np.asarray(ids), {name: rng.normal(size=(len(ids), dim)) for name, dim in dims.items()})
+        store.append(
+            np.asarray(ids), {name: rng.normal(size=(len(ids), dim)) for name, dim in dims.items()}
+        )
     if data_dims is not None:
         # Tamper with the schema's widths, leaving the rows as they are.
         table = pq.read_table(path)
@@ -478,7 +574,9 @@ def _store(path, ids, dims, data_dims=None):
 
 @pytest.fixture
 def rank_run(tmp_path):
-    config = RunConfig.from_dict({"model": {"compressed_dim": 8}, "data": {"data_dir": str(tmp_path / "no-data")}})
+    config = RunConfig.from_dict(
+        {"model": {"compressed_dim": 8}, "data": {"data_dir": str(tmp_path / "no-data")}}
+    )
     return MARCRun.open(tmp_path / "run", config)
 
 
@@ -486,19 +584,35 @@ def rank_run(tmp_path):
 # widths written over the item store's (None: honest), column, file named, pattern.
 STORE_CASES = {
     "compressed width": (
-        {"compressed": 4}, {"compressed": 8}, None, "compressed", "users.parquet",
+        {"compressed": 4},
+        {"compressed": 8},
+        None,
+        "compressed",
+        "users.parquet",
         r"Embedding store '\S+users\.parquet' holds 4-d 'compressed' vectors, but run '\S+run' makes 8-d ones \(model\.compressed_dim\)",
     ),
     "user and item widths": (
-        {"original": 16}, {"original": 24}, None, "original", "items.parquet",
+        {"original": 16},
+        {"original": 24},
+        None,
+        "original",
+        "items.parquet",
         r"Embedding store '\S+items\.parquet' holds 24-d 'original' vectors, but the user store '\S+users\.parquet' holds 16-d ones",
     ),
     "tampered widths": (
-        {"compressed": 8}, {"compressed": 8}, {"compressed": 6}, "compressed", "items.parquet",
+        {"compressed": 8},
+        {"compressed": 8},
+        {"compressed": 6},
+        "compressed",
+        "items.parquet",
         r"Embedding store '\S+items\.parquet' could not be read \(.*\); it is damaged or was altered",
     ),
     "missing store": (
-        {"compressed": 8}, None, None, "compressed", "items.parquet",
+        {"compressed": 8},
+        None,
+        None,
+        "compressed",
+        "items.parquet",
         r"Embedding store '\S+items\.parquet' does not exist; write one with `marc-keras encode`",
     ),
 }
@@ -515,10 +629,22 @@ def test_a_store_that_does_not_fit_the_run_is_refused(case, engine, rank_run, tm
     with pytest.raises((ValueError, FileNotFoundError), match=pattern) as raised:
         rank_with_stores(rank_run, users, items, column=column, engine=engine, log=lambda _: None)
     assert str(tmp_path / named) in str(raised.value)
-    result = CliRunner().invoke(main, [
-        "rank", "--run-dir", str(rank_run.run_dir), "--user-store", str(users), "--item-store", str(items),
-        "--column", column, "--engine", engine,
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "rank",
+            "--run-dir",
+            str(rank_run.run_dir),
+            "--user-store",
+            str(users),
+            "--item-store",
+            str(items),
+            "--column",
+            column,
+            "--engine",
+            engine,
+        ],
+    )
     line = one_line_error(result)
     assert str(tmp_path / named) in line and re.search(pattern, line), line
     # Nothing written: the run directory holds only its config.

@@ -43,7 +43,9 @@ def test_starting_mid_epoch_serves_exactly_the_batches_not_yet_trained():
         np.testing.assert_array_equal(_rows(rest[index]), _rows(whole[index + 1]))
     rest.set_epoch(3)
     assert rest.epoch == 3 and rest.start_step == 0
-    np.testing.assert_array_equal(_rows(rest[0]), _rows(PairBatches(inputs, labels, 4, seed=0, epoch=3)[0]))
+    np.testing.assert_array_equal(
+        _rows(rest[0]), _rows(PairBatches(inputs, labels, 4, seed=0, epoch=3)[0])
+    )
 
 
 def test_batches_are_trimmed_per_tower_to_their_longest_text_and_labels_are_columns():
@@ -55,7 +57,9 @@ def test_batches_are_trimmed_per_tower_to_their_longest_text_and_labels_are_colu
         for tower in ("user", "item"):
             longest = inputs[f"{tower}_padding_mask"][rows].sum(axis=1).max()
             assert batch[f"{tower}_token_ids"].shape == (len(rows), longest)
-            np.testing.assert_array_equal(batch[f"{tower}_token_ids"], inputs[f"{tower}_token_ids"][rows, :longest])
+            np.testing.assert_array_equal(
+                batch[f"{tower}_token_ids"], inputs[f"{tower}_token_ids"][rows, :longest]
+            )
         np.testing.assert_array_equal(batch_labels, labels[rows][:, None])
 
 

@@ -41,7 +41,9 @@ def test_minilm_tokenizer_matches_transformers(minilm_path):
 
     texts = ["Amélie (2001). Genres: Comedy, Romance.", ""]
     ours = marc_keras.TextTokenizer.from_preset(minilm_path, max_length=64)(texts)
-    theirs = AutoTokenizer.from_pretrained(str(minilm_path), local_files_only=True)(texts, padding=True)
+    theirs = AutoTokenizer.from_pretrained(str(minilm_path), local_files_only=True)(
+        texts, padding=True
+    )
     np.testing.assert_array_equal(ours["token_ids"], theirs["input_ids"])
     np.testing.assert_array_equal(ours["padding_mask"], theirs["attention_mask"])
 

@@ -116,16 +116,26 @@ class AutoencoderProjection:
         activation="relu",
         seed=0,
     ):
-        for option, value in (("components", components), ("epochs", epochs), ("batch_size", batch_size)):
+        for option, value in (
+            ("components", components),
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+        ):
             if isinstance(value, bool) or int(value) != value or value <= 0:
-                raise ValueError(f"{type(self).__name__} {option} must be a positive whole number; got {value!r}.")
+                raise ValueError(
+                    f"{type(self).__name__} {option} must be a positive whole number; got {value!r}."
+                )
         hidden_units = tuple(hidden_units)
-        if any(isinstance(width, bool) or int(width) != width or width <= 0 for width in hidden_units):
+        if any(
+            isinstance(width, bool) or int(width) != width or width <= 0 for width in hidden_units
+        ):
             raise ValueError(
                 f"{type(self).__name__} hidden_units must be positive widths like (256,); got {hidden_units!r}."
             )
         if not float(learning_rate) > 0:
-            raise ValueError(f"{type(self).__name__} learning_rate must be positive; got {learning_rate!r}.")
+            raise ValueError(
+                f"{type(self).__name__} learning_rate must be positive; got {learning_rate!r}."
+            )
         self.components = int(components)
         self.hidden_units = tuple(int(width) for width in hidden_units)
         self.epochs = int(epochs)
@@ -139,7 +149,9 @@ class AutoencoderProjection:
         self.loss_history = []
 
     def _build_model(self, dim):
-        return MLPAutoencoder(dim, self.components, self.hidden_units, self.activation, name=self.name)
+        return MLPAutoencoder(
+            dim, self.components, self.hidden_units, self.activation, name=self.name
+        )
 
     def _check(self, vectors, step):
         vectors = np.asarray(vectors, dtype="float64")

@@ -47,12 +47,37 @@ _NO_HSIC = {"hsic_weight": 0.0}
 METHODS = {
     method.name: method
     for method in (
-        Method("frozen", "frozen", "pretrained backbone, d-dim pooled output, no training", vectors="original"),
+        Method(
+            "frozen",
+            "frozen",
+            "pretrained backbone, d-dim pooled output, no training",
+            vectors="original",
+        ),
         Method("pca", "training-free", "PCA of the frozen vectors", projection="pca"),
-        Method("ae", "training-free", "MLP autoencoder bottleneck of the frozen vectors", projection="ae"),
-        Method("vae", "training-free", "variational autoencoder mean of the frozen vectors", projection="vae"),
-        Method("mrl", "trained", "LoRA + compression, CTR loss on nested prefixes (Matryoshka)", {"objective": "mrl", **_NO_HSIC}),
-        Method("larr", "trained", "LoRA + MLP projection, in-batch contrastive loss on clicked pairs", {"objective": "contrastive", **_NO_HSIC}),
+        Method(
+            "ae",
+            "training-free",
+            "MLP autoencoder bottleneck of the frozen vectors",
+            projection="ae",
+        ),
+        Method(
+            "vae",
+            "training-free",
+            "variational autoencoder mean of the frozen vectors",
+            projection="vae",
+        ),
+        Method(
+            "mrl",
+            "trained",
+            "LoRA + compression, CTR loss on nested prefixes (Matryoshka)",
+            {"objective": "mrl", **_NO_HSIC},
+        ),
+        Method(
+            "larr",
+            "trained",
+            "LoRA + MLP projection, in-batch contrastive loss on clicked pairs",
+            {"objective": "contrastive", **_NO_HSIC},
+        ),
         Method(
             "bahe",
             "trained",
@@ -66,11 +91,31 @@ METHODS = {
             {"objective": "aoe", "reconstruction_weight": 1.0, **_NO_HSIC},
         ),
         Method("marc-c", "trained", "MARC, compressed vectors (MARC-C)"),
-        Method("marc-o", "trained", "MARC, the tuned backbone's d-dim vectors (MARC-O)", vectors="original"),
+        Method(
+            "marc-o",
+            "trained",
+            "MARC, the tuned backbone's d-dim vectors (MARC-O)",
+            vectors="original",
+        ),
         Method("marc-no-hsic", "trained", "MARC without the HSIC term", dict(_NO_HSIC)),
-        Method("marc-no-mn", "trained", "MARC without matching network: BCE on scaled cosine of c", {"objective": "cosine_bce"}),
-        Method("marc-no-ei", "trained", "MARC without explicit interactions c_u * c_i", {"explicit_interactions": False}),
-        Method("marc-cs", "trained", "MARC with a cosine loss instead of cross-entropy", {"objective": "cosine"}),
+        Method(
+            "marc-no-mn",
+            "trained",
+            "MARC without matching network: BCE on scaled cosine of c",
+            {"objective": "cosine_bce"},
+        ),
+        Method(
+            "marc-no-ei",
+            "trained",
+            "MARC without explicit interactions c_u * c_i",
+            {"explicit_interactions": False},
+        ),
+        Method(
+            "marc-cs",
+            "trained",
+            "MARC with a cosine loss instead of cross-entropy",
+            {"objective": "cosine"},
+        ),
     )
 }
 

@@ -30,7 +30,9 @@ class VariationalAutoencoder(MLPAutoencoder):
         `log_var` (B, k) and `reconstruction` (B, d).
     """
 
-    def __init__(self, dim, components, hidden_units=(256,), activation="relu", beta=1.0, seed=0, **kwargs):
+    def __init__(
+        self, dim, components, hidden_units=(256,), activation="relu", beta=1.0, seed=0, **kwargs
+    ):
         super().__init__(dim, components, hidden_units, activation, **kwargs)
         self.beta = float(beta)
         self.seed = int(seed)
@@ -108,12 +110,20 @@ class VAEProjection(AutoencoderProjection):
         beta=1.0,
         seed=0,
     ):
-        super().__init__(components, hidden_units, epochs, batch_size, learning_rate, activation, seed)
+        super().__init__(
+            components, hidden_units, epochs, batch_size, learning_rate, activation, seed
+        )
         if not float(beta) >= 0:
             raise ValueError(f"VAEProjection beta must be >= 0; got {beta!r}.")
         self.beta = float(beta)
 
     def _build_model(self, dim):
         return VariationalAutoencoder(
-            dim, self.components, self.hidden_units, self.activation, self.beta, self.seed, name=self.name
+            dim,
+            self.components,
+            self.hidden_units,
+            self.activation,
+            self.beta,
+            self.seed,
+            name=self.name,
         )

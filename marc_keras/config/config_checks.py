@@ -61,11 +61,11 @@ def choice(key, value, choices):
 def text_encoding(key, value):
     """Checks that `value` names a text encoding Python knows."""
     if not isinstance(value, str):
-        raise ValueError(f"{key} must be an encoding name like \"utf-8\"; got {value!r}.")
+        raise ValueError(f'{key} must be an encoding name like "utf-8"; got {value!r}.')
     try:
         codecs.lookup(value)
     except LookupError:
         raise ValueError(
-            f"{key} must be a text encoding Python knows, such as \"utf-8\", \"latin-1\" or "
-            f"\"cp1252\"; got {value!r}."
+            f'{key} must be a text encoding Python knows, such as "utf-8", "latin-1" or '
+            f'"cp1252"; got {value!r}.'
         ) from None

@@ -113,7 +113,9 @@ class ModelSection:
         check.choice("model.pooling", self.pooling, POOLING_MODES)
         check.whole_number("model.max_length", self.max_length, minimum=1)
         check.whole_number("model.compressed_dim", self.compressed_dim, minimum=1)
-        check.whole_numbers("model.compression_hidden_units", self.compression_hidden_units, minimum=1)
+        check.whole_numbers(
+            "model.compression_hidden_units", self.compression_hidden_units, minimum=1
+        )
         check.whole_numbers("model.matching_hidden_units", self.matching_hidden_units, minimum=1)
         check.real_number("model.hsic_weight", self.hsic_weight, minimum=0)
         check.choice("model.objective", self.objective, OBJECTIVES)
@@ -163,7 +165,9 @@ class TrainingSection:
         for name in ("train_samples", "validation_samples", "test_samples", "epochs"):
             check.whole_number(f"training.{name}", getattr(self, name), minimum=1)
         check.whole_number(
-            "training.batch_size", self.batch_size, minimum=2,
+            "training.batch_size",
+            self.batch_size,
+            minimum=2,
             why=" (HSIC and the in-batch losses compare the pairs of a batch)",
         )
         check.real_number("training.learning_rate", self.learning_rate, above=0)
@@ -258,7 +262,9 @@ class RunConfig:
     def from_dict(cls, values, source="config"):
         """Builds a config from nested dicts, checking every key and type."""
         if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected tables {list(SECTIONS)}; got {type(values).__name__}.")
+            raise ValueError(
+                f"{source}: expected tables {list(SECTIONS)}; got {type(values).__name__}."
+            )
         sections = {}
         for section_name, section_values in values.items():
             if section_name not in SECTIONS:

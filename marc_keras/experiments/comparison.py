@@ -48,7 +48,9 @@ def _train(config, methods, output_dir, seeds, split, log, verbose):
             log(f"training {method.run_name} seed {seed}")
             metrics = run.fit(log=log, verbose=verbose)
             fit_seconds.setdefault(method.run_name, []).append(metrics["timings"]["fit_s"])
-            trained[method.run_name][seed] = run.encode_vectors(split, include_frozen=False, verbose=verbose)
+            trained[method.run_name][seed] = run.encode_vectors(
+                split, include_frozen=False, verbose=verbose
+            )
     return fit_seconds, trained
 
 
@@ -91,7 +93,9 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
         return {"fit_seconds": fit_seconds}
     features = RankingFeatures(split, interactions)
     started = time.perf_counter()
-    frozen = MARCRun(output_dir / "frozen", config).encode_vectors(split, include_trained=False, verbose=verbose)
+    frozen = MARCRun(output_dir / "frozen", config).encode_vectors(
+        split, include_trained=False, verbose=verbose
+    )
     (user_ids, frozen_users), (item_ids, frozen_items) = frozen["frozen"]
     log(f"frozen vectors ready in {time.perf_counter() - started:.0f}s")
 
@@ -101,8 +105,12 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
 
     def provider(method):
         if method.kind == "frozen":
-            return lambda seed: (features.vector_table(user_ids, frozen_users, "user"), features.vector_table(item_ids, frozen_items, "item"))
+            return lambda seed: (
+                features.vector_table(user_ids, frozen_users, "user"),
+                features.vector_table(item_ids, frozen_items, "item"),
+            )
         if method.kind == "training-free":
+
             def project(seed):
                 projection = _projection(method, components, seed).fit(fit_rows)
                 return (
@@ -115,7 +123,9 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
 
         def lookup(seed):
             (users_ids, users), (items_ids, items) = trained[method.run_name][seed][name]
-            return features.vector_table(users_ids, users, "user"), features.vector_table(items_ids, items, "item")
+            return features.vector_table(users_ids, users, "user"), features.vector_table(
+                items_ids, items, "item"
+            )
 
         return lookup
 
@@ -126,7 +136,9 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
         progress_path=output_dir / "compare-progress.json",
         progress_fingerprint=json.dumps(config.to_dict(), sort_keys=True),
     )
-    rows = evaluator.evaluate({BASELINE_ROW: None, **{method.name: provider(method) for method in methods}})
+    rows = evaluator.evaluate(
+        {BASELINE_ROW: None, **{method.name: provider(method) for method in methods}}
+    )
     reference = next((row for row in rows if row["name"] == REFERENCE_ROW), None)
     for row in rows:
         if reference is not None:
@@ -145,7 +157,9 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
     }
     write_json(output_dir / "compare.json", report)
     markdown = to_markdown(rows)
-    write_atomically(output_dir / "compare.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
+    write_atomically(
+        output_dir / "compare.md", lambda temporary: Path(temporary).write_text(markdown + "\n")
+    )
     return report
 
 
@@ -156,7 +170,9 @@ def to_markdown(rows):
         "|---|---|---|---|---|",
     ]
     for row in rows:
-        relaimpr = f"{100 * row['relaimpr_vs_marc_c']:+.2f}%" if "relaimpr_vs_marc_c" in row else "-"
+        relaimpr = (
+            f"{100 * row['relaimpr_vs_marc_c']:+.2f}%" if "relaimpr_vs_marc_c" in row else "-"
+        )
         beaten = {True: "yes", False: "no"}.get(row.get("marc_c_beats_by_one_std"), "-")
         if row["name"] == REFERENCE_ROW:
             beaten = "-"

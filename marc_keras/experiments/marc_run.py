@@ -30,7 +30,12 @@ SPLITS = ("train", "validation", "test")
 STARTED_MARKERS = ("checkpoint", "history.csv", "model.keras", "encoder.keras", "metrics.json")
 # What a run that has not started training may hold besides config.json; all
 # of it depends on the settings, so a reset removes it.
-STALE_BEFORE_TRAINING = ("tokens.npz", "frozen-vectors.npz", "vectors.npz", "evaluate-progress.json")
+STALE_BEFORE_TRAINING = (
+    "tokens.npz",
+    "frozen-vectors.npz",
+    "vectors.npz",
+    "evaluate-progress.json",
+)
 
 
 def default_preset():
@@ -101,14 +106,20 @@ def evaluate_runs(runs, downstream=None, log=print):
     """
     runs = list(runs)
     if any(run.config.data != runs[0].config.data for run in runs):
-        raise ValueError("Runs evaluated together must share the same [data] settings (same split).")
+        raise ValueError(
+            "Runs evaluated together must share the same [data] settings (same split)."
+        )
     downstream = downstream or runs[0].config.evaluate
     if len(runs) > 1 and len(downstream.seeds) != len(runs):
-        raise ValueError(f"{len(runs)} runs need {len(runs)} downstream seeds; got {downstream.seeds}.")
+        raise ValueError(
+            f"{len(runs)} runs need {len(runs)} downstream seeds; got {downstream.seeds}."
+        )
     started = time.perf_counter()
     split, interactions = build_split(runs[0].config.data, with_interactions=True)
     features = RankingFeatures(split, interactions)
-    vectors = [run.encode_vectors(split, include_frozen=index == 0) for index, run in enumerate(runs)]
+    vectors = [
+        run.encode_vectors(split, include_frozen=index == 0) for index, run in enumerate(runs)
+    ]
     log(f"features and vectors ready in {time.perf_counter() - started:.0f}s")
 
     def tables(name, transform=None):
@@ -119,14 +130,18 @@ def evaluate_runs(runs, downstream=None, log=print):
             (user_ids, users), (item_ids, items) = vectors[index][name]
             if transform is not None:
                 users, items = transform(users), transform(items)
-            return features.vector_table(user_ids, users, "user"), features.vector_table(item_ids, items, "item")
+            return features.vector_table(user_ids, users, "user"), features.vector_table(
+                item_ids, items, "item"
+            )
 
         return provider
 
     (user_ids, frozen_users), (_, frozen_items) = vectors[0]["frozen"]
     training_users = np.isin(user_ids, split.users["train"])
     pca_components = runs[0].config.model.compressed_dim
-    pca = PCAProjection(pca_components).fit(np.concatenate([frozen_users[training_users], frozen_items]))
+    pca = PCAProjection(pca_components).fit(
+        np.concatenate([frozen_users[training_users], frozen_items])
+    )
     representations = {
         "dcnv2": None,
         "frozen": tables("frozen"),
@@ -141,7 +156,11 @@ def evaluate_runs(runs, downstream=None, log=print):
         if path.is_file()
     ]
     evaluator = DownstreamEvaluator(
-        features, downstream, log=log, progress_path=runs[0].run_dir / "evaluate-progress.json", progress_fingerprint=sources
+        features,
+        downstream,
+        log=log,
+        progress_path=runs[0].run_dir / "evaluate-progress.json",
+        progress_fingerprint=sources,
     )
     rows = evaluator.evaluate(representations)
     report = {
@@ -154,7 +173,10 @@ def evaluate_runs(runs, downstream=None, log=print):
     }
     write_json(runs[0].run_dir / "evaluate.json", report)
     markdown = downstream_markdown(rows)
-    write_atomically(runs[0].run_dir / "evaluate.md", lambda temporary: Path(temporary).write_text(markdown + "\n"))
+    write_atomically(
+        runs[0].run_dir / "evaluate.md",
+        lambda temporary: Path(temporary).write_text(markdown + "\n"),
+    )
     return rows
 
 
@@ -228,7 +250,9 @@ class MARCRun:
         try:
             # Through RunConfig, so that keys added since the run was made
             # take their defaults instead of looking like changed settings.
-            saved = json.loads(json.dumps(RunConfig.from_dict(json.loads(config_path.read_text())).to_dict()))
+            saved = json.loads(
+                json.dumps(RunConfig.from_dict(json.loads(config_path.read_text())).to_dict())
+            )
         except ValueError as error:
             return [f"all keys: its {CONFIG_FILE} no longer reads ({error})"]
         wanted = json.loads(json.dumps(config.to_dict()))
@@ -243,7 +267,9 @@ class MARCRun:
     def _reset(run_dir):
         """Removes what a run that never started training left behind."""
         for path in run_dir.iterdir():
-            if path.name in (CONFIG_FILE, *STALE_BEFORE_TRAINING) or path.name.startswith(".partial-"):
+            if path.name in (CONFIG_FILE, *STALE_BEFORE_TRAINING) or path.name.startswith(
+                ".partial-"
+            ):
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
@@ -257,7 +283,9 @@ class MARCRun:
     def frozen_vectors_path(self):
         return self.run_dir / "frozen-vectors.npz"
 
-    def encode_vectors(self, split=None, batch_size=64, verbose=1, include_frozen=True, include_trained=True):
+    def encode_vectors(
+        self, split=None, batch_size=64, verbose=1, include_frozen=True, include_trained=True
+    ):
         """Encodes every user and item with the trained model and the frozen backbone.
 
         Writes `vectors.npz` (MARC-C and MARC-O) and `frozen-vectors.npz`
@@ -280,7 +308,9 @@ class MARCRun:
             A dict name -> ((user ids, user vectors), (item ids, item vectors)).
         """
         if include_trained and not self.model_path.is_file() and not self.vectors_path.is_file():
-            raise ValueError(f"Run '{self.run_dir}' has no trained model yet; run `marc-keras fit` first.")
+            raise ValueError(
+                f"Run '{self.run_dir}' has no trained model yet; run `marc-keras fit` first."
+            )
         split = split or build_split(self.config.data)
         user_ids, item_ids = sorted(split.user_texts), sorted(split.item_texts)
         user_texts = [split.user_texts[user] for user in user_ids]
@@ -306,7 +336,11 @@ class MARCRun:
         if include_frozen:
             if not self.frozen_vectors_path.is_file():
                 frozen = self._build_model(lora_rank=0).encoder()
-                encode({"user": frozen, "item": frozen}, {"frozen": "original"}, self.frozen_vectors_path)
+                encode(
+                    {"user": frozen, "item": frozen},
+                    {"frozen": "original"},
+                    self.frozen_vectors_path,
+                )
             paths.append(self.frozen_vectors_path)
         vectors = {}
         for path in paths:
@@ -327,7 +361,9 @@ class MARCRun:
         if StepCheckpoint.read_state(self.checkpoint_dir) is None:
             return dict(START)
         # Variables exist only once the model has seen a batch.
-        first = PairBatches(train_x, train_y, self.config.training.batch_size, self.config.training.seed)
+        first = PairBatches(
+            train_x, train_y, self.config.training.batch_size, self.config.training.seed
+        )
         model(first[0][0], training=False)
         state = StepCheckpoint.restore(model, self.checkpoint_dir)
         log(
@@ -425,7 +461,9 @@ class MARCRun:
 
         train_x, train_y = part("train")
         model.compile(
-            optimizer=keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay)
+            optimizer=keras.optimizers.AdamW(
+                training.learning_rate, weight_decay=training.weight_decay
+            )
         )
         state = self._restore_checkpoint(model, train_x, train_y, log)
         interactive = bool(verbose) and progress_is_interactive()
@@ -435,14 +473,21 @@ class MARCRun:
         )
         callbacks = [
             early_stopping,
-            StepCheckpoint(self.checkpoint_dir, training.checkpoint_steps, state, early_stopping=early_stopping),
+            StepCheckpoint(
+                self.checkpoint_dir, training.checkpoint_steps, state, early_stopping=early_stopping
+            ),
             keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
             *progress,
         ]
 
         def fit_epochs(first_epoch, last_epoch, start_step):
             batches = PairBatches(
-                train_x, train_y, training.batch_size, training.seed, epoch=first_epoch, start_step=start_step
+                train_x,
+                train_y,
+                training.batch_size,
+                training.seed,
+                epoch=first_epoch,
+                start_step=start_step,
             )
             model.fit(
                 batches,
@@ -476,7 +521,11 @@ class MARCRun:
         for name in ("validation", "test"):
             x, y = part(name)
             logs = model.evaluate(x, y, batch_size=training.batch_size, verbose=0, return_dict=True)
-            metrics[name] = {"auc": logs["auc"], objective_loss: logs[objective_loss], "pairs": int(len(y))}
+            metrics[name] = {
+                "auc": logs["auc"],
+                objective_loss: logs[objective_loss],
+                "pairs": int(len(y)),
+            }
         # Keras' serializer probes for TensorFlow (tf.TensorShape) and would load it.
         with without_tensorflow():
             write_atomically(self.model_path, model.save)

@@ -31,7 +31,9 @@ LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 def _source(source, config, load):
     """What a curve is encoded with: a description, the cache fingerprint, a loader."""
     # The texts depend on the [data] settings, the vectors on the model.
-    fingerprint = json.dumps({"source": source, "data": dataclasses.asdict(config.data)}, sort_keys=True)
+    fingerprint = json.dumps(
+        {"source": source, "data": dataclasses.asdict(config.data)}, sort_keys=True
+    )
     return {"source": source, "fingerprint": fingerprint, "load": load}
 
 
@@ -43,14 +45,20 @@ def _model_fingerprint(path):
 def _open_runs(run_dirs, labels, overrides):
     labels = list(labels or ())
     if labels and len(labels) != len(run_dirs):
-        raise ValueError(f"Got {len(labels)} --label values for {len(run_dirs)} --run-dir values; give one per run or none.")
+        raise ValueError(
+            f"Got {len(labels)} --label values for {len(run_dirs)} --run-dir values; give one per run or none."
+        )
     runs = []
     for index, run_dir in enumerate(run_dirs):
         run_dir = Path(run_dir)
         if not (run_dir / CONFIG_FILE).is_file():
-            raise ValueError(f"'{run_dir}' holds no {CONFIG_FILE}; pass a run directory made by `marc-keras fit`.")
+            raise ValueError(
+                f"'{run_dir}' holds no {CONFIG_FILE}; pass a run directory made by `marc-keras fit`."
+            )
         label = labels[index] if labels else run_dir.resolve().name
-        runs.append((label, MARCRun(run_dir, RunConfig.from_file(run_dir / CONFIG_FILE, overrides))))
+        runs.append(
+            (label, MARCRun(run_dir, RunConfig.from_file(run_dir / CONFIG_FILE, overrides)))
+        )
     if any(run.config.data != runs[0][1].config.data for _, run in runs):
         raise ValueError("Runs probed together must share the same [data] settings (same split).")
     return runs
@@ -58,13 +66,19 @@ def _open_runs(run_dirs, labels, overrides):
 
 def _run_source(run):
     if not run.model_path.is_file():
-        raise ValueError(f"Run '{run.run_dir}' has no model.keras yet; finish it with `marc-keras fit` first.")
+        raise ValueError(
+            f"Run '{run.run_dir}' has no model.keras yet; finish it with `marc-keras fit` first."
+        )
 
     def load():
         model = keras.saving.load_model(run.model_path)
         return model.backbone, {tower: model.tower_compression(tower) for tower in TOWERS}
 
-    return _source({"run": str(run.run_dir.resolve()), "model": _model_fingerprint(run.model_path)}, run.config, load)
+    return _source(
+        {"run": str(run.run_dir.resolve()), "model": _model_fingerprint(run.model_path)},
+        run.config,
+        load,
+    )
 
 
 def _frozen_source(config):
@@ -140,7 +154,9 @@ def probe_runs(
     >>> report = probe_runs(["runs/marc"], "runs/probe", frozen=True, overrides=["evaluate.seeds=[0,1,2]"])
     """
     if run_dirs and config is not None:
-        raise ValueError("Give either --run-dir (the runs' configs are used) or --config, not both.")
+        raise ValueError(
+            "Give either --run-dir (the runs' configs are used) or --config, not both."
+        )
     if not run_dirs and (config is None or not frozen):
         raise ValueError(
             "Nothing to probe: give at least one --run-dir (its config.json names the data, preset and pooling), "
@@ -156,9 +172,13 @@ def probe_runs(
     sources = {FROZEN: _frozen_source(config)} if frozen else {}
     for label, run in runs:
         if not LABEL_PATTERN.match(label):
-            raise ValueError(f"Curve label '{label}' must be letters, digits, '.', '_' or '-'; pass --label to name the run.")
+            raise ValueError(
+                f"Curve label '{label}' must be letters, digits, '.', '_' or '-'; pass --label to name the run."
+            )
         if label in sources:
-            raise ValueError(f"Two curves are named '{label}'; give each --run-dir its own --label.")
+            raise ValueError(
+                f"Two curves are named '{label}'; give each --run-dir its own --label."
+            )
         sources[label] = _run_source(run)
 
     started = time.perf_counter()
@@ -170,7 +190,9 @@ def probe_runs(
         cache = output_dir / f"layers-{method}.npz"
         vectors = LayerVectors.load(cache, source["fingerprint"], split)
         if vectors is None:
-            log(f"encoding {len(split.user_texts)} users and {len(split.item_texts)} items with every layer of '{method}'")
+            log(
+                f"encoding {len(split.user_texts)} users and {len(split.item_texts)} items with every layer of '{method}'"
+            )
             backbone, compression = source["load"]()
             probe = LayerProbe(backbone, compression, batch_size, verbose)
             vectors = probe.encode_split(split, cache, source["fingerprint"])
@@ -178,13 +200,15 @@ def probe_runs(
             log(f"reusing the layer vectors of '{method}' in {cache}")
         check_layers(layers, vectors.num_layers, method)
         encoded[method] = vectors
-        methods.append({
-            "method": method,
-            "source": source["source"],
-            "num_layers": vectors.num_layers,
-            "hidden_dim": int(vectors.users.shape[2]),
-            "cache": str(cache),
-        })
+        methods.append(
+            {
+                "method": method,
+                "source": source["source"],
+                "num_layers": vectors.num_layers,
+                "hidden_dim": int(vectors.users.shape[2]),
+                "cache": str(cache),
+            }
+        )
 
     # Scores are kept per (row, seed) while the data, downstream settings and
     # every curve's model stay the same, so an interrupted probe resumes.
@@ -220,5 +244,7 @@ def probe_runs(
         "rows": rows,
         "markers": marker_rows,
     }
-    write_mra_report(output_dir, report, title=f"MRA: test AUC per layer ({len(config.evaluate.seeds)} seeds)")
+    write_mra_report(
+        output_dir, report, title=f"MRA: test AUC per layer ({len(config.evaluate.seeds)} seeds)"
+    )
     return report

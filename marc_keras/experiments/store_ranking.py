@@ -51,7 +51,9 @@ def _check_widths(run, stores, paths, column):
         )
 
 
-def rank_with_stores(run, user_store, item_store, column="compressed", engine="keras", seeds=None, log=print):
+def rank_with_stores(
+    run, user_store, item_store, column="compressed", engine="keras", seeds=None, log=print
+):
     """Trains a downstream DCNv2 on vectors from two embedding stores and scores test users.
 
     The split and features are the run's, built exactly as `evaluate_runs`
@@ -133,11 +135,17 @@ def rank_with_stores(run, user_store, item_store, column="compressed", engine="k
         runs = result["runs"]
         aucs = [seed_run["test_auc"] for seed_run in runs]
         loglosses = [seed_run["test_logloss"] for seed_run in runs]
-        report.update(missing=result["missing"], rows=[DownstreamEvaluator.summary_row(name, aucs, loglosses, result["seconds"])], runs=runs)
+        report.update(
+            missing=result["missing"],
+            rows=[DownstreamEvaluator.summary_row(name, aucs, loglosses, result["seconds"])],
+            runs=runs,
+        )
     else:
         tables, missing = {}, {}
         for tower in TOWERS:
-            tables[tower], missing[tower] = _vector_table(features, tower, paths[tower], *stores[tower], log)
+            tables[tower], missing[tower] = _vector_table(
+                features, tower, paths[tower], *stores[tower], log
+            )
         rows = evaluator.evaluate({name: lambda seed: (tables["user"], tables["item"])})
         report.update(missing=missing, rows=rows)
     write_json(run.run_dir / f"rank-{engine}.json", report)

@@ -29,7 +29,9 @@ class CompressionNetwork(keras.layers.Layer):
     torch.Size([4, 128])
     """
 
-    def __init__(self, hidden_units=(256,), output_dim=128, activation="relu", dropout=0.0, **kwargs):
+    def __init__(
+        self, hidden_units=(256,), output_dim=128, activation="relu", dropout=0.0, **kwargs
+    ):
         super().__init__(**kwargs)
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.output_dim = int(output_dim)

@@ -7,7 +7,11 @@ from keras import ops
 
 from marc_keras.layers.token_pooling import TokenPooling
 from marc_keras.text_tokenizer import TOKENIZER_FILE, TextTokenizer
-from marc_keras.utils.backend_guard import import_keras_hub, serialize_keras_object, without_tensorflow
+from marc_keras.utils.backend_guard import (
+    import_keras_hub,
+    serialize_keras_object,
+    without_tensorflow,
+)
 
 keras_hub = import_keras_hub()
 LORA_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")

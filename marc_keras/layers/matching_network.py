@@ -32,13 +32,22 @@ class MatchingNetwork(keras.layers.Layer):
     torch.Size([4, 1])
     """
 
-    def __init__(self, hidden_units=(128,), explicit_interactions=True, activation="relu", dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        hidden_units=(128,),
+        explicit_interactions=True,
+        activation="relu",
+        dropout=0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.explicit_interactions = bool(explicit_interactions)
         self.activation = activation
         self.dropout = float(dropout)
-        self.dense_layers = build_dense_stack(self.hidden_units, 1, activation, self.dropout, "matching")
+        self.dense_layers = build_dense_stack(
+            self.hidden_units, 1, activation, self.dropout, "matching"
+        )
 
     def _check_widths(self, user_shape, item_shape):
         if user_shape[-1] != item_shape[-1]:

@@ -26,7 +26,9 @@ def build_dense_stack(hidden_units, output_units, activation, dropout, name):
         raise ValueError(f"{name}: dropout must be in [0, 1); got {dropout}.")
     layers = []
     for index, units in enumerate(hidden_units):
-        layers.append(keras.layers.Dense(units, activation=activation, name=f"{name}_hidden_{index}"))
+        layers.append(
+            keras.layers.Dense(units, activation=activation, name=f"{name}_hidden_{index}")
+        )
         if dropout:
             layers.append(keras.layers.Dropout(dropout, name=f"{name}_dropout_{index}"))
     layers.append(keras.layers.Dense(int(output_units), name=f"{name}_output"))

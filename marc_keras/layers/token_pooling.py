@@ -14,9 +14,7 @@ def check_pooling_mode(mode):
         return mode
     close = difflib.get_close_matches(str(mode), POOLING_MODES, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ValueError(
-        f"Unknown pooling '{mode}'; choose one of {', '.join(POOLING_MODES)}.{hint}"
-    )
+    raise ValueError(f"Unknown pooling '{mode}'; choose one of {', '.join(POOLING_MODES)}.{hint}")
 
 
 @keras.saving.register_keras_serializable(package="marc_keras")

@@ -25,9 +25,7 @@ def _median_squared_distance(distances, batch_size):
 def _gaussian_kernel(x, sigma, batch_size):
     distances = _pairwise_squared_distances(x)
     if sigma is None:
-        squared_bandwidth = ops.stop_gradient(
-            _median_squared_distance(distances, batch_size)
-        )
+        squared_bandwidth = ops.stop_gradient(_median_squared_distance(distances, batch_size))
     else:
         squared_bandwidth = ops.convert_to_tensor(float(sigma) ** 2, x.dtype)
     squared_bandwidth = ops.maximum(squared_bandwidth, MIN_SQUARED_BANDWIDTH)
@@ -89,8 +87,7 @@ def hsic(x, y, sigma_x=None, sigma_y=None):
     batch_size = x.shape[0]
     if batch_size != y.shape[0]:
         raise ValueError(
-            f"hsic needs paired rows, but x has {batch_size} rows and y has "
-            f"{y.shape[0]}."
+            f"hsic needs paired rows, but x has {batch_size} rows and y has {y.shape[0]}."
         )
     if batch_size is not None and batch_size < 2:
         raise ValueError(

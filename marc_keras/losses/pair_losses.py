@@ -137,7 +137,9 @@ def angle_loss(user, item, labels, temperature=20.0):
     user, item, labels = _prepare(user, item, labels)
     width = user.shape[-1]
     if width is not None and width % 2:
-        raise ValueError(f"angle_loss reads vectors as complex halves; their width must be even, got {width}.")
+        raise ValueError(
+            f"angle_loss reads vectors as complex halves; their width must be even, got {width}."
+        )
     a, b = ops.split(user, 2, axis=1)  # u = a + b i
     c, d = ops.split(item, 2, axis=1)  # v = c + d i
     item_norm = ops.sum(c * c + d * d, axis=1, keepdims=True)

@@ -106,11 +106,15 @@ class MARC(keras.Model):
         if float(hsic_weight) < 0:
             raise ValueError(f"hsic_weight must be >= 0; got {hsic_weight}.")
         if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got '{objective}'.")
+            raise ValueError(
+                f"objective must be one of {', '.join(OBJECTIVES)}; got '{objective}'."
+            )
         if float(reconstruction_weight) < 0:
             raise ValueError(f"reconstruction_weight must be >= 0; got {reconstruction_weight}.")
         self.objective = objective
-        self.mrl_prefixes = tuple(int(width) for width in mrl_prefixes) if objective == "mrl" else ()
+        self.mrl_prefixes = (
+            tuple(int(width) for width in mrl_prefixes) if objective == "mrl" else ()
+        )
         self.reconstruction_weight = float(reconstruction_weight)
         self.backbone = _deserialize(backbone)
         self.compression = _deserialize(compression, CompressionNetwork(name="compression"))
@@ -120,7 +124,9 @@ class MARC(keras.Model):
         # Objectives that score pairs without the matching network leave it
         # untouched; frozen, it gets no optimizer slots and no empty gradients.
         self.matching.trainable = objective in ("bce", "mrl")
-        self.cosine_scorer = CosineScorer(name="cosine_scorer") if objective == "cosine_bce" else None
+        self.cosine_scorer = (
+            CosineScorer(name="cosine_scorer") if objective == "cosine_bce" else None
+        )
         self.prefix_matching = [
             MatchingNetwork(
                 self.matching.hidden_units,
@@ -135,7 +141,9 @@ class MARC(keras.Model):
             else None
         )
         self._build_heads()
-        self.bce_tracker = keras.metrics.Mean(name="bce" if objective in BCE_OBJECTIVES else objective)
+        self.bce_tracker = keras.metrics.Mean(
+            name="bce" if objective in BCE_OBJECTIVES else objective
+        )
         if self.reconstruction is not None:
             self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         if self.hsic_weight > 0:
@@ -153,12 +161,16 @@ class MARC(keras.Model):
                 f"item one outputs {item_dim}; the matching network needs equal "
                 "widths. Give both the same output_dim."
             )
-        for compression in {id(c): c for c in (self.compression, self.item_compression) if c}.values():
+        for compression in {
+            id(c): c for c in (self.compression, self.item_compression) if c
+        }.values():
             if not compression.built:
                 compression.build(representation_shape)
         if not self.matching.built:
             self.matching.build((None, user_dim), (None, item_dim))
-        if any(not 0 < width < user_dim for width in self.mrl_prefixes) or list(self.mrl_prefixes) != sorted(set(self.mrl_prefixes)):
+        if any(not 0 < width < user_dim for width in self.mrl_prefixes) or list(
+            self.mrl_prefixes
+        ) != sorted(set(self.mrl_prefixes)):
             raise ValueError(
                 f"mrl_prefixes must be increasing widths below the compressed width {user_dim}; "
                 f"got {list(self.mrl_prefixes)}."
@@ -283,10 +295,14 @@ class MARC(keras.Model):
             # score that their AUC measures.
             outputs["logit"] = cosine_similarity(user, item)[:, None]
         for width, matching in zip(self.mrl_prefixes, self.prefix_matching):
-            outputs[f"logit_prefix_{width}"] = matching(user[:, :width], item[:, :width], training=training)
+            outputs[f"logit_prefix_{width}"] = matching(
+                user[:, :width], item[:, :width], training=training
+            )
         if self.reconstruction is not None:
             for tower in TOWERS:
-                outputs[f"{tower}_reconstruction"] = self.reconstruction(outputs[f"{tower}_compressed"])
+                outputs[f"{tower}_reconstruction"] = self.reconstruction(
+                    outputs[f"{tower}_compressed"]
+                )
         return outputs
 
     def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):
@@ -309,7 +325,9 @@ class MARC(keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def _bce(self, logits, labels, sample_weight):
-        per_sample = ops.binary_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)[:, 0]
+        per_sample = ops.binary_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)[
+            :, 0
+        ]
         if sample_weight is None:
             return ops.mean(per_sample)
         weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
@@ -319,7 +337,9 @@ class MARC(keras.Model):
         if self.objective in BCE_OBJECTIVES:
             names = ["logit", *(f"logit_prefix_{width}" for width in self.mrl_prefixes)]
             # Matryoshka: every nested prefix must predict clicks on its own.
-            return ops.mean(ops.stack([self._bce(y_pred[name], labels, sample_weight) for name in names]))
+            return ops.mean(
+                ops.stack([self._bce(y_pred[name], labels, sample_weight) for name in names])
+            )
         user, item, clicks = y_pred["user_compressed"], y_pred["item_compressed"], labels[:, 0]
         if self.objective == "cosine":
             return cosine_embedding_loss(user, item, clicks)
@@ -343,7 +363,12 @@ class MARC(keras.Model):
             # ESE's PCA-like constraint: a linear map back from c must recover
             # r, which is the objective PCA solves in closed form.
             error = sum(
-                ops.mean(ops.square(ops.cast(y_pred[f"{tower}_reconstruction"], "float32") - ops.cast(y_pred[f"{tower}_original"], "float32")))
+                ops.mean(
+                    ops.square(
+                        ops.cast(y_pred[f"{tower}_reconstruction"], "float32")
+                        - ops.cast(y_pred[f"{tower}_original"], "float32")
+                    )
+                )
                 for tower in TOWERS
             )
             self.reconstruction_tracker.update_state(error)

@@ -81,7 +81,11 @@ class MARCEncoder(keras.Model):
         elif verbose:
             on_batch = count_progress(len(texts), "texts encoded")
         return encode_in_length_order(
-            tokens, self.output_dims, self.predict_on_batch, batch_size=batch_size, on_batch=on_batch
+            tokens,
+            self.output_dims,
+            self.predict_on_batch,
+            batch_size=batch_size,
+            on_batch=on_batch,
         )
 
     def get_config(self):

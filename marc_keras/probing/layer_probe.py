@@ -82,17 +82,28 @@ class LayerVectors:
                 return None
             user_ids, item_ids = stored["user_ids"], stored["item_ids"]
             if split is not None and (
-                user_ids.tolist() != sorted(split.user_texts) or item_ids.tolist() != sorted(split.item_texts)
+                user_ids.tolist() != sorted(split.user_texts)
+                or item_ids.tolist() != sorted(split.item_texts)
             ):
                 return None
-            compressed = {tower: stored[f"{tower}/compressed"] for tower in TOWERS if f"{tower}/compressed" in stored.files}
-            return cls(user_ids, stored["user/layers"], item_ids, stored["item/layers"], compressed or None)
+            compressed = {
+                tower: stored[f"{tower}/compressed"]
+                for tower in TOWERS
+                if f"{tower}/compressed" in stored.files
+            }
+            return cls(
+                user_ids, stored["user/layers"], item_ids, stored["item/layers"], compressed or None
+            )
 
 
 def _feed_forward(model, vectors, batch_size):
     """Runs a small (B, d) -> (B, k) network over numpy rows, without gradients."""
     inputs = keras.Input((vectors.shape[1],))
-    return keras.Model(inputs, model(inputs)).predict(vectors, batch_size=batch_size, verbose=0).astype("float32")
+    return (
+        keras.Model(inputs, model(inputs))
+        .predict(vectors, batch_size=batch_size, verbose=0)
+        .astype("float32")
+    )
 
 
 class LayerProbe:
@@ -129,7 +140,8 @@ class LayerProbe:
         self.batch_size = int(batch_size)
         self.verbose = verbose
         token_inputs = {
-            name: keras.Input((None,), dtype="int32", name=name) for name in ("token_ids", "padding_mask")
+            name: keras.Input((None,), dtype="int32", name=name)
+            for name in ("token_ids", "padding_mask")
         }
         # A functional view, so that `predict_on_batch` runs without gradients.
         self._layer_states = keras.Model(
@@ -203,7 +215,17 @@ class LayerProbe:
             vectors.save(cache_path, fingerprint)
         return vectors
 
-    def probe(self, split, features, config=None, layers=None, method="probe", cache_path=None, fingerprint="", log=print):
+    def probe(
+        self,
+        split,
+        features,
+        config=None,
+        layers=None,
+        method="probe",
+        cache_path=None,
+        fingerprint="",
+        log=print,
+    ):
         """Encodes a split (see `encode_split`) and scores each layer (see `evaluate_layers`).
 
         Args:
@@ -221,7 +243,9 @@ class LayerProbe:
         """
         check_layers(layers, self.num_layers, method)
         vectors = self.encode_split(split, cache_path, fingerprint)
-        return evaluate_layers(DownstreamEvaluator(features, config, log=log), vectors, layers, method)
+        return evaluate_layers(
+            DownstreamEvaluator(features, config, log=log), vectors, layers, method
+        )
 
 
 def check_layers(layers, num_layers, method):

@@ -45,14 +45,18 @@ def plot_mra(rows, path, markers=(), title=None):
     for row in rows:
         missing = [field for field in needed if field not in row]
         if missing:
-            raise ValueError(f"MRA row {row.get('name', row)} lacks {missing}; rows need {list(needed)}.")
+            raise ValueError(
+                f"MRA row {row.get('name', row)} lacks {missing}; rows need {list(needed)}."
+            )
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     colours = {}
     methods = list(dict.fromkeys(row["method"] for row in rows))
     for index, method in enumerate(methods):
-        points = sorted((row for row in rows if row["method"] == method), key=lambda row: row["layer"])
+        points = sorted(
+            (row for row in rows if row["method"] == method), key=lambda row: row["layer"]
+        )
         line = axes.errorbar(
             [row["layer"] for row in points],
             [row["auc_mean"] for row in points],
@@ -66,10 +70,20 @@ def plot_mra(rows, path, markers=(), title=None):
     for marker in markers:
         colour = colours.get(marker.get("method"), "0.4")
         mean, std = marker["auc_mean"], marker["auc_std"]
-        axes.axhline(mean, color=colour, linestyle="--", linewidth=1, label=f"{marker['name']} {mean:.4f}")
+        axes.axhline(
+            mean, color=colour, linestyle="--", linewidth=1, label=f"{marker['name']} {mean:.4f}"
+        )
         axes.axhspan(mean - std, mean + std, color=colour, alpha=0.08, linewidth=0)
         if "layer" in marker and marker.get("method") in colours:
-            axes.errorbar([marker["layer"]], [mean], yerr=[std], marker="*", markersize=12, color=colour, capsize=3)
+            axes.errorbar(
+                [marker["layer"]],
+                [mean],
+                yerr=[std],
+                marker="*",
+                markersize=12,
+                color=colour,
+                capsize=3,
+            )
     layers = sorted({row["layer"] for row in rows})
     axes.set_xticks(layers)
     axes.set_xlabel("layer (0 = embeddings)")
@@ -103,5 +117,7 @@ def write_mra_report(output_dir, report, title=None):
     }
     write_json(paths["json"], report)
     markdown = mra_markdown(rows, markers)
-    write_atomically(paths["markdown"], lambda temporary: Path(temporary).write_text(markdown + "\n"))
+    write_atomically(
+        paths["markdown"], lambda temporary: Path(temporary).write_text(markdown + "\n")
+    )
     return paths

@@ -34,7 +34,9 @@ def auc(labels, scores):
     ends = np.r_[starts[1:], labels.size]
     for start, end in zip(starts, ends):
         ranks[order[start:end]] = (start + end + 1) / 2.0  # average 1-based rank of the tie group
-    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    return float(
+        (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    )
 
 
 def logloss(labels, probabilities):

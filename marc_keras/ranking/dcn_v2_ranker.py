@@ -76,12 +76,21 @@ class DCNv2Ranker(keras.Model):
         self.cross_layers = int(cross_layers)
         self.deep_units = tuple(int(units) for units in deep_units)
         self.genre_table = self.add_weight(
-            shape=(self.num_items, self.genres_per_item), dtype="int32",
-            initializer="zeros", trainable=False, name="genre_table",
+            shape=(self.num_items, self.genres_per_item),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            name="genre_table",
         )
-        self.item_embedding = keras.layers.Embedding(self.num_items, embedding_dim, name="item_embedding")
-        self.genre_embedding = keras.layers.Embedding(self.num_genres, embedding_dim, name="genre_embedding")
-        self.rating_embedding = keras.layers.Embedding(MAX_RATING + 1, embedding_dim, name="rating_embedding")
+        self.item_embedding = keras.layers.Embedding(
+            self.num_items, embedding_dim, name="item_embedding"
+        )
+        self.genre_embedding = keras.layers.Embedding(
+            self.num_genres, embedding_dim, name="genre_embedding"
+        )
+        self.rating_embedding = keras.layers.Embedding(
+            MAX_RATING + 1, embedding_dim, name="rating_embedding"
+        )
         self.user_field_embeddings = [
             keras.layers.Embedding(size, embedding_dim, name=f"user_field_{index}")
             for index, size in enumerate(self.user_field_sizes)
@@ -92,11 +101,18 @@ class DCNv2Ranker(keras.Model):
                 continue
             rows = self.num_users if tower == "user" else self.num_items
             self.vector_tables[tower] = self.add_weight(
-                shape=(rows, int(self.vector_dims[tower])), initializer="zeros",
-                trainable=False, name=f"{tower}_vector_table",
+                shape=(rows, int(self.vector_dims[tower])),
+                initializer="zeros",
+                trainable=False,
+                name=f"{tower}_vector_table",
             )
-            self.adaptors[tower] = ExpertAdaptor(num_experts, output_dim=embedding_dim, name=f"{tower}_adaptor")
-        self.crosses = [keras_rs.layers.FeatureCross(name=f"cross_{index}") for index in range(self.cross_layers)]
+            self.adaptors[tower] = ExpertAdaptor(
+                num_experts, output_dim=embedding_dim, name=f"{tower}_adaptor"
+            )
+        self.crosses = [
+            keras_rs.layers.FeatureCross(name=f"cross_{index}")
+            for index in range(self.cross_layers)
+        ]
         self.deep = [
             keras.layers.Dense(units, activation="relu", name=f"deep_{index}")
             for index, units in enumerate(self.deep_units)
@@ -143,7 +159,9 @@ class DCNv2Ranker(keras.Model):
             _masked_mean(self.rating_embedding(inputs["history_ratings"]), history_mask),
         ]
         history_genres = ops.take(self.genre_table, history, axis=0)  # (B, H, G)
-        genre_means = _masked_mean(self.genre_embedding(history_genres), history_genres > 0)  # (B, H, D)
+        genre_means = _masked_mean(
+            self.genre_embedding(history_genres), history_genres > 0
+        )  # (B, H, D)
         fields.append(_masked_mean(genre_means, history_mask))
         for index, embedding in enumerate(self.user_field_embeddings):
             fields.append(embedding(inputs["user_fields"][:, index]))

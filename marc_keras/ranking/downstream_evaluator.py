@@ -41,7 +41,9 @@ class DownstreamEvaluator:
     >>> print(downstream_markdown(rows))  # marc_keras.utils.markdown_tables
     """
 
-    def __init__(self, features, config=None, log=print, progress_path=None, progress_fingerprint=""):
+    def __init__(
+        self, features, config=None, log=print, progress_path=None, progress_fingerprint=""
+    ):
         self.features = features
         self.config = config or DownstreamConfig()
         self.log = log
@@ -63,7 +65,9 @@ class DownstreamEvaluator:
             self.features, user_vectors, item_vectors, num_experts=config.num_experts
         )
         ranker.compile(
-            optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
+            optimizer=keras.optimizers.AdamW(
+                config.learning_rate, weight_decay=config.weight_decay
+            ),
             loss=keras.losses.BinaryCrossentropy(from_logits=True),
             metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
         )
@@ -76,7 +80,10 @@ class DownstreamEvaluator:
             validation_data=(inputs["validation"], labels["validation"][:, None]),
             callbacks=[
                 keras.callbacks.EarlyStopping(
-                    monitor="val_auc", mode="max", patience=config.patience, restore_best_weights=True
+                    monitor="val_auc",
+                    mode="max",
+                    patience=config.patience,
+                    restore_best_weights=True,
                 )
             ],
             verbose=verbose,
@@ -109,12 +116,18 @@ class DownstreamEvaluator:
                     seed_started = time.perf_counter()
                     tables = provider(seed) if provider is not None else (None, None)
                     _, test_auc, test_logloss = self.train_one(seed, *tables)
-                    finished[key] = {"auc": test_auc, "logloss": test_logloss, "seconds": time.perf_counter() - seed_started}
+                    finished[key] = {
+                        "auc": test_auc,
+                        "logloss": test_logloss,
+                        "seconds": time.perf_counter() - seed_started,
+                    }
                     self._save_progress(finished)
                 result = finished[key]
                 aucs.append(result["auc"])
                 loglosses.append(result["logloss"])
-                self.log(f"{name} seed {seed}: test AUC {result['auc']:.4f}, logloss {result['logloss']:.4f}")
+                self.log(
+                    f"{name} seed {seed}: test AUC {result['auc']:.4f}, logloss {result['logloss']:.4f}"
+                )
             seconds = sum(finished[f"{name}/{seed}"]["seconds"] for seed in self.config.seeds)
             rows.append(self.summary_row(name, aucs, loglosses, seconds))
         base = next((row for row in rows if row["name"] == BASELINE_ROW), None)
@@ -124,7 +137,10 @@ class DownstreamEvaluator:
         return rows
 
     def _settings(self):
-        return {"config": json.loads(json.dumps(dataclasses.asdict(self.config))), "fingerprint": self.progress_fingerprint}
+        return {
+            "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
+            "fingerprint": self.progress_fingerprint,
+        }
 
     def _load_progress(self):
         if self.progress_path is None or not self.progress_path.is_file():

@@ -17,7 +17,9 @@ def _vocabulary(values):
 
 
 def _lookup(vocabulary, values):
-    return np.fromiter((vocabulary.get(value, 0) for value in values), dtype="int32", count=len(values))
+    return np.fromiter(
+        (vocabulary.get(value, 0) for value in values), dtype="int32", count=len(values)
+    )
 
 
 class RankingFeatures:
@@ -45,9 +47,7 @@ class RankingFeatures:
     def __init__(self, split, data, genre_column="genres"):
         items = data.items
         self.item_vocabulary = _vocabulary(items["item_id"])
-        self.user_vocabulary = _vocabulary(
-            user for users in split.users.values() for user in users
-        )
+        self.user_vocabulary = _vocabulary(user for users in split.users.values() for user in users)
         self.item_genres = self._genre_table(items, genre_column)
         self.user_field_names, user_table = self._user_fields(data.users)
         self.user_field_sizes = [int(column.max()) + 1 for column in user_table.T]
@@ -68,7 +68,10 @@ class RankingFeatures:
     def _genre_table(self, items, genre_column):
         if genre_column is None or genre_column not in items.columns:
             return np.zeros((len(self.item_vocabulary) + 1, 1), "int32")
-        genres = {item: str(value).split("|") if value else [] for item, value in zip(items["item_id"], items[genre_column])}
+        genres = {
+            item: str(value).split("|") if value else []
+            for item, value in zip(items["item_id"], items[genre_column])
+        }
         self.genre_vocabulary = _vocabulary(g for values in genres.values() for g in values)
         width = max(1, max(len(values) for values in genres.values()))
         table = np.zeros((len(self.item_vocabulary) + 1, width), "int32")
@@ -84,9 +87,7 @@ class RankingFeatures:
             return [], np.zeros((size, 0), "int32")
         users = users.set_index("user_id")
         names = [
-            column
-            for column in users.columns
-            if users[column].nunique() <= MAX_USER_FIELD_VALUES
+            column for column in users.columns if users[column].nunique() <= MAX_USER_FIELD_VALUES
         ]
         table = np.zeros((size, len(names)), "int32")
         known = [user for user in self.user_vocabulary if user in users.index]

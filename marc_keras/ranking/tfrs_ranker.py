@@ -263,7 +263,9 @@ class TFRSRanker:
                 arrays[f"{split}/{key}"] = np.asarray(inputs[key])[rows]
             for tower in TOWERS:
                 # Ids cross as strings: the child looks them up in the store's StringLookup.
-                arrays[f"{split}/{tower}_id"] = names[tower][np.asarray(inputs[tower])[rows]].astype(str)
+                arrays[f"{split}/{tower}_id"] = names[tower][
+                    np.asarray(inputs[tower])[rows]
+                ].astype(str)
             arrays[f"{split}/label"] = np.asarray(features.labels[split], "float32")[rows]
         missing = {}
         for tower in TOWERS:
@@ -277,7 +279,10 @@ class TFRSRanker:
                 )
             # Centered as the Keras evaluator centers them (RankingFeatures.vector_table).
             training = np.isin(ids, np.unique(arrays[f"train/{tower}_id"]))
-            arrays[f"{tower}_store/ids"], arrays[f"{tower}_store/vectors"] = ids, center(vectors, vectors[training])
+            arrays[f"{tower}_store/ids"], arrays[f"{tower}_store/vectors"] = (
+                ids,
+                center(vectors, vectors[training]),
+            )
             missing[tower] = len(absent)
         return arrays, missing
 
@@ -292,22 +297,36 @@ class TFRSRanker:
         # torch. `-P` keeps this file's folder off sys.path so sibling
         # modules shadow nothing.
         command = [
-            sys.executable, "-P", str(Path(__file__).resolve()),
-            "--inputs", str(directory / "inputs.npz"),
-            "--settings", str(directory / "settings.json"),
-            "--result", str(directory / "result.json"),
+            sys.executable,
+            "-P",
+            str(Path(__file__).resolve()),
+            "--inputs",
+            str(directory / "inputs.npz"),
+            "--settings",
+            str(directory / "settings.json"),
+            "--result",
+            str(directory / "result.json"),
         ]
         stderr_path = directory / "stderr.txt"
-        with open(stderr_path, "w") as stderr, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
-        ) as child:
+        with (
+            open(stderr_path, "w") as stderr,
+            subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
+            ) as child,
+        ):
             for line in child.stdout:
                 self.log(line.rstrip("\n"))
             returncode = child.wait()
         if returncode != 0:
             with open(stderr_path, errors="replace") as stderr:
-                tail = "".join(collections.deque((line for line in stderr if line.strip()), maxlen=STDERR_TAIL_LINES))
-            raise RuntimeError(f"The TFRS ranker process failed with exit code {returncode}:\n{tail.strip()}")
+                tail = "".join(
+                    collections.deque(
+                        (line for line in stderr if line.strip()), maxlen=STDERR_TAIL_LINES
+                    )
+                )
+            raise RuntimeError(
+                f"The TFRS ranker process failed with exit code {returncode}:\n{tail.strip()}"
+            )
 
 
 def _load_ctr_metrics():
@@ -326,12 +345,16 @@ def _build_model(tf, tfrs, arrays, settings):
     embedding_dim = settings["embedding_dim"]
     num_items = arrays["item_genres"].shape[0]
     num_genres = int(arrays["item_genres"].max()) + 1
-    num_ratings = max(int(arrays[f"{split}/history_ratings"].max(initial=0)) for split in SPLITS) + 1
+    num_ratings = (
+        max(int(arrays[f"{split}/history_ratings"].max(initial=0)) for split in SPLITS) + 1
+    )
 
     def masked_mean(embedded, mask):
         # embedded (..., L, D), mask (..., L) -> (..., D)
         mask = tf.cast(mask, embedded.dtype)[..., None]
-        return tf.reduce_sum(embedded * mask, axis=-2) / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
+        return tf.reduce_sum(embedded * mask, axis=-2) / tf.maximum(
+            tf.reduce_sum(mask, axis=-2), 1.0
+        )
 
     def dense_stack(units, name):
         layers = [tf.keras.layers.Dense(width, activation="relu") for width in units]
@@ -345,7 +368,8 @@ def _build_model(tf, tfrs, arrays, settings):
             self.genre_embedding = tf.keras.layers.Embedding(num_genres, embedding_dim)
             self.rating_embedding = tf.keras.layers.Embedding(num_ratings, embedding_dim)
             self.user_field_embeddings = [
-                tf.keras.layers.Embedding(size, embedding_dim) for size in settings["user_field_sizes"]
+                tf.keras.layers.Embedding(size, embedding_dim)
+                for size in settings["user_field_sizes"]
             ]
             self.lookups, self.store_embeddings, self.projections = {}, {}, {}
             for tower in TOWERS:
@@ -356,12 +380,18 @@ def _build_model(tf, tfrs, arrays, settings):
                 )
                 table = np.concatenate([np.zeros((1, vectors.shape[1]), "float32"), vectors])
                 self.store_embeddings[tower] = tf.keras.layers.Embedding(
-                    len(table), vectors.shape[1],
-                    embeddings_initializer=tf.keras.initializers.Constant(table), trainable=False,
+                    len(table),
+                    vectors.shape[1],
+                    embeddings_initializer=tf.keras.initializers.Constant(table),
+                    trainable=False,
                 )
-                self.projections[tower] = dense_stack(settings["projection_units"], f"{tower}_projection")
+                self.projections[tower] = dense_stack(
+                    settings["projection_units"], f"{tower}_projection"
+                )
             self.crosses = [tfrs.layers.dcn.Cross() for _ in range(settings["cross_layers"])]
-            self.deep = [tf.keras.layers.Dense(units, activation="relu") for units in settings["deep_units"]]
+            self.deep = [
+                tf.keras.layers.Dense(units, activation="relu") for units in settings["deep_units"]
+            ]
             self.logit = tf.keras.layers.Dense(1)
             self.task = tfrs.tasks.Ranking(
                 loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
@@ -441,7 +471,9 @@ def _child_main(argv=None):
         tf.keras.utils.set_random_seed(seed)
         model = _build_model(tf, tfrs, arrays, settings)
         model.compile(
-            optimizer=tf.keras.optimizers.AdamW(settings["learning_rate"], weight_decay=settings["weight_decay"])
+            optimizer=tf.keras.optimizers.AdamW(
+                settings["learning_rate"], weight_decay=settings["weight_decay"]
+            )
         )
 
         def report(epoch, logs, seed=seed):
@@ -457,7 +489,10 @@ def _child_main(argv=None):
             epochs=settings["max_epochs"],
             callbacks=[
                 tf.keras.callbacks.EarlyStopping(
-                    monitor="val_auc", mode="max", patience=settings["patience"], restore_best_weights=True
+                    monitor="val_auc",
+                    mode="max",
+                    patience=settings["patience"],
+                    restore_best_weights=True,
                 ),
                 tf.keras.callbacks.LambdaCallback(on_epoch_end=report),
             ],
@@ -475,7 +510,10 @@ def _child_main(argv=None):
             "best_epoch": int(np.argmax(validation_auc)) + 1,
             "seconds": time.perf_counter() - started,
         }
-        print(f"tfrs seed {seed}: test AUC {run['test_auc']:.4f}, logloss {run['test_logloss']:.4f}", flush=True)
+        print(
+            f"tfrs seed {seed}: test AUC {run['test_auc']:.4f}, logloss {run['test_logloss']:.4f}",
+            flush=True,
+        )
         runs.append(run)
     Path(args.result).write_text(json.dumps({"runs": runs}))
 

@@ -32,7 +32,9 @@ def write_atomically(path, write):
 
 
 def write_json(path, values):
-    write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(values, indent=2) + "\n"))
+    write_atomically(
+        path, lambda temporary: Path(temporary).write_text(json.dumps(values, indent=2) + "\n")
+    )
 
 
 @contextlib.contextmanager

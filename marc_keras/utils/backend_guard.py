@@ -61,7 +61,9 @@ TENSORFLOW_MODULES = ("tensorflow", "tensorflow_text")
 
 class _RefusingLoader(importlib.abc.Loader):
     def create_module(self, spec):
-        raise ModuleNotFoundError(f"{spec.name} is kept out of this import by marc_keras", name=spec.name)
+        raise ModuleNotFoundError(
+            f"{spec.name} is kept out of this import by marc_keras", name=spec.name
+        )
 
     def exec_module(self, module):
         raise ModuleNotFoundError(f"{module.__name__} is kept out of this import by marc_keras")

@@ -7,7 +7,9 @@ encoder (`marc_keras.export.OnnxEncoder`); imports neither Keras nor torch.
 import numpy as np
 
 
-def encode_in_length_order(tokens, output_dims, run_batch, batch_size=64, sort_by_length=True, on_batch=None):
+def encode_in_length_order(
+    tokens, output_dims, run_batch, batch_size=64, sort_by_length=True, on_batch=None
+):
     """Runs `run_batch` over token rows in batches and returns rows in input order.
 
     Padding is compute thrown away: sorting rows by token count before

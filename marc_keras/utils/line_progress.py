@@ -48,11 +48,17 @@ class LineProgress(keras.callbacks.Callback):
             return
         self._last = now
         total = self.total_steps or self.params.get("steps")
-        position = f"{batch + 1}/{total} ({100 * (batch + 1) / total:.0f}%)" if total else str(batch + 1)
-        self.log(f"epoch {self._epoch + 1} step {position} {_format(logs)} | {now - self._started:.1f} s")
+        position = (
+            f"{batch + 1}/{total} ({100 * (batch + 1) / total:.0f}%)" if total else str(batch + 1)
+        )
+        self.log(
+            f"epoch {self._epoch + 1} step {position} {_format(logs)} | {now - self._started:.1f} s"
+        )
 
     def on_epoch_end(self, epoch, logs=None):
-        self.log(f"epoch {epoch + 1} done {_format(logs)} | {time.perf_counter() - self._started:.1f} s")
+        self.log(
+            f"epoch {epoch + 1} done {_format(logs)} | {time.perf_counter() - self._started:.1f} s"
+        )
 
 
 def _format(logs):

@@ -8,7 +8,9 @@ from marc_keras.baselines.autoencoder_projection import AutoencoderProjection
 @pytest.fixture(scope="module")
 def fitted():
     vectors, latent = low_rank_vectors()
-    autoencoder = AutoencoderProjection(3, hidden_units=(32,), epochs=40, batch_size=64).fit(vectors[:400])
+    autoencoder = AutoencoderProjection(3, hidden_units=(32,), epochs=40, batch_size=64).fit(
+        vectors[:400]
+    )
     return autoencoder, vectors, latent
 
 
@@ -34,7 +36,11 @@ def test_same_seed_same_projection_other_seed_differs():
     vectors, _ = low_rank_vectors(rows=120, dim=8)
 
     def codes(seed):
-        return AutoencoderProjection(2, hidden_units=(8,), epochs=2, batch_size=32, seed=seed).fit(vectors).transform(vectors)
+        return (
+            AutoencoderProjection(2, hidden_units=(8,), epochs=2, batch_size=32, seed=seed)
+            .fit(vectors)
+            .transform(vectors)
+        )
 
     np.testing.assert_array_equal(codes(0), codes(0))
     assert not np.allclose(codes(0), codes(1))
@@ -43,7 +49,11 @@ def test_same_seed_same_projection_other_seed_differs():
 def test_constant_columns_do_not_break_standardisation():
     vectors, _ = low_rank_vectors(rows=64, dim=6)
     vectors[:, 2] = 7.0
-    codes = AutoencoderProjection(2, hidden_units=(8,), epochs=1, batch_size=32).fit(vectors).transform(vectors)
+    codes = (
+        AutoencoderProjection(2, hidden_units=(8,), epochs=1, batch_size=32)
+        .fit(vectors)
+        .transform(vectors)
+    )
     assert np.isfinite(codes).all()
 
 
@@ -60,6 +70,8 @@ def test_bad_use_is_explained():
         AutoencoderProjection(0)
     with pytest.raises(ValueError, match="hidden_units must be positive widths"):
         AutoencoderProjection(2, hidden_units=(0,))
-    fitted = AutoencoderProjection(2, hidden_units=(4,), epochs=1).fit(np.random.default_rng(0).normal(size=(8, 4)))
+    fitted = AutoencoderProjection(2, hidden_units=(4,), epochs=1).fit(
+        np.random.default_rng(0).normal(size=(8, 4))
+    )
     with pytest.raises(ValueError, match="fitted on 4-d vectors; got 5-d"):
         fitted.transform(np.zeros((2, 5)))

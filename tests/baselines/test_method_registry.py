@@ -4,8 +4,22 @@ from marc_keras.baselines.method_registry import KINDS, METHODS, resolve_methods
 from marc_keras.config import ModelSection, RunConfig
 from marc_keras.models.marc import OBJECTIVES
 
-ISSUE_ROWS = ["frozen", "pca", "ae", "vae", "mrl", "larr", "bahe", "ese", "marc-c", "marc-o",
-              "marc-no-hsic", "marc-no-mn", "marc-no-ei", "marc-cs"]
+ISSUE_ROWS = [
+    "frozen",
+    "pca",
+    "ae",
+    "vae",
+    "mrl",
+    "larr",
+    "bahe",
+    "ese",
+    "marc-c",
+    "marc-o",
+    "marc-no-hsic",
+    "marc-no-mn",
+    "marc-no-ei",
+    "marc-cs",
+]
 
 
 def test_every_method_of_the_comparison_is_registered():
@@ -16,7 +30,14 @@ def test_every_method_of_the_comparison_is_registered():
 def test_trained_methods_are_valid_model_settings():
     for method in METHODS.values():
         if method.kind == "trained":
-            config = RunConfig.from_dict({"model": {key: list(value) if isinstance(value, tuple) else value for key, value in method.model.items()}})
+            config = RunConfig.from_dict(
+                {
+                    "model": {
+                        key: list(value) if isinstance(value, tuple) else value
+                        for key, value in method.model.items()
+                    }
+                }
+            )
             assert isinstance(config.model, ModelSection)
             assert config.model.objective in OBJECTIVES
 
@@ -29,7 +50,9 @@ def test_marc_c_and_marc_o_share_one_training_run():
 
 
 def test_unknown_names_are_refused_with_the_valid_ones():
-    with pytest.raises(ValueError, match=r"Unknown method\(s\) \['mrl2'\]; valid methods are: frozen, pca, ae"):
+    with pytest.raises(
+        ValueError, match=r"Unknown method\(s\) \['mrl2'\]; valid methods are: frozen, pca, ae"
+    ):
         resolve_methods(["marc-c", "mrl2"])
     with pytest.raises(ValueError, match="more than once"):
         resolve_methods(["pca", "pca"])

@@ -20,7 +20,8 @@ def test_recovers_the_dominant_directions_and_variance_order():
 def test_same_data_same_projection():
     vectors = np.random.default_rng(1).normal(size=(50, 8))
     np.testing.assert_array_equal(
-        PCAProjection(3).fit(vectors).transform(vectors), PCAProjection(3).fit(vectors).transform(vectors)
+        PCAProjection(3).fit(vectors).transform(vectors),
+        PCAProjection(3).fit(vectors).transform(vectors),
     )
 
 

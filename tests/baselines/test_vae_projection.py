@@ -37,7 +37,11 @@ def test_same_seed_same_projection_other_seed_differs():
     vectors, _ = low_rank_vectors(rows=120, dim=8)
 
     def codes(seed):
-        return VAEProjection(2, hidden_units=(8,), epochs=2, batch_size=32, seed=seed).fit(vectors).transform(vectors)
+        return (
+            VAEProjection(2, hidden_units=(8,), epochs=2, batch_size=32, seed=seed)
+            .fit(vectors)
+            .transform(vectors)
+        )
 
     np.testing.assert_array_equal(codes(0), codes(0))
     assert not np.allclose(codes(0), codes(1))

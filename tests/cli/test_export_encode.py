@@ -41,20 +41,42 @@ def tiny_run(tiny_preset, ml1m_dir, tmp_path_factory):
 
 def test_export_then_encode_a_csv_into_a_store(tiny_run, tmp_path):
     bundle = tmp_path / "bundle"
-    result = CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run), "--bundle-dir", str(bundle)])
+    result = CliRunner().invoke(
+        main, ["export", "--run-dir", str(tiny_run), "--bundle-dir", str(bundle)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["precision"] == "fp32" and max(report["verification"]["max_abs_error"].values()) <= 1e-4
+    assert (
+        report["precision"] == "fp32"
+        and max(report["verification"]["max_abs_error"].values()) <= 1e-4
+    )
     texts = ["the comedy movie", "", "user likes the drama film " * 20, "action"]
-    pd.DataFrame({"movie": ["m1", "m2", "m3", "m4"], "blurb": texts}).to_csv(tmp_path / "items.csv", index=False)
+    pd.DataFrame({"movie": ["m1", "m2", "m3", "m4"], "blurb": texts}).to_csv(
+        tmp_path / "items.csv", index=False
+    )
     args = [
-        "encode", "--bundle-dir", str(bundle), "--input", str(tmp_path / "items.csv"),
-        "--output", str(tmp_path / "items.parquet"), "--id-column", "movie", "--text-column", "blurb",
-        "--outputs", "compressed", "--provider", "cpu", "--chunk-size", "3", "--npy",
+        "encode",
+        "--bundle-dir",
+        str(bundle),
+        "--input",
+        str(tmp_path / "items.csv"),
+        "--output",
+        str(tmp_path / "items.parquet"),
+        "--id-column",
+        "movie",
+        "--text-column",
+        "blurb",
+        "--outputs",
+        "compressed",
+        "--provider",
+        "cpu",
+        "--chunk-size",
+        "3",
+        "--npy",
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    stats = json.loads(result.stdout[result.stdout.index("{"):])
+    stats = json.loads(result.stdout[result.stdout.index("{") :])
     assert stats["rows"] == 4 and stats["truncated"] == 1 and stats["provider"] == "cpu"
     ids, vectors, metadata = load_embedding_table(tmp_path / "items.parquet")
     assert ids.tolist() == ["m1", "m2", "m3", "m4"] and vectors.shape == (4, 8)
@@ -63,17 +85,44 @@ def test_export_then_encode_a_csv_into_a_store(tiny_run, tmp_path):
 
 
 def test_export_and_encode_errors_are_one_line(tiny_run, tmp_path):
-    result = CliRunner().invoke(main, ["export", "--run-dir", str(tmp_path), "--bundle-dir", str(tmp_path / "b")])
+    result = CliRunner().invoke(
+        main, ["export", "--run-dir", str(tmp_path), "--bundle-dir", str(tmp_path / "b")]
+    )
     assert result.exit_code == 1 and "encoder.keras' does not exist" in result.stderr
     assert result.stderr.strip().count("\n") == 0
     bundle = tmp_path / "bundle"
-    assert CliRunner().invoke(main, ["export", "--run-dir", str(tiny_run), "--bundle-dir", str(bundle)]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(main, ["export", "--run-dir", str(tiny_run), "--bundle-dir", str(bundle)])
+        .exit_code
+        == 0
+    )
     (tmp_path / "texts.csv").write_text("id,text\n1,hello\n")
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        args = ["encode", "--bundle-dir", str(bundle), "--input", str(tmp_path / "texts.csv"), "--output", str(tmp_path / "o.parquet"), "--provider", "cuda"]
+        args = [
+            "encode",
+            "--bundle-dir",
+            str(bundle),
+            "--input",
+            str(tmp_path / "texts.csv"),
+            "--output",
+            str(tmp_path / "o.parquet"),
+            "--provider",
+            "cuda",
+        ]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and "CUDA provider was asked for" in result.stderr
-    args = ["encode", "--bundle-dir", str(bundle), "--input", str(tmp_path / "texts.csv"), "--output", str(tmp_path / "o.parquet"), "--text-column", "blurb"]
+    args = [
+        "encode",
+        "--bundle-dir",
+        str(bundle),
+        "--input",
+        str(tmp_path / "texts.csv"),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--text-column",
+        "blurb",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "has no column(s) ['blurb']" in result.stderr
     assert not (tmp_path / "o.parquet").exists()
@@ -91,9 +140,22 @@ def test_a_killed_encode_resumes_without_encoding_its_finished_chunks_again(tiny
     pd.DataFrame({"id": ids, "text": texts}).to_csv(tmp_path / "items.csv", index=False)
     output, staging = tmp_path / "items.parquet", tmp_path / ".partial-items.parquet"
     command = [
-        str(Path(sys.executable).with_name("marc-keras")), "encode", "--bundle-dir", str(bundle),
-        "--input", str(tmp_path / "items.csv"), "--output", str(output), "--provider", "cpu",
-        "--threads", "1", "--batch-size", "8", "--chunk-size", str(chunk_size),
+        str(Path(sys.executable).with_name("marc-keras")),
+        "encode",
+        "--bundle-dir",
+        str(bundle),
+        "--input",
+        str(tmp_path / "items.csv"),
+        "--output",
+        str(output),
+        "--provider",
+        "cpu",
+        "--threads",
+        "1",
+        "--batch-size",
+        "8",
+        "--chunk-size",
+        str(chunk_size),
     ]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -116,5 +178,11 @@ def test_a_killed_encode_resumes_without_encoding_its_finished_chunks_again(tiny
     for column in ("compressed", "original"):
         stored_ids, vectors, _ = load_embedding_table(output, column)
         assert stored_ids.tolist() == ids
-        np.testing.assert_allclose(vectors, load_embedding_table(tmp_path / "clean.parquet", column)[1], atol=1e-5)
-    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["clean.parquet", "items.csv", "items.parquet"]
+        np.testing.assert_allclose(
+            vectors, load_embedding_table(tmp_path / "clean.parquet", column)[1], atol=1e-5
+        )
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [
+        "clean.parquet",
+        "items.csv",
+        "items.parquet",
+    ]

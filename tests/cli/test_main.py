@@ -16,38 +16,68 @@ def test_help_explains_the_commands():
 def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
     args = [
         "fit",
-        "--run-dir", str(tmp_path / "run"),
-        "--data-dir", str(ml1m_dir),
-        "--set", f'model.preset="{tiny_preset}"',
-        "--set", "model.lora_rank=2",
-        "--set", "model.max_length=24",
-        "--set", "model.compressed_dim=8",
-        "--set", "training.train_samples=32",
-        "--set", "training.validation_samples=16",
-        "--set", "training.test_samples=16",
-        "--set", "training.batch_size=16",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--data-dir",
+        str(ml1m_dir),
+        "--set",
+        f'model.preset="{tiny_preset}"',
+        "--set",
+        "model.lora_rank=2",
+        "--set",
+        "model.max_length=24",
+        "--set",
+        "model.compressed_dim=8",
+        "--set",
+        "training.train_samples=32",
+        "--set",
+        "training.validation_samples=16",
+        "--set",
+        "training.test_samples=16",
+        "--set",
+        "training.batch_size=16",
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert set(metrics) == {"validation", "test", "timings", "resumed_from_step"} and metrics["resumed_from_step"] == 0
+    assert (
+        set(metrics) == {"validation", "test", "timings", "resumed_from_step"}
+        and metrics["resumed_from_step"] == 0
+    )
     assert result.stdout.rstrip().endswith("}") and '"auc"' in result.stdout
     assert (tmp_path / "run" / "encoder.keras").is_file()
 
-    small = ["--set", "evaluate.seeds=[0]", "--set", "evaluate.train_samples=2000", "--set", "evaluate.max_epochs=1"]
+    small = [
+        "--set",
+        "evaluate.seeds=[0]",
+        "--set",
+        "evaluate.train_samples=2000",
+        "--set",
+        "evaluate.max_epochs=1",
+    ]
     result = CliRunner().invoke(main, ["evaluate", "--run-dir", str(tmp_path / "run"), *small])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "evaluate.json").read_text())
-    assert [row["name"] for row in report["rows"]] == ["dcnv2", "frozen", "pca-8", "marc-o", "marc-c"]
+    assert [row["name"] for row in report["rows"]] == [
+        "dcnv2",
+        "frozen",
+        "pca-8",
+        "marc-o",
+        "marc-c",
+    ]
     assert "| marc-c |" in result.stdout and (tmp_path / "run" / "evaluate.md").is_file()
 
 
 def test_errors_are_one_line_with_non_zero_exit(tmp_path):
-    result = CliRunner().invoke(main, ["fit", "--run-dir", str(tmp_path), "--set", "training.epoch=2"])
+    result = CliRunner().invoke(
+        main, ["fit", "--run-dir", str(tmp_path), "--set", "training.epoch=2"]
+    )
     assert result.exit_code == 1
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("Error: config: unknown key 'training.epoch'")
-    verbose = CliRunner().invoke(main, ["fit", "--verbose", "--run-dir", str(tmp_path), "--set", "training.epoch=2"])
+    verbose = CliRunner().invoke(
+        main, ["fit", "--verbose", "--run-dir", str(tmp_path), "--set", "training.epoch=2"]
+    )
     assert "Traceback" in verbose.stderr
 
 
@@ -61,11 +91,18 @@ def test_data_describe_counts_the_shared_copy(ml1m_dir):
 def test_data_describe_names_a_missing_directory(tmp_path):
     result = CliRunner().invoke(main, ["data", "describe", "--data-dir", str(tmp_path / "none")])
     assert result.exit_code == 1
-    assert "lacks the MovieLens-1M files" in result.stderr and "marc-keras data download" in result.stderr
+    assert (
+        "lacks the MovieLens-1M files" in result.stderr
+        and "marc-keras data download" in result.stderr
+    )
 
 
 def test_compare_refuses_unknown_methods_before_any_work(tmp_path):
-    result = CliRunner().invoke(main, ["compare", "--output-dir", str(tmp_path / "out"), "--methods", "marc-c,mrl2"])
+    result = CliRunner().invoke(
+        main, ["compare", "--output-dir", str(tmp_path / "out"), "--methods", "marc-c,mrl2"]
+    )
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: Unknown method(s) ['mrl2']; valid methods are: frozen, pca")
+    assert result.stderr.startswith(
+        "Error: Unknown method(s) ['mrl2']; valid methods are: frozen, pca"
+    )
     assert not (tmp_path / "out").exists()

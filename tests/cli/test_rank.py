@@ -21,13 +21,19 @@ def stores(ml1m_dir, tmp_path_factory):
     directory = tmp_path_factory.mktemp("stores")
     rng = np.random.default_rng(0)
     paths = {}
-    for tower, ids in (("user", data.users["user_id"].astype(int)), ("item", data.items["item_id"])):
+    for tower, ids in (
+        ("user", data.users["user_id"].astype(int)),
+        ("item", data.items["item_id"]),
+    ):
         paths[tower] = directory / f"{tower}s.parquet"
         with EmbeddingStore.writer(paths[tower], {"compressed": DIM, "original": 2 * DIM}) as store:
-            store.append(np.asarray(ids), {
-                "compressed": rng.normal(size=(len(ids), DIM)),
-                "original": rng.normal(size=(len(ids), 2 * DIM)),
-            })
+            store.append(
+                np.asarray(ids),
+                {
+                    "compressed": rng.normal(size=(len(ids), DIM)),
+                    "original": rng.normal(size=(len(ids), 2 * DIM)),
+                },
+            )
     return paths
 
 
@@ -38,10 +44,19 @@ def run_dir(ml1m_dir, tmp_path):
 
 
 def rank(run_dir, stores, *args):
-    return CliRunner().invoke(main, [
-        "rank", "--run-dir", str(run_dir),
-        "--user-store", str(stores["user"]), "--item-store", str(stores["item"]), *args,
-    ])
+    return CliRunner().invoke(
+        main,
+        [
+            "rank",
+            "--run-dir",
+            str(run_dir),
+            "--user-store",
+            str(stores["user"]),
+            "--item-store",
+            str(stores["item"]),
+            *args,
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -51,7 +66,9 @@ def test_rank_trains_on_the_stores_and_writes_a_report(run_dir, stores, engine):
     assert result.exit_code == 0, result.output
     report = json.loads((run_dir / f"rank-{engine}.json").read_text())
     (row,) = report["rows"]
-    assert row["name"] == f"{engine}-original" and len(row["aucs"]) == 1 and 0.5 < row["auc_mean"] < 1
+    assert (
+        row["name"] == f"{engine}-original" and len(row["aucs"]) == 1 and 0.5 < row["auc_mean"] < 1
+    )
     assert report["missing"] == {"user": 0, "item": 0} and report["seeds"] == [0]
     assert report["downstream"]["train_samples"] == 2000
     assert f"| {engine}-original | {row['auc_mean']:.4f} +- 0.0000 |" in result.stdout
@@ -60,7 +77,10 @@ def test_rank_trains_on_the_stores_and_writes_a_report(run_dir, stores, engine):
 def test_rank_names_the_columns_a_store_has(run_dir, stores):
     result = rank(run_dir, stores, "--column", "middle")
     assert result.exit_code == 1
-    assert "has no vector column 'middle'" in result.stderr and "['compressed', 'original']" in result.stderr
+    assert (
+        "has no vector column 'middle'" in result.stderr
+        and "['compressed', 'original']" in result.stderr
+    )
 
 
 def test_rank_refuses_bad_seeds(run_dir, stores):

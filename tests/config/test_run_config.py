@@ -7,8 +7,12 @@ from marc_keras.config import RunConfig
 
 def test_file_and_overrides_resolve_with_types(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('[model]\nlora_rank = 4\ncompression_hidden_units = [64, 32]\n[training]\nepochs = 3\n')
-    config = RunConfig.from_file(path, ["training.epochs=5", "model.preset=/models/x", "data.seed=7"])
+    path.write_text(
+        "[model]\nlora_rank = 4\ncompression_hidden_units = [64, 32]\n[training]\nepochs = 3\n"
+    )
+    config = RunConfig.from_file(
+        path, ["training.epochs=5", "model.preset=/models/x", "data.seed=7"]
+    )
     assert config.model.lora_rank == 4
     assert config.model.compression_hidden_units == (64, 32)
     assert config.training.epochs == 5 and config.data.seed == 7

@@ -7,7 +7,13 @@ from marc_keras.experiments.comparison import beats_by_one_std, compare_methods,
 
 
 def _row(name, mean, std):
-    return {"name": name, "auc_mean": mean, "auc_std": std, "logloss_mean": 0.5, "logloss_std": 0.01}
+    return {
+        "name": name,
+        "auc_mean": mean,
+        "auc_std": std,
+        "logloss_mean": 0.5,
+        "logloss_std": 0.01,
+    }
 
 
 def test_beating_by_one_std_uses_the_larger_spread():
@@ -15,7 +21,16 @@ def test_beating_by_one_std_uses_the_larger_spread():
     assert beats_by_one_std(marc_c, _row("pca", 0.790, 0.003))
     assert not beats_by_one_std(marc_c, _row("pca", 0.799, 0.0005))
     assert not beats_by_one_std(marc_c, _row("mrl", 0.805, 0.001))
-    table = to_markdown([{**marc_c, "relaimpr_vs_marc_c": 0.0}, {**_row("pca", 0.79, 0.003), "relaimpr_vs_marc_c": -0.0333, "marc_c_beats_by_one_std": True}])
+    table = to_markdown(
+        [
+            {**marc_c, "relaimpr_vs_marc_c": 0.0},
+            {
+                **_row("pca", 0.79, 0.003),
+                "relaimpr_vs_marc_c": -0.0333,
+                "marc_c_beats_by_one_std": True,
+            },
+        ]
+    )
     assert "| marc-c | 0.8000 +- 0.0020 | 0.5000 +- 0.0100 | +0.00% | - |" in table
     assert "| pca | 0.7900 +- 0.0030 | 0.5000 +- 0.0100 | -3.33% | yes |" in table
 
@@ -46,10 +61,18 @@ def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir
     config = _tiny_compare_config(tiny_preset, ml1m_dir)
     methods = ["frozen", "pca", "mrl", "marc-c", "marc-o"]
     trained_alone = compare_methods(config, ["mrl"], tmp_path, log=lambda _: None, train_only=True)
-    assert list(trained_alone["fit_seconds"]) == ["mrl"] and not (tmp_path / "compare.json").exists()
+    assert (
+        list(trained_alone["fit_seconds"]) == ["mrl"] and not (tmp_path / "compare.json").exists()
+    )
     lines = []
     report = compare_methods(config, methods, tmp_path, log=lines.append)
-    assert any(line.endswith("is a finished run; its metrics are in " + str(tmp_path / "runs" / "mrl" / "seed0" / "metrics.json")) for line in lines)
+    assert any(
+        line.endswith(
+            "is a finished run; its metrics are in "
+            + str(tmp_path / "runs" / "mrl" / "seed0" / "metrics.json")
+        )
+        for line in lines
+    )
     assert [row["name"] for row in report["rows"]] == ["dcnv2", *methods]
     progress = json.loads((tmp_path / "compare-progress.json").read_text())["results"]
     assert sorted(progress) == sorted(f"{name}/0" for name in ["dcnv2", *methods])
@@ -59,16 +82,30 @@ def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir
     # One seed has no std: no row is said to be beaten by more than one.
     assert all(row["marc_c_beats_by_one_std"] is None for row in report["rows"])
     saved = json.loads((tmp_path / "compare.json").read_text())
-    assert saved["rows"][1]["name"] == "frozen" and (tmp_path / "compare.md").read_text().startswith("| method |")
+    assert saved["rows"][1]["name"] == "frozen" and (
+        tmp_path / "compare.md"
+    ).read_text().startswith("| method |")
     mrl_config = json.loads((tmp_path / "runs" / "mrl" / "seed0" / "config.json").read_text())
     assert mrl_config["model"]["objective"] == "mrl" and mrl_config["model"]["hsic_weight"] == 0.0
 
 
 @pytest.mark.slow
-def test_compare_trains_every_method_at_a_seed_before_the_next_seed(tiny_preset, ml1m_dir, tmp_path):
+def test_compare_trains_every_method_at_a_seed_before_the_next_seed(
+    tiny_preset, ml1m_dir, tmp_path
+):
     config = _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0, 1]")
     lines = []
-    report = compare_methods(config, ["mrl", "marc-c", "marc-o"], tmp_path, log=lines.append, train_only=True)
+    report = compare_methods(
+        config, ["mrl", "marc-c", "marc-o"], tmp_path, log=lines.append, train_only=True
+    )
     order = [line for line in lines if line.startswith("training ")]
-    assert order == ["training mrl seed 0", "training marc seed 0", "training mrl seed 1", "training marc seed 1"]
-    assert {name: len(seconds) for name, seconds in report["fit_seconds"].items()} == {"mrl": 2, "marc": 2}
+    assert order == [
+        "training mrl seed 0",
+        "training marc seed 0",
+        "training mrl seed 1",
+        "training marc seed 1",
+    ]
+    assert {name: len(seconds) for name, seconds in report["fit_seconds"].items()} == {
+        "mrl": 2,
+        "marc": 2,
+    }

@@ -34,13 +34,23 @@ def tiny_config(tiny_preset, ml1m_dir):
 def test_fit_writes_a_complete_run_and_a_rerun_only_reports(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
     metrics = MARCRun.open(run_dir, tiny_config).fit(log=lambda _: None, verbose=0)
-    for name in ("config.json", "tokens.npz", "history.csv", "model.keras", "encoder.keras", "lora.lora.h5", "metrics.json"):
+    for name in (
+        "config.json",
+        "tokens.npz",
+        "history.csv",
+        "model.keras",
+        "encoder.keras",
+        "lora.lora.h5",
+        "metrics.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.glob(".partial-*"))
     assert metrics["test"]["pairs"] == 32 and 0.0 <= metrics["test"]["auc"] <= 1.0
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     encoder = keras.saving.load_model(run_dir / "encoder.keras")
-    assert encoder.encode(["Female, age 25-34. Recently watched: nothing yet."])["compressed"].shape == (1, 8)
+    assert encoder.encode(["Female, age 25-34. Recently watched: nothing yet."])[
+        "compressed"
+    ].shape == (1, 8)
     model_mtime = (run_dir / "model.keras").stat().st_mtime
     again = MARCRun.open(run_dir, tiny_config).fit(log=lambda _: None, verbose=0)
     assert again == json.loads(json.dumps(metrics))
@@ -49,7 +59,9 @@ def test_fit_writes_a_complete_run_and_a_rerun_only_reports(tiny_config, tmp_pat
 
 @pytest.mark.parametrize("objective", ["contrastive", "aoe", "cosine"])
 def test_objectives_without_bce_report_their_own_loss(tiny_config, tmp_path, objective):
-    config = tiny_config.replace(model=dataclasses.replace(tiny_config.model, objective=objective, hsic_weight=0.0))
+    config = tiny_config.replace(
+        model=dataclasses.replace(tiny_config.model, objective=objective, hsic_weight=0.0)
+    )
     metrics = MARCRun.open(tmp_path / "run", config).fit(log=lambda _: None, verbose=0)
     assert sorted(metrics["test"]) == sorted(["auc", objective, "pairs"])
     assert np.isfinite(metrics["test"][objective])
@@ -91,7 +103,6 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
-
 def _trained_weights(run_dir):
     model = keras.saving.load_model(run_dir / "model.keras")
     return [np.asarray(variable) for variable in model.trainable_variables]
@@ -103,7 +114,9 @@ def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninter
     from marc_keras.step_checkpoint import StepCheckpoint
 
     # 64 pairs in batches of 16: 4 steps an epoch, 2 epochs, a checkpoint every 3 steps.
-    config = tiny_config.replace(training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3))
+    config = tiny_config.replace(
+        training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3)
+    )
     MARCRun.open(tmp_path / "whole", config).fit(log=lambda _: None, verbose=0)
 
     step_end = StepCheckpoint.on_train_batch_end
@@ -120,21 +133,30 @@ def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninter
     # Saved at global step 6 = step 2 of the second epoch; older weights are gone.
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     assert {key: state[key] for key in ("epoch", "step", "global_step", "weights")} == {
-        "epoch": 1, "step": 2, "global_step": 6, "weights": "step-000000006.npz"
+        "epoch": 1,
+        "step": 2,
+        "global_step": 6,
+        "weights": "step-000000006.npz",
     }
     assert state["early_stopping"]["best_epoch"] == 0 and state["best_weights"] == "best-00000.npz"
     assert sorted(path.name for path in (run_dir / "checkpoint").iterdir()) == [
-        "best-00000.npz", "state.json", state["weights"]
+        "best-00000.npz",
+        "state.json",
+        state["weights"],
     ]
     monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", step_end)
 
     lines = []
     metrics = MARCRun.open(run_dir, config).fit(log=lines.append, verbose=0)
     assert metrics["resumed_from_step"] == 6
-    assert [line for line in lines if "resuming from" in line][0].endswith("epoch 2, step 2 (6 steps trained)")
+    assert [line for line in lines if "resuming from" in line][0].endswith(
+        "epoch 2, step 2 (6 steps trained)"
+    )
     assert not (run_dir / "checkpoint").exists()
     # Same data order, weights and optimizer state: the same model as the run never killed.
-    for resumed, whole in zip(_trained_weights(run_dir), _trained_weights(tmp_path / "whole"), strict=True):
+    for resumed, whole in zip(
+        _trained_weights(run_dir), _trained_weights(tmp_path / "whole"), strict=True
+    ):
         np.testing.assert_allclose(resumed, whole, atol=1e-5)
     history = (run_dir / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]

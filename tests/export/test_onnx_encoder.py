@@ -33,8 +33,12 @@ def _copy(bundle, tmp_path):
 def test_vectors_come_back_in_input_order_whatever_the_batching(tiny_bundle):
     bundle, encoder = tiny_bundle
     sorted_vectors = OnnxEncoder(bundle, provider="cpu", batch_size=3).encode(TEXTS)
-    unsorted_vectors = OnnxEncoder(bundle, provider="cpu", batch_size=3, sort_by_length=False).encode(TEXTS)
-    one_by_one = [OnnxEncoder(bundle, provider="cpu").encode([text])["compressed"][0] for text in TEXTS]
+    unsorted_vectors = OnnxEncoder(
+        bundle, provider="cpu", batch_size=3, sort_by_length=False
+    ).encode(TEXTS)
+    one_by_one = [
+        OnnxEncoder(bundle, provider="cpu").encode([text])["compressed"][0] for text in TEXTS
+    ]
     np.testing.assert_allclose(sorted_vectors["compressed"], np.stack(one_by_one), atol=1e-5)
     np.testing.assert_allclose(sorted_vectors["original"], unsorted_vectors["original"], atol=1e-5)
     keras_vectors = encoder.encode(TEXTS)
@@ -61,7 +65,9 @@ def test_an_altered_or_missing_file_is_refused(tiny_bundle, tmp_path):
         OnnxEncoder(bundle)
     shutil.copy(tiny_bundle[0] / "model.onnx", bundle / "model.onnx")
     (bundle / "tokenizer.json").unlink()
-    with pytest.raises(FileNotFoundError, match="tokenizer.json' listed in manifest.json is missing"):
+    with pytest.raises(
+        FileNotFoundError, match="tokenizer.json' listed in manifest.json is missing"
+    ):
         OnnxEncoder(bundle)
     (bundle / "manifest.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="is not a marc-keras-onnx-bundle manifest"):
@@ -72,7 +78,9 @@ def test_an_altered_or_missing_file_is_refused(tiny_bundle, tmp_path):
 
 def test_a_tokenizer_from_another_model_is_refused(tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle[0], tmp_path)
-    other = marc_keras.TextTokenizer.from_vocabulary(["many", "more", "words", "than", "before"] * 1 + [f"w{i}" for i in range(40)])
+    other = marc_keras.TextTokenizer.from_vocabulary(
+        ["many", "more", "words", "than", "before"] * 1 + [f"w{i}" for i in range(40)]
+    )
     (bundle / "tokenizer.json").write_text(other.to_json())
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"]["tokenizer.json"] = file_sha256(bundle / "tokenizer.json")
@@ -82,7 +90,8 @@ def test_a_tokenizer_from_another_model_is_refused(tiny_bundle, tmp_path):
 
 
 @pytest.mark.skipif(
-    "CUDAExecutionProvider" in onnxruntime.get_available_providers(), reason="CUDA is available here"
+    "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+    reason="CUDA is available here",
 )
 def test_asking_for_cuda_without_it_is_an_error(tiny_bundle):
     with pytest.raises(RuntimeError, match="CUDA provider was asked for.*marc-keras\\[gpu\\]"):
@@ -94,8 +103,16 @@ def test_encode_file_streams_parquet_into_a_store(tiny_bundle, tmp_path):
     bundle, _ = tiny_bundle
     encoder = OnnxEncoder(bundle, provider="cpu", batch_size=2)
     ids = np.arange(100, 100 + len(TEXTS))
-    pd.DataFrame({"item_id": ids, "text": TEXTS}).to_parquet(tmp_path / "items.parquet", row_group_size=3)
-    stats = encoder.encode_file(tmp_path / "items.parquet", tmp_path / "store.parquet", id_column="item_id", chunk_size=2, write_npy=True)
+    pd.DataFrame({"item_id": ids, "text": TEXTS}).to_parquet(
+        tmp_path / "items.parquet", row_group_size=3
+    )
+    stats = encoder.encode_file(
+        tmp_path / "items.parquet",
+        tmp_path / "store.parquet",
+        id_column="item_id",
+        chunk_size=2,
+        write_npy=True,
+    )
     assert stats["rows"] == len(TEXTS) and stats["truncated"] == 1  # TEXTS[1] is over 12 tokens
     stored_ids, vectors, metadata = load_embedding_table(tmp_path / "store.parquet", "original")
     assert stored_ids.tolist() == ids.tolist() and stored_ids.dtype == np.int64
@@ -106,11 +123,15 @@ def test_encode_file_streams_parquet_into_a_store(tiny_bundle, tmp_path):
 
 def test_encode_file_names_the_bad_row_and_writes_nothing(tiny_bundle, tmp_path):
     encoder = OnnxEncoder(tiny_bundle[0], provider="cpu")
-    pd.DataFrame({"id": ["a", "b", "c"], "text": ["a film", None, "movie"]}).to_parquet(tmp_path / "in.parquet")
+    pd.DataFrame({"id": ["a", "b", "c"], "text": ["a film", None, "movie"]}).to_parquet(
+        tmp_path / "in.parquet"
+    )
     with pytest.raises(ValueError, match="row 1 \\(id 'b'\\) has a null in column 'text'"):
         encoder.encode_file(tmp_path / "in.parquet", tmp_path / "out.parquet")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.parquet"]
-    with pytest.raises(ValueError, match="has no column\\(s\\) \\['body'\\]; its columns are \\['id', 'text'\\]"):
+    with pytest.raises(
+        ValueError, match="has no column\\(s\\) \\['body'\\]; its columns are \\['id', 'text'\\]"
+    ):
         encoder.encode_file(tmp_path / "in.parquet", tmp_path / "out.parquet", text_column="body")
     (tmp_path / "in.json").write_text("{}")
     with pytest.raises(ValueError, match="must be a .parquet or .csv table"):
@@ -122,7 +143,9 @@ def test_the_runtime_imports_neither_keras_torch_nor_tensorflow():
         "import sys; import marc_keras.export.onnx_encoder; "
         "print(sorted(m for m in ('keras', 'torch', 'tensorflow') if m in sys.modules))"
     )
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert output.strip() == "[]"
 
 
@@ -132,16 +155,27 @@ def test_duplicate_ids_are_refused_before_anything_is_written(tiny_bundle, tmp_p
     ids = ["a", "b", "c", "b", "d", "a", "e", "b"]
     pd.DataFrame({"id": ids, "text": ["a film"] * len(ids)}).to_parquet(tmp_path / "in.parquet")
     with pytest.raises(ValueError) as error:
-        encoder.encode_file(tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_size=chunk_size)
+        encoder.encode_file(
+            tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_size=chunk_size
+        )
     message = str(error.value)
-    assert "in.parquet' has duplicate ids in column 'id': 'a' (rows 0, 5); 'b' (rows 1, 3, 7)." in message
+    assert (
+        "in.parquet' has duplicate ids in column 'id': 'a' (rows 0, 5); 'b' (rows 1, 3, 7)."
+        in message
+    )
     assert "deduplicate the input" in message
     (tmp_path / "in.csv").write_text("item,text\n7,a film\n8,movie\n9,film\n8,the movie\n")
-    with pytest.raises(ValueError, match=r"in\.csv' has duplicate ids in column 'item': 8 \(rows 1, 3\)"):
-        encoder.encode_file(tmp_path / "in.csv", tmp_path / "out.parquet", id_column="item", chunk_size=chunk_size)
+    with pytest.raises(
+        ValueError, match=r"in\.csv' has duplicate ids in column 'item': 8 \(rows 1, 3\)"
+    ):
+        encoder.encode_file(
+            tmp_path / "in.csv", tmp_path / "out.parquet", id_column="item", chunk_size=chunk_size
+        )
     (tmp_path / "in.csv").write_text("item,text\n7,a film\n,movie\n")
     with pytest.raises(ValueError, match=r"in\.csv' row 1 has no id \(a null in column 'item'\)"):
-        encoder.encode_file(tmp_path / "in.csv", tmp_path / "out.parquet", id_column="item", chunk_size=chunk_size)
+        encoder.encode_file(
+            tmp_path / "in.csv", tmp_path / "out.parquet", id_column="item", chunk_size=chunk_size
+        )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.csv", "in.parquet"]
 
 
@@ -158,23 +192,43 @@ def _interrupt_on_chunk(encoder, monkeypatch, chunk):
     monkeypatch.setattr(encoder, "encode", interrupted)
 
 
-def test_an_interrupted_encode_resumes_and_a_changed_input_starts_over(tiny_bundle, tmp_path, monkeypatch):
+def test_an_interrupted_encode_resumes_and_a_changed_input_starts_over(
+    tiny_bundle, tmp_path, monkeypatch
+):
     encoder = OnnxEncoder(tiny_bundle[0], provider="cpu", batch_size=2)
-    source, output, staging = tmp_path / "items.parquet", tmp_path / "store.parquet", tmp_path / ".partial-store.parquet"
+    source, output, staging = (
+        tmp_path / "items.parquet",
+        tmp_path / "store.parquet",
+        tmp_path / ".partial-store.parquet",
+    )
     pd.DataFrame({"id": np.arange(len(TEXTS)), "text": TEXTS}).to_parquet(source)
     _interrupt_on_chunk(encoder, monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         encoder.encode_file(source, output, chunk_size=2, write_npy=True)
-    assert sorted(path.name for path in staging.iterdir()) == ["part-00000.parquet", "part-00001.parquet", "progress.json"]
+    assert sorted(path.name for path in staging.iterdir()) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "progress.json",
+    ]
     assert not output.exists()
     monkeypatch.undo()
     stats = encoder.encode_file(source, output, chunk_size=2, write_npy=True)
-    assert (stats["rows"], stats["resumed_rows"], stats["truncated"], stats["discarded_partial"]) == (7, 4, 1, None)
+    assert (
+        stats["rows"],
+        stats["resumed_rows"],
+        stats["truncated"],
+        stats["discarded_partial"],
+    ) == (7, 4, 1, None)
     ids, vectors, _ = load_embedding_table(output, "original")
     assert ids.tolist() == list(range(len(TEXTS)))
     np.testing.assert_allclose(vectors, encoder.encode(TEXTS)["original"], atol=1e-6)
     np.testing.assert_array_equal(np.load(tmp_path / "store.original.npy"), vectors)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["items.parquet", "store.compressed.npy", "store.original.npy", "store.parquet"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "items.parquet",
+        "store.compressed.npy",
+        "store.original.npy",
+        "store.parquet",
+    ]
 
     _interrupt_on_chunk(encoder, monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
@@ -184,14 +238,21 @@ def test_an_interrupted_encode_resumes_and_a_changed_input_starts_over(tiny_bund
     pd.DataFrame({"id": np.arange(len(TEXTS)), "text": changed}).to_parquet(source)
     stats = encoder.encode_file(source, output, chunk_size=2)
     assert stats["resumed_rows"] == 0
-    assert stats["discarded_partial"] == f"Discarded the unfinished encode in '{staging}': it was made with a different input."
-    np.testing.assert_allclose(load_embedding_table(output, "original")[1], encoder.encode(changed)["original"], atol=1e-6)
+    assert (
+        stats["discarded_partial"]
+        == f"Discarded the unfinished encode in '{staging}': it was made with a different input."
+    )
+    np.testing.assert_allclose(
+        load_embedding_table(output, "original")[1], encoder.encode(changed)["original"], atol=1e-6
+    )
     assert not staging.exists()
 
 
 def test_progress_off_a_terminal_is_plain_lines(tiny_bundle, tmp_path, capsys):
     encoder = OnnxEncoder(tiny_bundle[0], provider="cpu", batch_size=2)
-    pd.DataFrame({"id": np.arange(len(TEXTS)), "text": TEXTS}).to_parquet(tmp_path / "items.parquet")
+    pd.DataFrame({"id": np.arange(len(TEXTS)), "text": TEXTS}).to_parquet(
+        tmp_path / "items.parquet"
+    )
     encoder.encode_file(tmp_path / "items.parquet", tmp_path / "store.parquet", verbose=True)
     captured = capsys.readouterr()
     assert "\x1b[" not in captured.err and captured.out == ""

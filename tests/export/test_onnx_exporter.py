@@ -6,13 +6,20 @@ import onnxruntime
 import pytest
 
 from marc_keras.export.bundle_manifest import BundleManifest
-from marc_keras.export.onnx_exporter import OnnxExporter, ParityCheck, random_token_batch, row_cosines
+from marc_keras.export.onnx_exporter import (
+    OnnxExporter,
+    ParityCheck,
+    random_token_batch,
+    row_cosines,
+)
 
 OTHER_SHAPES = ((4, 7), (1, 12), (6, 3))
 
 
 def _onnx_outputs(bundle, tokens):
-    session = onnxruntime.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     return dict(zip(("compressed", "original"), session.run(["compressed", "original"], tokens)))
 
 
@@ -28,7 +35,9 @@ def _compare_at_other_shapes(bundle, encoder, compare):
 
 def test_fp32_bundle_matches_keras_at_shapes_other_than_the_exports(tiny_bundle):
     bundle, encoder = tiny_bundle
-    _compare_at_other_shapes(bundle, encoder, lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4))
+    _compare_at_other_shapes(
+        bundle, encoder, lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4)
+    )
     manifest = BundleManifest.load(bundle)
     assert manifest.outputs == {"compressed": 8, "original": 16}
     assert manifest.pooling == "mean" and manifest.max_length == 12 and manifest.precision == "fp32"
@@ -50,16 +59,23 @@ def test_lora_is_merged_not_dropped(tiny_bundle, make_tiny_encoder):
     for variable in without_lora.backbone.backbone.weights:
         if variable.name == "lora_kernel_b":
             variable.assign(np.zeros(variable.shape, "float32"))
-    tokens = random_token_batch((3, 9), encoder.backbone.backbone.vocabulary_size, 0, np.random.default_rng(3))
+    tokens = random_token_batch(
+        (3, 9), encoder.backbone.backbone.vocabulary_size, 0, np.random.default_rng(3)
+    )
     exported = _onnx_outputs(bundle, tokens)["original"]
-    assert np.abs(exported - np.asarray(without_lora.predict_on_batch(tokens)["original"])).max() > 1e-3
+    assert (
+        np.abs(exported - np.asarray(without_lora.predict_on_batch(tokens)["original"])).max()
+        > 1e-3
+    )
 
 
 def test_decoder_with_last_token_pooling_exports_and_matches(make_tiny_encoder, tmp_path):
     encoder = make_tiny_encoder(architecture="llama", pooling="last")
     manifest = OnnxExporter(encoder).export(tmp_path / "llama")
     assert manifest.pooling == "last"
-    _compare_at_other_shapes(tmp_path / "llama", encoder, lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4))
+    _compare_at_other_shapes(
+        tmp_path / "llama", encoder, lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4)
+    )
 
 
 def test_int8_bundle_is_within_its_documented_cosine(make_tiny_encoder, tmp_path):
@@ -73,7 +89,9 @@ def test_int8_bundle_is_within_its_documented_cosine(make_tiny_encoder, tmp_path
     ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}
     _compare_at_other_shapes(
-        tmp_path / "int8", encoder, lambda a, b: np.testing.assert_array_less(0.97, row_cosines(a, b))
+        tmp_path / "int8",
+        encoder,
+        lambda a, b: np.testing.assert_array_less(0.97, row_cosines(a, b)),
     )
 
 
@@ -81,11 +99,17 @@ def test_fp16_bundle_keeps_float32_io_and_norms(make_tiny_encoder, tmp_path):
     encoder = make_tiny_encoder()
     OnnxExporter(encoder).export(tmp_path / "fp16", precision="fp16")
     model = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
-    assert {value.type.tensor_type.elem_type for value in model.graph.output} == {onnx.TensorProto.FLOAT}
-    float16_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert {value.type.tensor_type.elem_type for value in model.graph.output} == {
+        onnx.TensorProto.FLOAT
+    }
+    float16_weights = [
+        t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16
+    ]
     assert float16_weights
     _compare_at_other_shapes(
-        tmp_path / "fp16", encoder, lambda a, b: np.testing.assert_array_less(0.995, row_cosines(a, b))
+        tmp_path / "fp16",
+        encoder,
+        lambda a, b: np.testing.assert_array_less(0.995, row_cosines(a, b)),
     )
 
 
@@ -127,7 +151,9 @@ def minilm_bundle(minilm_path, tmp_path_factory):
     model = marc_keras.MARC.from_preset(minilm_path, lora_rank=4, max_length=64)
     for variable in model.backbone.backbone.weights:
         if variable.name == "lora_kernel_b":
-            variable.assign(np.random.default_rng(0).normal(0, 0.02, variable.shape).astype("float32"))
+            variable.assign(
+                np.random.default_rng(0).normal(0, 0.02, variable.shape).astype("float32")
+            )
     encoder = model.encoder()
     bundle = tmp_path_factory.mktemp("minilm") / "bundle"
     OnnxExporter(encoder).export(bundle)
@@ -149,4 +175,6 @@ def test_minilm_bundle_matches_keras_on_real_texts(minilm_bundle):
     for name in ("compressed", "original"):
         np.testing.assert_allclose(actual[name], expected[name], atol=1e-4)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["outputs"] == {"compressed": 128, "original": 384} and manifest["num_layers"] == 6
+    assert (
+        manifest["outputs"] == {"compressed": 128, "original": 384} and manifest["num_layers"] == 6
+    )

@@ -43,7 +43,9 @@ def test_constant_weight_einsum_becomes_matmul_with_the_same_values(equation, x_
     ops = [node.op_type for node in model.graph.node]
     assert "Einsum" not in ops and "MatMul" in ops
     assert [tensor.name for tensor in model.graph.initializer if tensor.name == "y"] == []
-    np.testing.assert_allclose(_run(model, {"x": x}), np.einsum(equation, x, w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _run(model, {"x": x}), np.einsum(equation, x, w), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -60,7 +62,9 @@ def test_batched_einsum_of_two_tensors_becomes_matmul(equation, x_shape, y_shape
     model = _einsum_model(equation, x_shape, y_shape)
     assert rewrite_einsum_as_matmul(model) == 1
     onnx.checker.check_model(model)
-    np.testing.assert_allclose(_run(model, {"x": x, "y": y}), np.einsum(equation, x, y), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _run(model, {"x": x, "y": y}), np.einsum(equation, x, y), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_einsums_that_are_not_plain_products_are_left_alone():

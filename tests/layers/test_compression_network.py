@@ -10,7 +10,9 @@ def test_hand_computed_forward_pass():
     layer.build((None, 2))
     hidden_kernel = np.array([[1.0, -1.0], [2.0, 0.5]], "float32")
     output_kernel = np.array([[1.0], [3.0]], "float32")
-    layer.set_weights([hidden_kernel, np.array([0.0, 1.0], "float32"), output_kernel, np.array([0.5], "float32")])
+    layer.set_weights(
+        [hidden_kernel, np.array([0.0, 1.0], "float32"), output_kernel, np.array([0.5], "float32")]
+    )
     x = np.array([[1.0, 1.0], [1.0, -2.0]], "float32")
     # hidden: relu([3, 0.5]) = [3, 0.5];  relu([-3, -1]) = [0, 0]
     expected = np.array([[3 * 1 + 0.5 * 3 + 0.5], [0.5]], "float32")

@@ -16,7 +16,9 @@ def test_only_lora_kernels_are_trainable_biases_included(make_tiny_backbone):
     assert names == {"lora_kernel_a", "lora_kernel_b"}
     # query and value of 2 blocks, two factors each
     assert len(layer.trainable_weights) == 8
-    frozen_biases = [v for v in layer.non_trainable_weights if v.path.endswith(("query/bias", "value/bias"))]
+    frozen_biases = [
+        v for v in layer.non_trainable_weights if v.path.endswith(("query/bias", "value/bias"))
+    ]
     assert len(frozen_biases) == 4
 
 
@@ -34,7 +36,9 @@ def test_all_layers_are_pooled_and_the_last_is_the_output(make_tiny_backbone, ti
         out = layer(inputs, return_all_layers=True)
         assert tuple(out["layers"].shape) == (2, 3, 16)
         pooled = keras.ops.convert_to_numpy(layer(inputs))
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(out["layers"][:, -1]), pooled, rtol=1e-6)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(out["layers"][:, -1]), pooled, rtol=1e-6
+        )
         np.testing.assert_allclose(keras.ops.convert_to_numpy(out["pooled"]), pooled, rtol=1e-6)
 
 
@@ -55,10 +59,14 @@ def test_lora_weights_save_and_load_alone(make_tiny_backbone, tmp_path):
     source.save_lora_weights(path)
     target = make_tiny_backbone(seed=0)
     inputs = target.tokenize(["the action movie"])
-    assert not np.allclose(keras.ops.convert_to_numpy(target(inputs)), keras.ops.convert_to_numpy(source(inputs)))
+    assert not np.allclose(
+        keras.ops.convert_to_numpy(target(inputs)), keras.ops.convert_to_numpy(source(inputs))
+    )
     target.load_lora_weights(path)
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(target(inputs)), keras.ops.convert_to_numpy(source(inputs)), rtol=1e-5
+        keras.ops.convert_to_numpy(target(inputs)),
+        keras.ops.convert_to_numpy(source(inputs)),
+        rtol=1e-5,
     )
     with pytest.raises(FileNotFoundError, match="missing.lora.h5"):
         target.load_lora_weights(tmp_path / "missing.lora.h5")
@@ -74,8 +82,13 @@ def test_config_round_trip(make_tiny_backbone):
 def test_tied_llama_embeddings_survive_config_and_keras_round_trips(tiny_tokenizer, tmp_path):
     # SmolLM2 ties its input and output embeddings; keras-hub's Llama config forgets that.
     hub = keras_hub.models.LlamaBackbone(
-        vocabulary_size=tiny_tokenizer.vocabulary_size, num_layers=1, hidden_dim=16, intermediate_dim=32,
-        num_query_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+        vocabulary_size=tiny_tokenizer.vocabulary_size,
+        num_layers=1,
+        hidden_dim=16,
+        intermediate_dim=32,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
     )
     layer = marc_keras.LoRABackbone(hub, tokenizer=tiny_tokenizer, lora_rank=2, pooling="last")
     clone = marc_keras.LoRABackbone.from_config(layer.get_config())
@@ -87,7 +100,9 @@ def test_tied_llama_embeddings_survive_config_and_keras_round_trips(tiny_tokeniz
     encoder.save(tmp_path / "tied.keras")
     loaded = keras.saving.load_model(tmp_path / "tied.keras")
     texts = [" ".join(TINY_WORDS[:3]), TINY_WORDS[-1]]
-    np.testing.assert_allclose(loaded.encode(texts)["original"], encoder.encode(texts)["original"], atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.encode(texts)["original"], encoder.encode(texts)["original"], atol=1e-6
+    )
 
 
 def test_missing_preset_directory_is_named(tmp_path):
@@ -109,7 +124,10 @@ def test_pooling_typo_is_caught_before_loading(minilm_path):
 def test_minilm_every_layer_matches_transformers(minilm_path):
     from transformers import BertModel
 
-    texts = ["Toy Story (1995). Genres: Animation, Children's, Comedy.", "Female, age 25-34, programmer."]
+    texts = [
+        "Toy Story (1995). Genres: Animation, Children's, Comedy.",
+        "Female, age 25-34, programmer.",
+    ]
     layer = marc_keras.LoRABackbone.from_preset(minilm_path, lora_rank=4)
     inputs = layer.tokenize(texts)
     ours = layer._hidden_states(

@@ -10,7 +10,14 @@ def test_hand_computed_logit_uses_explicit_interactions():
     layer.build((None, 2), (None, 2))
     # The hidden unit reads only the interaction part [c_u * c_i].
     hidden_kernel = np.array([[0], [0], [0], [0], [1], [1]], "float32")
-    layer.set_weights([hidden_kernel, np.zeros(1, "float32"), np.array([[2.0]], "float32"), np.array([-1.0], "float32")])
+    layer.set_weights(
+        [
+            hidden_kernel,
+            np.zeros(1, "float32"),
+            np.array([[2.0]], "float32"),
+            np.array([-1.0], "float32"),
+        ]
+    )
     users = np.array([[1.0, 2.0], [1.0, -3.0]], "float32")
     items = np.array([[3.0, 1.0], [1.0, 1.0]], "float32")
     # interactions: [3, 2] -> 5 -> 2*5-1 = 9;  [1, -3] -> relu(-2) = 0 -> -1
@@ -30,4 +37,7 @@ def test_mismatched_widths_are_refused():
 
 def test_config_round_trip():
     layer = marc_keras.MatchingNetwork((64, 32), explicit_interactions=False, dropout=0.2)
-    assert marc_keras.MatchingNetwork.from_config(layer.get_config()).get_config() == layer.get_config()
+    assert (
+        marc_keras.MatchingNetwork.from_config(layer.get_config()).get_config()
+        == layer.get_config()
+    )

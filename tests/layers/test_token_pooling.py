@@ -24,7 +24,9 @@ def test_pools_as_computed_by_hand(mode, mask, expected):
 
 
 def test_pooling_typo_names_the_options_and_suggests():
-    with pytest.raises(ValueError, match="Unknown pooling 'maen'.*mean, last, cls.*Did you mean 'mean'"):
+    with pytest.raises(
+        ValueError, match="Unknown pooling 'maen'.*mean, last, cls.*Did you mean 'mean'"
+    ):
         marc_keras.TokenPooling("maen")
 
 

@@ -17,7 +17,9 @@ ITEM = np.array([[1.0, 1.0], [3.0, 0.0]], "float32")
 
 
 def test_cosine_similarity_by_hand():
-    np.testing.assert_allclose(np.asarray(cosine_similarity(USER, ITEM)), [1 / math.sqrt(2), 0.0], atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(cosine_similarity(USER, ITEM)), [1 / math.sqrt(2), 0.0], atol=1e-6
+    )
 
 
 def test_cosine_embedding_loss_by_hand():
@@ -44,7 +46,9 @@ def test_cosent_loss_by_hand():
     # one wrong-order pair (i=1 unclicked, j=0 clicked): log(1 + exp(t (cos1 - cos0)))
     t = 2.0
     expected = math.log1p(math.exp(t * (0.0 - 1 / math.sqrt(2))))
-    assert float(cosent_loss(USER, ITEM, [1.0, 0.0], temperature=t)) == pytest.approx(expected, abs=1e-6)
+    assert float(cosent_loss(USER, ITEM, [1.0, 0.0], temperature=t)) == pytest.approx(
+        expected, abs=1e-6
+    )
     # every label equal: no pair to rank, log(1) = 0
     assert float(cosent_loss(USER, ITEM, [1.0, 1.0])) == pytest.approx(0.0, abs=1e-7)
 
@@ -64,7 +68,9 @@ def test_angle_loss_against_complex_arithmetic():
     user = rng.normal(size=(3, 4)).astype("float32")
     item = rng.normal(size=(3, 4)).astype("float32")
     labels = np.array([1.0, 0.0, 1.0])
-    scores = np.array([_angle_score(u, v) for u, v in zip(user.astype("float64"), item.astype("float64"))])
+    scores = np.array(
+        [_angle_score(u, v) for u, v in zip(user.astype("float64"), item.astype("float64"))]
+    )
     t = 0.5
     wrong = [(i, j) for i in range(3) for j in range(3) if labels[i] < labels[j]]
     expected = math.log(1 + sum(math.exp(t * (scores[i] - scores[j])) for i, j in wrong))

@@ -43,7 +43,9 @@ def test_fit_learns_a_task_whose_labels_are_in_the_texts(make_tiny_backbone):
     bce = history.history["bce"]
     assert bce[-1] < 0.6 * bce[0]
     test_users, test_items, test_labels = genre_match_task(256, seed=2)
-    logs = model.evaluate(model.tokenize(test_users, test_items), test_labels, verbose=0, return_dict=True)
+    logs = model.evaluate(
+        model.tokenize(test_users, test_items), test_labels, verbose=0, return_dict=True
+    )
     assert logs["auc"] > 0.8, logs
 
 
@@ -51,10 +53,14 @@ def test_logs_bce_hsic_and_auc_and_the_loss_adds_up(make_tiny_marc):
     model = make_tiny_marc(hsic_weight=0.5)
     users, items, labels = genre_match_task(32)
     model.compile(optimizer=keras.optimizers.Adam(0.0))
-    logs = model.evaluate(model.tokenize(users, items), labels, batch_size=32, verbose=0, return_dict=True)
+    logs = model.evaluate(
+        model.tokenize(users, items), labels, batch_size=32, verbose=0, return_dict=True
+    )
     assert set(logs) == {"loss", "bce", "hsic_user", "hsic_item", "auc"}
     assert logs["hsic_user"] > 0 and logs["hsic_item"] > 0
-    assert logs["loss"] == pytest.approx(logs["bce"] - 0.5 * (logs["hsic_user"] + logs["hsic_item"]), rel=1e-5)
+    assert logs["loss"] == pytest.approx(
+        logs["bce"] - 0.5 * (logs["hsic_user"] + logs["hsic_item"]), rel=1e-5
+    )
     no_hsic = make_tiny_marc(hsic_weight=0.0)
     no_hsic.compile(optimizer="adam")
     logs = no_hsic.evaluate(no_hsic.tokenize(users, items), labels, verbose=0, return_dict=True)
@@ -73,7 +79,9 @@ def test_keras_file_round_trip_gives_identical_outputs_and_resumes(make_tiny_mar
     expected, got = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
-    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(model.get_config(), sort_keys=True)
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
+        model.get_config(), sort_keys=True
+    )
     assert loaded.backbone.tokenizer.to_json() == model.backbone.tokenizer.to_json()
     assert {v.path for v in loaded.trainable_weights} == {v.path for v in model.trainable_weights}
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 2
@@ -130,7 +138,12 @@ def test_mixed_precision_keeps_lora_and_optimizer_state_float32(make_tiny_marc):
         users, items, labels = genre_match_task(32)
         model.compile(optimizer=keras.optimizers.AdamW(1e-3))
         model.fit(model.tokenize(users, items), labels, batch_size=16, epochs=1, verbose=0)
-        assert model.predict(model.tokenize(users[:2], items[:2]), verbose=0)["user_original"].dtype.name == "bfloat16"
+        assert (
+            model.predict(model.tokenize(users[:2], items[:2]), verbose=0)[
+                "user_original"
+            ].dtype.name
+            == "bfloat16"
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     lora = [v for v in model.trainable_weights if v.name.startswith("lora_kernel")]

@@ -36,8 +36,12 @@ def test_encoder_round_trips_through_keras_file(make_tiny_marc, tmp_path):
     encoder.save(tmp_path / "encoder.keras")
     loaded = keras.saving.load_model(tmp_path / "encoder.keras")
     texts = ["user likes comedy", "user likes the horror film"]
-    np.testing.assert_array_equal(loaded.encode(texts)["compressed"], encoder.encode(texts)["compressed"])
-    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(encoder.get_config(), sort_keys=True)
+    np.testing.assert_array_equal(
+        loaded.encode(texts)["compressed"], encoder.encode(texts)["compressed"]
+    )
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
+        encoder.get_config(), sort_keys=True
+    )
 
 
 def test_empty_input_gives_empty_arrays(make_tiny_marc):

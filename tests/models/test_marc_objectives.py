@@ -28,7 +28,9 @@ def _model(make_tiny_backbone, **kwargs):
         ({"objective": "cosine"}, "cosine"),
     ],
 )
-def test_every_objective_trains_and_survives_a_keras_round_trip(make_tiny_backbone, tmp_path, settings, objective_log):
+def test_every_objective_trains_and_survives_a_keras_round_trip(
+    make_tiny_backbone, tmp_path, settings, objective_log
+):
     model = _model(make_tiny_backbone, **settings)
     users, items, labels = genre_match_task(64)
     x = model.tokenize(users, items)
@@ -57,8 +59,14 @@ def test_mrl_prefixes_are_nested_and_each_has_its_own_head(make_tiny_backbone):
         # the prefix head reads the first `width` coordinates and nothing else
         assert head.dense_layers[0].kernel.shape[0] == 3 * width
         expected = head(user[:, :width], item[:, :width])
-        np.testing.assert_allclose(np.asarray(outputs[f"logit_prefix_{width}"]), keras.ops.convert_to_numpy(expected), atol=1e-6)
-    with pytest.raises(ValueError, match="mrl_prefixes must be increasing widths below the compressed width 8"):
+        np.testing.assert_allclose(
+            np.asarray(outputs[f"logit_prefix_{width}"]),
+            keras.ops.convert_to_numpy(expected),
+            atol=1e-6,
+        )
+    with pytest.raises(
+        ValueError, match="mrl_prefixes must be increasing widths below the compressed width 8"
+    ):
         _model(make_tiny_backbone, objective="mrl", mrl_prefixes=(4, 8))
 
 
@@ -71,7 +79,9 @@ def test_objectives_without_a_click_head_score_by_cosine(make_tiny_backbone):
 
 
 def test_bad_objective_settings_are_named(make_tiny_backbone):
-    with pytest.raises(ValueError, match="objective must be one of bce, cosine_bce, cosine, contrastive, aoe, mrl"):
+    with pytest.raises(
+        ValueError, match="objective must be one of bce, cosine_bce, cosine, contrastive, aoe, mrl"
+    ):
         _model(make_tiny_backbone, objective="mse")
     with pytest.raises(ValueError, match="reconstruction_weight must be >= 0"):
         _model(make_tiny_backbone, reconstruction_weight=-1)

@@ -15,7 +15,9 @@ SMALL = DownstreamConfig(max_epochs=1, batch_size=256, seeds=(0,), train_samples
 def small(ml1m_dir):
     """The split and features of MovieLens' first 60 users and the items they rated."""
     full = MovieLens.load(ml1m_dir)
-    interactions = full.interactions[full.interactions["user_id"].astype(int) <= 60].reset_index(drop=True)
+    interactions = full.interactions[full.interactions["user_id"].astype(int) <= 60].reset_index(
+        drop=True
+    )
     items = full.items[full.items["item_id"].isin(interactions["item_id"])].reset_index(drop=True)
     data = InteractionData(interactions, items, full.users)
     split = KARSplit.build(data, MovieLens.text_templates(), SplitConfig())
@@ -50,7 +52,12 @@ def test_downstream_part_scores_each_chosen_layer(small):
 
 def test_last_layer_is_the_pooled_output_in_input_order(make_tiny_backbone):
     backbone = make_tiny_backbone(lora_rank=0)
-    texts = ["the movie", "a female user likes the comedy film", "drama", "the horror movie the user likes"]
+    texts = [
+        "the movie",
+        "a female user likes the comedy film",
+        "drama",
+        "the horror movie the user likes",
+    ]
     layers = LayerProbe(backbone, batch_size=3, verbose=0).encode(texts)
     assert layers.shape == (4, backbone.num_layers + 1, 16) and layers.dtype == np.float32
     pooled = keras.ops.convert_to_numpy(backbone(backbone.tokenize(texts)))
@@ -58,7 +65,9 @@ def test_last_layer_is_the_pooled_output_in_input_order(make_tiny_backbone):
     assert not np.allclose(layers[:, 0], layers[:, -1])
 
 
-def test_tiny_backbone_gives_one_result_per_layer_and_reuses_its_cache(small, make_tiny_backbone, tmp_path):
+def test_tiny_backbone_gives_one_result_per_layer_and_reuses_its_cache(
+    small, make_tiny_backbone, tmp_path
+):
     split, features = small
     cache = tmp_path / "layers-tiny.npz"
     probe = LayerProbe(make_tiny_backbone(lora_rank=0, seed=0), verbose=0)
@@ -75,6 +84,18 @@ def test_tiny_backbone_gives_one_result_per_layer_and_reuses_its_cache(small, ma
     assert not np.allclose(fresh.users, vectors.users)
     assert LayerVectors.load(cache, "tiny-0") is None
 
-    rows = other.probe(split, features, SMALL, method="tiny", cache_path=cache, fingerprint="tiny-1", log=lambda _: None)
-    assert [(row["method"], row["layer"]) for row in rows] == [("tiny", 0), ("tiny", 1), ("tiny", 2)]
+    rows = other.probe(
+        split,
+        features,
+        SMALL,
+        method="tiny",
+        cache_path=cache,
+        fingerprint="tiny-1",
+        log=lambda _: None,
+    )
+    assert [(row["method"], row["layer"]) for row in rows] == [
+        ("tiny", 0),
+        ("tiny", 1),
+        ("tiny", 2),
+    ]
     assert all(0.0 <= row["auc_mean"] <= 1.0 and len(row["loglosses"]) == 1 for row in rows)

@@ -17,7 +17,9 @@ def test_auc_matches_the_pairwise_definition_on_random_data():
     labels = rng.integers(0, 2, 200)
     scores = np.round(rng.normal(size=200), 1)  # many ties
     positive, negative = scores[labels == 1], scores[labels == 0]
-    pairwise = ((positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])).mean()
+    pairwise = (
+        (positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])
+    ).mean()
     assert auc(labels, scores) == pytest.approx(pairwise)
 
 

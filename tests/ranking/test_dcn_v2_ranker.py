@@ -22,13 +22,18 @@ def synthetic_features(unique_items=False, seed=0, sizes=SIZES):
     rng = np.random.default_rng(seed)
     total = sum(sizes.values())
     even = rng.random(total) < 0.5
-    item_index = np.arange(1, total + 1) if unique_items else np.where(even, 2, 1) * rng.integers(1, 20, total)
+    item_index = (
+        np.arange(1, total + 1)
+        if unique_items
+        else np.where(even, 2, 1) * rng.integers(1, 20, total)
+    )
     num_items = int(item_index.max()) + 1
     item_vectors = np.zeros((num_items, 4), "float32")
     item_vectors[item_index, 0] = even
     labels = (even ^ (rng.random(total) < 0.1)).astype("float32")
     features = types.SimpleNamespace(
-        inputs={}, labels={},
+        inputs={},
+        labels={},
         item_genres=rng.integers(0, 4, (num_items, 2)).astype("int32"),
         genre_vocabulary={f"g{i}": i for i in range(1, 4)},
         user_vocabulary={f"u{i}": i for i in range(1, 51)},
@@ -56,7 +61,9 @@ def test_keras_round_trip_gives_identical_predictions(tmp_path):
     ranker.save(tmp_path / "ranker.keras")
     loaded = keras.saving.load_model(tmp_path / "ranker.keras")
     np.testing.assert_array_equal(loaded.predict(features.inputs["test"], verbose=0), expected)
-    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(ranker.get_config(), sort_keys=True)
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
+        ranker.get_config(), sort_keys=True
+    )
 
 
 def test_learns_a_signal_in_the_item_id():
@@ -91,17 +98,27 @@ def test_an_interrupted_evaluation_resumes_from_its_progress_file(tmp_path, monk
     features, _ = synthetic_features(sizes={"train": 600, "validation": 200, "test": 200})
     config = DownstreamConfig(max_epochs=1, batch_size=128, seeds=(0, 1))
     progress = tmp_path / "progress.json"
-    first = DownstreamEvaluator(features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v1")
+    first = DownstreamEvaluator(
+        features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v1"
+    )
     rows = first.evaluate({"dcnv2": None})
     saved = json.loads(progress.read_text())
     assert sorted(saved["results"]) == ["dcnv2/0", "dcnv2/1"]
 
-    resumed = DownstreamEvaluator(features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v1")
-    monkeypatch.setattr(resumed, "train_one", lambda *args: pytest.fail("finished results must not be retrained"))
+    resumed = DownstreamEvaluator(
+        features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v1"
+    )
+    monkeypatch.setattr(
+        resumed, "train_one", lambda *args: pytest.fail("finished results must not be retrained")
+    )
     assert resumed.evaluate({"dcnv2": None})[0]["aucs"] == rows[0]["aucs"]
 
-    other_vectors = DownstreamEvaluator(features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v2")
+    other_vectors = DownstreamEvaluator(
+        features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v2"
+    )
     trained = []
-    monkeypatch.setattr(other_vectors, "train_one", lambda seed, *tables: trained.append(seed) or (None, 0.6, 0.7))
+    monkeypatch.setattr(
+        other_vectors, "train_one", lambda seed, *tables: trained.append(seed) or (None, 0.6, 0.7)
+    )
     other_vectors.evaluate({"dcnv2": None})
     assert trained == [0, 1]

@@ -21,8 +21,12 @@ def test_shapes_and_vocabularies_on_the_shared_data(real):
     assert features.user_field_sizes == [3, 8, 22]
     assert features.item_genres.shape == (3884, 6)
     for name in ("train", "validation", "test"):
-        assert (features.inputs[name]["item"] > 0).all() and (features.inputs[name]["user"] > 0).all()
-    np.testing.assert_array_equal(features.labels["test"], split.samples["test"]["label"].to_numpy())
+        assert (features.inputs[name]["item"] > 0).all() and (
+            features.inputs[name]["user"] > 0
+        ).all()
+    np.testing.assert_array_equal(
+        features.labels["test"], split.samples["test"]["label"].to_numpy()
+    )
 
 
 def test_history_is_left_aligned_and_padded_with_zeros(real):
@@ -42,7 +46,9 @@ def test_vector_tables_align_and_name_missing_ids(real):
     vectors = np.arange(len(ids) * 2, dtype="float32").reshape(len(ids), 2)
     table = features.vector_table(ids[::-1], vectors[::-1], "item")
     training = vectors[np.unique(features.inputs["train"]["item"]) - 1]
-    np.testing.assert_allclose(table[features.item_vocabulary[ids[5]]], vectors[5] - training.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        table[features.item_vocabulary[ids[5]]], vectors[5] - training.mean(axis=0), rtol=1e-5
+    )
     assert (table[0] == 0).all()
     with pytest.raises(ValueError, match="user ids in the samples have no vector"):
         features.vector_table(["1"], np.zeros((1, 2)), "user")
@@ -63,7 +69,9 @@ def test_vector_tables_are_centered_on_training_rows_only(real):
     assert len(test_users) > 0
     # vocabulary index i holds ids[i - 1]
     train_mean = vectors[train_users - 1].mean(axis=0)
-    np.testing.assert_allclose(table[test_users], vectors[test_users - 1] - train_mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        table[test_users], vectors[test_users - 1] - train_mean, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_ids_without_a_vector_get_the_training_mean_when_allowed(real):
@@ -73,7 +81,11 @@ def test_ids_without_a_vector_get_the_training_mean_when_allowed(real):
     train_users = np.unique(features.inputs["train"]["user"])
     dropped = int(train_users[0])  # vocabulary index i holds ids[i - 1]
     kept = [index for index in range(1, len(ids) + 1) if index != dropped]
-    table = features.vector_table([ids[index - 1] for index in kept], vectors[np.array(kept) - 1], "user", allow_missing=True)
+    table = features.vector_table(
+        [ids[index - 1] for index in kept], vectors[np.array(kept) - 1], "user", allow_missing=True
+    )
     assert (table[dropped] == 0).all()
     train_mean = vectors[train_users[1:] - 1].mean(axis=0)
-    np.testing.assert_allclose(table[kept[0]], vectors[kept[0] - 1] - train_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        table[kept[0]], vectors[kept[0] - 1] - train_mean, rtol=1e-4, atol=1e-5
+    )

@@ -30,7 +30,8 @@ def synthetic_problem(tmp_path, seed=0, dim=DIM):
     user_vectors = rng.normal(size=(160, dim)).astype("float32")
     item_vectors = rng.normal(size=(NUM_ITEMS, dim)).astype("float32")
     features = types.SimpleNamespace(
-        inputs={}, labels={},
+        inputs={},
+        labels={},
         item_genres=rng.integers(0, 4, (NUM_ITEMS + 1, 2)).astype("int32"),
         user_field_sizes=[3],
         user_vocabulary={str(user): user for user in range(1, 161)},
@@ -49,7 +50,9 @@ def synthetic_problem(tmp_path, seed=0, dim=DIM):
         }
         features.labels[name] = ((score > 0) ^ (rng.random(size) < 0.1)).astype("float32")
     user_store = write_store(tmp_path / "users.parquet", np.arange(1, 161), user_vectors)
-    item_store = write_store(tmp_path / "items.parquet", [f"m{item}" for item in range(1, NUM_ITEMS + 1)], item_vectors)
+    item_store = write_store(
+        tmp_path / "items.parquet", [f"m{item}" for item in range(1, NUM_ITEMS + 1)], item_vectors
+    )
     return features, user_store, item_store
 
 
@@ -57,8 +60,15 @@ def test_learns_from_the_stored_vectors_in_a_child_process(tmp_path):
     features, user_store, item_store = synthetic_problem(tmp_path)
     lines = []
     ranker = TFRSRanker(
-        user_store, item_store, user_vector_dim=DIM, item_vector_dim=DIM,
-        max_epochs=4, patience=2, batch_size=128, learning_rate=3e-3, log=lines.append,
+        user_store,
+        item_store,
+        user_vector_dim=DIM,
+        item_vector_dim=DIM,
+        max_epochs=4,
+        patience=2,
+        batch_size=128,
+        learning_rate=3e-3,
+        log=lines.append,
     )
     result = ranker.evaluate(features, seeds=(0,), train_rows=np.arange(2500))
     (run,) = result["runs"]
@@ -74,7 +84,10 @@ def test_learns_from_the_stored_vectors_in_a_child_process(tmp_path):
 
 def test_a_store_of_the_wrong_width_names_the_file(tmp_path):
     _, user_store, item_store = synthetic_problem(tmp_path)
-    with pytest.raises(ValueError, match=r"users\.parquet' holds 8-d 'compressed' vectors, but the ranker was set up for 16-d"):
+    with pytest.raises(
+        ValueError,
+        match=r"users\.parquet' holds 8-d 'compressed' vectors, but the ranker was set up for 16-d",
+    ):
         TFRSRanker(user_store, item_store, user_vector_dim=16)
     with pytest.raises(KeyError, match="has no vector column 'original'"):
         TFRSRanker(user_store, item_store, column="original")
@@ -111,5 +124,7 @@ def test_the_parent_side_imports_no_tensorflow():
         "import marc_keras.ranking.tfrs_ranker\n"
         "print(sorted({'tensorflow', 'tf_keras', 'tensorflow_recommenders', 'keras', 'torch'} & set(sys.modules)))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

@@ -15,12 +15,21 @@ def test_center_subtracts_the_reference_mean_and_keeps_ordinary_dimensions():
 
 def test_center_scales_an_outlier_dimension_down_to_the_bound():
     rng = np.random.default_rng(0)
-    reference = np.column_stack([rng.normal(0, 1, 1000), rng.normal(0, 1, 1000), rng.normal(0, 1, 1000), rng.normal(500, 100, 1000)])
+    reference = np.column_stack(
+        [
+            rng.normal(0, 1, 1000),
+            rng.normal(0, 1, 1000),
+            rng.normal(0, 1, 1000),
+            rng.normal(500, 100, 1000),
+        ]
+    )
     result = center(reference, reference, max_std_ratio=4.0)
     stds = reference.std(axis=0)
     bound = 4.0 * np.median(stds)
     np.testing.assert_allclose(result.std(axis=0), [*stds[:3], bound], rtol=1e-5)
-    np.testing.assert_allclose(result[:, 3], (reference[:, 3] - reference[:, 3].mean()) * bound / stds[3], rtol=1e-4)
+    np.testing.assert_allclose(
+        result[:, 3], (reference[:, 3] - reference[:, 3].mean()) * bound / stds[3], rtol=1e-4
+    )
 
 
 def test_center_refuses_an_empty_reference():

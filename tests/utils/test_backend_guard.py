@@ -7,7 +7,9 @@ import keras
 
 def _run(code, **env):
     environment = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"} | env
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300
+    )
 
 
 def test_importing_marc_keras_selects_torch():
@@ -28,7 +30,9 @@ def test_conflicting_environment_variable_is_an_error():
     assert "KERAS_BACKEND is set to 'jax'" in result.stderr
 
 
-def test_plain_keras_loads_marc_files_in_a_fresh_process_without_tensorflow(make_tiny_marc, tmp_path):
+def test_plain_keras_loads_marc_files_in_a_fresh_process_without_tensorflow(
+    make_tiny_marc, tmp_path
+):
     import json
 
     import numpy as np
