@@ -109,7 +109,7 @@ def main():
     facts = machine_facts()
     torch.set_num_threads(args.threads)
     run = MARCRun(args.run_dir, RunConfig.from_file(args.run_dir / "config.json"))
-    split, interactions = build_split(run.config.data, with_interactions=True)
+    split, interactions = build_split(run.config, with_interactions=True)
     texts_by_source = [*split.user_texts.values(), *split.item_texts.values()]
     rng = np.random.default_rng(0)
     texts = [
@@ -224,6 +224,7 @@ def measure_int8_auc(run, split, interactions, bundles, args):
         seeds=tuple(args.auc_seeds),
         train_samples=args.auc_train_samples,
         max_epochs=args.auc_max_epochs,
+        tiers=run.config.evaluate.tiers[:1],
     )
     rows = DownstreamEvaluator(features, config).evaluate(
         {

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import torch
 
-from marc_keras.config import DataSection
+from marc_keras.config import DataSection, ModelSection, RunConfig
 from marc_keras.experiments.marc_run import build_split, default_preset
 from marc_keras.models.marc import MARC
 
@@ -45,7 +45,10 @@ def parse_args():
 
 
 def real_batches(args, model, count):
-    split = build_split(DataSection(data_dir=args.data_dir))
+    config = RunConfig(
+        data=DataSection(data_dir=args.data_dir), model=ModelSection(max_length=args.max_length)
+    )
+    split = build_split(config)
     samples = split.sample("train", args.batch_size * count, seed=0)
     batches = []
     for start in range(0, len(samples), args.batch_size):

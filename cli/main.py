@@ -107,16 +107,26 @@ def fit(config_path, overrides, run_dir, data_dir):
     metavar="evaluate.KEY=VALUE",
     help="Override a downstream setting, e.g. --set evaluate.seeds=[0,1,2] (repeatable).",
 )
+@click.option(
+    "--tier",
+    "tiers",
+    multiple=True,
+    type=click.Choice(["kar", "full"]),
+    help="Ranker feature set (repeatable): kar (KAR's released features: item id, first "
+    "genre, 5-item history, no demographics) or full. Default: evaluate.tiers (both).",
+)
 @_report_errors
-def evaluate(run_dirs, overrides):
+def evaluate(run_dirs, overrides, tiers):
     """Measure how much the vectors help a downstream DCNv2 ranker.
 
     Encodes every user and item with the trained MARC (MARC-C, MARC-O) and
-    with the frozen backbone, then trains DCNv2 per representation and seed
-    with early stopping on validation users, and reports test-user AUC and
-    logloss as mean +- std, with RelaImpr against DCNv2 alone. Rows: dcnv2,
-    frozen, pca-128, marc-o, marc-c. Writes evaluate.json and evaluate.md
-    into the first run directory.
+    with the frozen backbone, then trains DCNv2 per tier, representation and
+    seed with early stopping on validation users, and reports test-user AUC
+    and logloss as mean +- std, and each row's AUC minus DCNv2 alone's on
+    the same seed (paired delta; "lift" when its mean exceeds its std).
+    Rows: dcnv2, lr-2 (two-feature logistic regression), random and profile
+    (controls), frozen, frozen-user-only, frozen-item-only, pca-128, marc-o,
+    marc-c. Writes evaluate.json and evaluate.md into the first run directory.
     """
     from pathlib import Path
 
@@ -124,6 +134,8 @@ def evaluate(run_dirs, overrides):
     from marc_keras.experiments.marc_run import CONFIG_FILE, MARCRun, evaluate_runs
     from marc_keras.utils.markdown_tables import downstream_markdown
 
+    if tiers:
+        overrides = (*overrides, f"evaluate.tiers={list(tiers)}")
     runs = []
     for run_dir in run_dirs:
         config = RunConfig.from_file(Path(run_dir) / CONFIG_FILE, overrides)

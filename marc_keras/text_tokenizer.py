@@ -132,6 +132,18 @@ class TextTokenizer:
         """The tokenizer as `tokenizer.json` text (what `from_json` reads)."""
         return self._tokenizer.to_str()
 
+    def fits(self, texts):
+        """Whether each text fits in `max_length` tokens (special tokens included).
+
+        Args:
+            texts: a list of `str`.
+
+        Returns:
+            A bool array, `False` where `__call__` would truncate the text.
+        """
+        encodings = self._tokenizer.encode_batch(list(texts))
+        return np.array([not encoding.overflowing for encoding in encodings], dtype=bool)
+
     def __call__(self, texts, pad_to_max_length=False):
         """Tokenizes a batch of texts.
 

@@ -1,4 +1,7 @@
-"""Data and checks shared by the tests (numpy only); fixtures live in conftest.py.
+"""Data and checks shared by the tests; fixtures live in conftest.py.
+
+Importing this module loads numpy only; the helpers that need Keras import
+`marc_keras` (which picks the torch backend) before `keras` when called.
 
 Tests import these as `from helpers import ...`: pytest puts this folder on
 sys.path, as it does for the rootdir conftest.
@@ -34,3 +37,199 @@ def genre_match_task(count, seed=0):
     users = [f"user likes {genre}" for genre in user_genres]
     items = [f"the {genre} movie" for genre in item_genres]
     return users, items, (user_genres == item_genres).astype("float32")
+
+
+def tiny_hub_backbone(vocabulary_size, architecture="bert", seed=0, num_layers=2):
+    """A random keras-hub BERT or Llama backbone of width 16, built under the global policy."""
+    import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
+
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    common = dict(
+        vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=16, intermediate_dim=32
+    )
+    if architecture == "bert":
+        return keras_hub.models.BertBackbone(num_heads=2, max_sequence_length=32, **common)
+    return keras_hub.models.LlamaBackbone(num_query_heads=2, num_key_value_heads=1, **common)
+
+
+def _numpy_outputs(outputs):
+    import keras
+
+    return keras.tree.map_structure(
+        lambda x: np.asarray(keras.ops.convert_to_numpy(x), "float32"), outputs
+    )
+
+
+def _assert_outputs_close(actual, expected, what, rtol=1e-6, atol=1e-6):
+    import keras
+
+    keras.tree.assert_same_structure(actual, expected)
+    for got, want in zip(keras.tree.flatten(actual), keras.tree.flatten(expected)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=what)
+
+
+def _symbolic_input(data, name):
+    """`keras.Input`s of the structure of `data` (an array or a dict of arrays)."""
+    import keras
+
+    def one(x, name):
+        x = np.asarray(x)
+        return keras.Input(shape=x.shape[1:], dtype=str(x.dtype), name=name)
+
+    if isinstance(data, dict):
+        return {key: one(value, key) for key, value in data.items()}
+    return one(data, name)
+
+
+def _call(layer_or_model, inputs, call_kwargs, positional):
+    if positional:
+        return layer_or_model(*inputs, **call_kwargs)
+    return layer_or_model(inputs, **call_kwargs)
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    inputs,
+    *,
+    call_kwargs=None,
+    prepare=None,
+    expected_output_shape=None,
+    expected_num_trainable_weights=None,
+    expected_num_non_trainable_weights=None,
+    run_saving_test=True,
+    run_mixed_precision_test=True,
+    mixed_precision_tolerance=0.05,
+):
+    """The checks of keras' `TestCase.run_layer_test`, for one layer class.
+
+    1. Builds `layer_cls(**init_kwargs)` and calls it on `inputs`.
+    2. `get_config` -> `from_config` gives the same config, and, with the
+       weights copied over, the same outputs.
+    3. A `keras.Model` wrapping the layer, saved to a `.keras` file and read
+       back with plain `keras.saving.load_model`, gives the same outputs.
+    4. Built anew under the global policy "mixed_bfloat16" (restored after)
+       with the same weights: bfloat16 floating outputs of the same shape,
+       float32 variables, finite values within `mixed_precision_tolerance`
+       (max abs difference over max abs float32 output) of the float32 ones.
+    5. Optionally, the number of trainable and non-trainable weights.
+
+    Args:
+        layer_cls: the layer (or model) class.
+        init_kwargs: constructor arguments, or a function returning them; a
+            function is called again under the mixed policy, so that nested
+            objects (a keras-hub backbone) take that policy too.
+        inputs: one input (array or dict of arrays), or a tuple of inputs
+            passed as separate positional arguments.
+        call_kwargs: keyword arguments of every call.
+        prepare: optional function applied to the first layer after it is
+            built (fill tables, perturb zero-initialised weights); the other
+            layers get its weights.
+        expected_output_shape: shape (or structure of shapes) of the output.
+        expected_num_trainable_weights: checked when given.
+        expected_num_non_trainable_weights: checked when given.
+        run_saving_test: do step 3.
+        run_mixed_precision_test: do step 4.
+        mixed_precision_tolerance: the relative tolerance of step 4.
+
+    Returns:
+        The built layer and its outputs (numpy), for further checks.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
+
+    import keras
+
+    call_kwargs = dict(call_kwargs or {})
+    positional = isinstance(inputs, tuple)
+
+    def make_layer():
+        return layer_cls(**(init_kwargs() if callable(init_kwargs) else init_kwargs))
+
+    # 1. Build and call.
+    layer = make_layer()
+    outputs = _call(layer, inputs, call_kwargs, positional)
+    if prepare is not None:
+        prepare(layer)
+        outputs = _call(layer, inputs, call_kwargs, positional)
+    expected = _numpy_outputs(outputs)
+    for value in keras.tree.flatten(expected):
+        assert np.all(np.isfinite(value)), f"{layer_cls.__name__}: non-finite output"
+    if expected_output_shape is not None:
+        if isinstance(expected, dict):
+            shapes = {key: tuple(value.shape) for key, value in expected.items()}
+            assert shapes == {key: tuple(s) for key, s in expected_output_shape.items()}
+        else:
+            assert tuple(expected.shape) == tuple(expected_output_shape)
+    counts = len(layer.trainable_weights), len(layer.non_trainable_weights)
+    for count, want, kind in zip(
+        counts,
+        (expected_num_trainable_weights, expected_num_non_trainable_weights),
+        ("trainable", "non-trainable"),
+    ):
+        assert want is None or count == want, f"{count} {kind} weights, expected {want}"
+    weights = layer.get_weights()
+
+    # 2. get_config -> from_config.
+    config = layer.get_config()
+    clone = layer_cls.from_config(config)
+    assert clone.get_config() == config
+    _call(clone, inputs, call_kwargs, positional)  # builds
+    clone.set_weights(weights)
+    _assert_outputs_close(
+        _numpy_outputs(_call(clone, inputs, call_kwargs, positional)), expected, "from_config"
+    )
+    assert (len(clone.trainable_weights), len(clone.non_trainable_weights)) == counts
+
+    # 3. A .keras file of a model wrapping the layer.
+    if run_saving_test:
+        symbolic = (
+            tuple(_symbolic_input(x, f"input_{index}") for index, x in enumerate(inputs))
+            if positional
+            else _symbolic_input(inputs, "input")
+        )
+        model_inputs = list(symbolic) if positional else symbolic
+        model = keras.Model(model_inputs, _call(layer, symbolic, call_kwargs, positional))
+        model_data = list(inputs) if positional else inputs
+        _assert_outputs_close(_numpy_outputs(model(model_data)), expected, "wrapping model")
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "layer.keras"
+            model.save(path)
+            loaded = keras.saving.load_model(path)
+        _assert_outputs_close(_numpy_outputs(loaded(model_data)), expected, "saved and loaded")
+
+    # 4. Mixed precision.
+    if run_mixed_precision_test:
+        previous = keras.config.dtype_policy()
+        try:
+            keras.config.set_dtype_policy("mixed_bfloat16")
+            mixed = make_layer()
+            _call(mixed, inputs, call_kwargs, positional)  # builds
+            mixed.set_weights(weights)
+            mixed_outputs = _call(mixed, inputs, call_kwargs, positional)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        for variable in mixed.weights:
+            dtype = keras.backend.standardize_dtype(variable.dtype)
+            assert "bfloat16" not in dtype, f"{variable.path} is stored as {dtype}"
+        keras.tree.assert_same_structure(mixed_outputs, outputs)
+        assert mixed.compute_dtype == "bfloat16", mixed.compute_dtype
+        for got, want in zip(keras.tree.flatten(mixed_outputs), keras.tree.flatten(expected)):
+            dtype = keras.backend.standardize_dtype(got.dtype)
+            if "float" in dtype:
+                assert dtype == "bfloat16", f"mixed_bfloat16 output has dtype {dtype}"
+            got = np.asarray(keras.ops.convert_to_numpy(got), "float32")
+            assert got.shape == want.shape
+            assert np.all(np.isfinite(got)), "non-finite mixed_bfloat16 output"
+            scale = max(float(np.abs(want).max()), 1e-6)
+            error = float(np.abs(got - want).max())
+            assert error <= mixed_precision_tolerance * scale, (
+                f"mixed_bfloat16 output differs from float32 by {error:.3g} "
+                f"(max |float32 output| {scale:.3g})"
+            )
+    return layer, expected

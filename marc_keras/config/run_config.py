@@ -12,6 +12,7 @@ from marc_keras.config import config_checks as check
 from marc_keras.config.downstream_config import DownstreamConfig
 
 DATASETS = ("movielens", "files")
+TEXT_HISTORY_ORDERS = ("newest_first", "oldest_first")
 # The same names as `marc_keras.layers.token_pooling.POOLING_MODES` and
 # `marc_keras.models.marc.OBJECTIVES` (a test keeps them equal); spelled out
 # here so that reading a config imports neither Keras nor the models.
@@ -37,6 +38,10 @@ class DataSection:
         validation_fraction: share of users for validation, in (0, 1).
         test_fraction: share of users for test, in (0, 1).
         max_text_history: most history items in a user's text.
+        text_history_order: "newest_first" (the text half's most recent
+            items first, as many as fit `model.max_length`) or
+            "oldest_first" (the order before v2; the tokenizer then cuts
+            the most recent items of long texts).
         encoding: text encoding of CSV tables (`dataset = "files"`), e.g.
             "utf-8" (the default), "latin-1" or "cp1252". MovieLens `.dat`
             files are always latin-1.
@@ -52,6 +57,7 @@ class DataSection:
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     max_text_history: int = 30
+    text_history_order: str = "newest_first"
     encoding: str = "utf-8"
 
     def __post_init__(self):
@@ -70,6 +76,7 @@ class DataSection:
                 f"users; got {self.validation_fraction} + {self.test_fraction}."
             )
         check.whole_number("data.max_text_history", self.max_text_history, minimum=0)
+        check.choice("data.text_history_order", self.text_history_order, TEXT_HISTORY_ORDERS)
         check.text_encoding("data.encoding", self.encoding)
 
 

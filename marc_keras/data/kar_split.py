@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from marc_keras.config.run_config import TEXT_HISTORY_ORDERS
 from marc_keras.data.interaction_data import InteractionData
 from marc_keras.data.text_templates import TextTemplates
 
 SPLITS = ("train", "validation", "test")
+# Above this share of user texts cut by the tokenizer, the encoder misses
+# much of what the texts say: warn.
+TRUNCATED_TEXT_WARNING_SHARE = 0.05
 SAMPLE_COLUMNS = (
     "user_id",
     "item_id",
@@ -37,6 +43,11 @@ class SplitConfig:
             user's `n` interactions.
         max_behaviour_history: Most earlier interactions kept as a CTR
             sample's behaviour history.
+        text_history_order: "newest_first" writes the text half's most
+            recent items first and, when `KARSplit.build` gets a tokenizer's
+            `fits`, only as many as fit its `max_length`, so the encoder sees
+            the most recent items whole; "oldest_first" is the order of
+            earlier versions (the tokenizer then cuts the most recent items).
 
     Example:
     ```python
@@ -49,8 +60,18 @@ class SplitConfig:
     test_fraction: float = 0.1
     max_text_history: int = 30
     max_behaviour_history: int = 30
+    text_history_order: str = "newest_first"
+
+    @property
+    def newest_first(self) -> bool:
+        return self.text_history_order == "newest_first"
 
     def __post_init__(self) -> None:
+        if self.text_history_order not in TEXT_HISTORY_ORDERS:
+            raise ValueError(
+                f"SplitConfig.text_history_order must be one of {list(TEXT_HISTORY_ORDERS)}, "
+                f"got {self.text_history_order!r}."
+            )
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -90,6 +111,12 @@ class KARSplit:
             (list of str) and `history_ratings` (list of float).
         users: User ids per split.
         config: The settings that built it.
+        text_halves: Per user, the `(item ids, ratings)` written into the
+            user's text (its text half), in time order.
+        text_stats: How user texts fit the tokenizer's `max_length` (when
+            `build` got one): `users`, `shortened` (texts written with fewer
+            history items so that they fit), `truncated` (texts still too
+            long, cut by the tokenizer) and `truncated_share`.
 
     Example:
     ```python
@@ -108,12 +135,16 @@ class KARSplit:
         samples: dict[str, pd.DataFrame],
         users: dict[str, list[str]],
         config: SplitConfig,
+        text_halves: dict[str, tuple[list[str], list[float]]] | None = None,
+        text_stats: dict[str, float] | None = None,
     ) -> None:
         self.user_texts = user_texts
         self.item_texts = item_texts
         self.samples = samples
         self.users = users
         self.config = config
+        self.text_halves = text_halves or {}
+        self.text_stats = text_stats
 
     @classmethod
     def build(
@@ -121,6 +152,7 @@ class KARSplit:
         data: InteractionData,
         templates: TextTemplates,
         config: SplitConfig | None = None,
+        fits: Callable[[Sequence[str]], np.ndarray] | None = None,
     ) -> KARSplit:
         """Split users, render texts and cut CTR samples.
 
@@ -128,6 +160,11 @@ class KARSplit:
             data: The interactions with item and user attributes.
             templates: How users and items become texts.
             config: Split settings; defaults to `SplitConfig()`.
+            fits: The encoder's tokenizer check (`TextTokenizer.fits`):
+                texts -> bool array, `False` for a text longer than its
+                `max_length`. With it, newest-first user texts keep as many
+                recent items as fit, and `text_stats` counts what was cut;
+                a warning says when over 5% of user texts are cut.
 
         Returns:
             The split.
@@ -182,11 +219,11 @@ class KARSplit:
             else {row["user_id"]: row for row in data.users.to_dict("records")}
         )
         label_list = events["label"].tolist()
-        user_texts = {}
+        text_histories, text_halves = {}, {}
         for user_id, start, text_length in zip(
             unique_users.tolist(), starts.tolist(), text_lengths.tolist()
         ):
-            history_rows = [
+            rows = [
                 {
                     **item_rows[item_list[index]],
                     "rating": rating_list[index],
@@ -194,16 +231,84 @@ class KARSplit:
                 }
                 for index in range(start, start + text_length)
             ]
-            user_row = user_rows.get(user_id, {"user_id": user_id})
-            user_texts[user_id] = templates.render_user(user_row, history_rows)
+            text_histories[user_id] = rows[::-1] if config.newest_first else rows
+            text_halves[user_id] = (
+                item_list[start : start + text_length],
+                rating_list[start : start + text_length],
+            )
 
+        def render(user_id: str, history_rows: list[dict]) -> str:
+            return templates.render_user(user_rows.get(user_id, {"user_id": user_id}), history_rows)
+
+        user_texts = {user: render(user, rows) for user, rows in text_histories.items()}
+        text_stats = None
+        if fits is not None:
+            text_stats = cls._fit_user_texts(
+                user_texts, text_histories, render, fits, shorten=config.newest_first
+            )
         return cls(
             user_texts=user_texts,
             item_texts=item_texts,
             samples=samples,
             users=users,
             config=config,
+            text_halves=text_halves,
+            text_stats=text_stats,
         )
+
+    @staticmethod
+    def _fit_user_texts(
+        user_texts: dict[str, str],
+        text_histories: dict[str, list[dict]],
+        render: Callable[[str, list[dict]], str],
+        fits: Callable[[Sequence[str]], np.ndarray],
+        shorten: bool,
+    ) -> dict[str, float]:
+        """Re-renders overlong texts with their first k history items, k as large as fits.
+
+        A binary search per user, batched over users so the tokenizer sees
+        a few thousand texts per call. Edits `user_texts` in place.
+        """
+        users = list(user_texts)
+        too_long = [user for user, ok in zip(users, fits([user_texts[u] for u in users])) if not ok]
+        shortened = too_long if shorten else []
+        # Invariant: `low` items may fit (0 is the floor), `high + 1` items do not.
+        low = dict.fromkeys(shortened, 0)
+        high = {user: len(text_histories[user]) - 1 for user in shortened}
+        while active := [user for user in shortened if low[user] < high[user]]:
+            middles = [(low[user] + high[user] + 1) // 2 for user in active]
+            texts = [render(u, text_histories[u][:k]) for u, k in zip(active, middles)]
+            for user, middle, ok in zip(active, middles, fits(texts)):
+                if ok:
+                    low[user] = middle
+                else:
+                    high[user] = middle - 1
+        for user in shortened:
+            user_texts[user] = render(user, text_histories[user][: low[user]])
+        if shorten:
+            still_long = shortened and ~np.asarray(fits([user_texts[u] for u in shortened]), bool)
+            truncated = int(np.count_nonzero(still_long))
+        else:
+            truncated = len(too_long)
+        stats = {
+            "users": len(users),
+            "shortened": len(shortened),
+            "truncated": truncated,
+            "truncated_share": truncated / max(len(users), 1),
+        }
+        if stats["truncated_share"] > TRUNCATED_TEXT_WARNING_SHARE:
+            warnings.warn(
+                f"{100 * stats['truncated_share']:.0f}% of user texts are longer than the "
+                "encoder's max_length and will be cut by its tokenizer"
+                + (
+                    ", dropping their most recent items; set data.text_history_order = "
+                    "'newest_first' or raise model.max_length."
+                    if not shorten
+                    else "; shorten the user template or raise model.max_length."
+                ),
+                stacklevel=3,
+            )
+        return stats
 
     def sample(self, split: str, n: int, seed: int | None = None) -> pd.DataFrame:
         """Draw a deterministic subset of a split's CTR samples.

@@ -101,9 +101,8 @@ class TextTemplates:
     attribute as a comma separated list. Rendered texts have their
     whitespace collapsed to single spaces; a text longer than `max_chars`
     is cut at the last word boundary before the limit (or hard at the limit
-    when the text has no space), with no ellipsis added. Because the user
-    history is written oldest first, a cut drops the most recent history
-    items of an overlong user text.
+    when the text has no space), with no ellipsis added, so a cut drops the
+    last history items written (`KARSplit` writes the most recent first).
 
     Args:
         user_template: Template over the user attribute columns (and
@@ -219,8 +218,9 @@ class TextTemplates:
 
         Args:
             user_row: The user's attributes, keyed by column name.
-            history_rows: History items oldest first; each holds the item's
-                attributes plus `rating` (and optionally `label`).
+            history_rows: History items in the order to write them; each
+                holds the item's attributes plus `rating` (and optionally
+                `label`).
 
         Returns:
             The user text, whitespace collapsed and cut to `max_chars`.

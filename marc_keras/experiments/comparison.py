@@ -13,9 +13,14 @@ from marc_keras.baselines.pca_projection import PCAProjection
 from marc_keras.baselines.vae_projection import VAEProjection
 from marc_keras.experiments.marc_run import MARCRun, build_split
 from marc_keras.ranking.ctr_metrics import relative_improvement
-from marc_keras.ranking.downstream_evaluator import BASELINE_ROW, DownstreamEvaluator
+from marc_keras.ranking.downstream_evaluator import (
+    BASELINE_ROW,
+    LOGISTIC_ROW,
+    DownstreamEvaluator,
+)
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.utils.atomic_files import write_atomically, write_json
+from marc_keras.utils.markdown_tables import downstream_markdown
 
 REFERENCE_ROW = "marc-c"
 
@@ -87,7 +92,7 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
     methods = resolve_methods(method_names)
     output_dir = Path(output_dir)
     seeds = list(config.evaluate.seeds)
-    split, interactions = build_split(config.data, with_interactions=True)
+    split, interactions = build_split(config, with_interactions=True)
     fit_seconds, trained = _train(config, methods, output_dir, seeds, split, log, verbose)
     if train_only:
         return {"fit_seconds": fit_seconds}
@@ -137,10 +142,15 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
         progress_fingerprint=json.dumps(config.to_dict(), sort_keys=True),
     )
     rows = evaluator.evaluate(
-        {BASELINE_ROW: None, **{method.name: provider(method) for method in methods}}
+        {
+            BASELINE_ROW: None,
+            LOGISTIC_ROW: None,
+            **{method.name: provider(method) for method in methods},
+        }
     )
-    reference = next((row for row in rows if row["name"] == REFERENCE_ROW), None)
+    references = {row["tier"]: row for row in rows if row["name"] == REFERENCE_ROW}
     for row in rows:
+        reference = references.get(row["tier"])
         if reference is not None:
             row["relaimpr_vs_marc_c"] = relative_improvement(row["auc_mean"], reference["auc_mean"])
             # One seed has no spread to beat: the verdict is left open (None).
@@ -163,21 +173,20 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
     return report
 
 
+def _relaimpr_vs_marc_c(row):
+    return f"{100 * row['relaimpr_vs_marc_c']:+.2f}%" if "relaimpr_vs_marc_c" in row else "-"
+
+
+def _marc_c_beats(row):
+    return {True: "yes", False: "no"}.get(row.get("marc_c_beats_by_one_std"), "-")
+
+
 def to_markdown(rows):
-    """The comparison as a Markdown table."""
-    lines = [
-        "| method | test AUC | test logloss | RelaImpr vs marc-c | MARC-C better by > 1 std |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows:
-        relaimpr = (
-            f"{100 * row['relaimpr_vs_marc_c']:+.2f}%" if "relaimpr_vs_marc_c" in row else "-"
-        )
-        beaten = {True: "yes", False: "no"}.get(row.get("marc_c_beats_by_one_std"), "-")
-        if row["name"] == REFERENCE_ROW:
-            beaten = "-"
-        lines.append(
-            f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
-            f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} | {beaten} |"
-        )
-    return "\n".join(lines)
+    """The comparison as a Markdown table: the downstream table plus MARC-C's verdicts."""
+    return downstream_markdown(
+        rows,
+        extra_columns=(
+            ("RelaImpr vs marc-c", _relaimpr_vs_marc_c),
+            ("MARC-C better by > 1 std", _marc_c_beats),
+        ),
+    )

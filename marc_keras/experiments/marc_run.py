@@ -9,14 +9,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from marc_keras.baselines.pca_projection import PCAProjection
+from marc_keras.config import DownstreamConfig
 from marc_keras.config.run_config import FIT_SECTIONS, RunConfig
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
 from marc_keras.models.marc import INPUT_NAMES, MARC
+from marc_keras.experiments.downstream_rows import reference_providers, vector_provider
 from marc_keras.pair_batches import PairBatches
 from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.step_checkpoint import START, StepCheckpoint
+from marc_keras.text_tokenizer import TextTokenizer
 from marc_keras.utils.atomic_files import write_atomically, write_json
 from marc_keras.utils.backend_guard import set_random_seed, without_tensorflow
 from marc_keras.utils.line_progress import LineProgress, progress_is_interactive
@@ -72,25 +74,39 @@ def load_dataset(data):
     return interactions, TextTemplates.from_dict(templates)
 
 
-def build_split(data, with_interactions=False):
-    """The KAR split of the configured data (and the data itself when asked)."""
+def build_split(config, with_interactions=False):
+    """The KAR split of a run's data (and the data itself when asked).
+
+    User texts are fitted to the run's encoder: its tokenizer and
+    `model.max_length` (see `SplitConfig.text_history_order`).
+
+    Args:
+        config: a `RunConfig` (its `[data]` and `[model]` sections are read).
+        with_interactions: also return the `InteractionData`.
+    """
+    data = config.data
     interactions, templates = load_dataset(data)
-    config = SplitConfig(
+    split_config = SplitConfig(
         seed=data.seed,
         validation_fraction=data.validation_fraction,
         test_fraction=data.test_fraction,
         max_text_history=data.max_text_history,
+        text_history_order=data.text_history_order,
     )
-    split = KARSplit.build(interactions, templates, config)
+    tokenizer = TextTokenizer.from_preset(
+        config.model.preset or default_preset(), max_length=config.model.max_length
+    )
+    split = KARSplit.build(interactions, templates, split_config, fits=tokenizer.fits)
     return (split, interactions) if with_interactions else split
 
 
 def evaluate_runs(runs, downstream=None, log=print):
     """The downstream table for one or several MARC runs on the same data.
 
-    Rows: `dcnv2` (no vectors), `frozen` (the pretrained backbone's pooled
-    vectors), `pca-128` (PCA of those, fitted on training users and the item
-    catalogue), `marc-o` and `marc-c`. With several runs (MARC trained with
+    Rows: those of `reference_providers` (DCNv2 alone, the `lr-2`
+    reference, the `random` and `profile` controls, the frozen backbone's
+    vectors for both towers and each alone, and their PCA), then `marc-o` and
+    `marc-c`, for every tier of `[evaluate]`. With several runs (MARC trained with
     different seeds), downstream seed i uses run i's vectors, so the spread
     covers both trainings; with one run every seed uses its vectors.
 
@@ -114,40 +130,41 @@ def evaluate_runs(runs, downstream=None, log=print):
         raise ValueError(
             f"{len(runs)} runs need {len(runs)} downstream seeds; got {downstream.seeds}."
         )
+    shrunk = {
+        field.name: getattr(downstream, field.name)
+        for field in dataclasses.fields(downstream)
+        if getattr(downstream, field.name) != getattr(DownstreamConfig(), field.name)
+    }
+    if shrunk:
+        log(
+            f"downstream settings differ from the protocol's defaults ({shrunk}); "
+            "its figures are not comparable with benchmarks/RESULTS.md"
+        )
     started = time.perf_counter()
-    split, interactions = build_split(runs[0].config.data, with_interactions=True)
+    split, interactions = build_split(runs[0].config, with_interactions=True)
     features = RankingFeatures(split, interactions)
     vectors = [
         run.encode_vectors(split, include_frozen=index == 0) for index, run in enumerate(runs)
     ]
     log(f"features and vectors ready in {time.perf_counter() - started:.0f}s")
 
-    def tables(name, transform=None):
-        def provider(seed):
-            # Frozen vectors do not depend on the MARC run; only the first has them.
-            trained = name != "frozen" and len(runs) > 1
-            index = downstream.seeds.index(seed) if trained else 0
-            (user_ids, users), (item_ids, items) = vectors[index][name]
-            if transform is not None:
-                users, items = transform(users), transform(items)
-            return features.vector_table(user_ids, users, "user"), features.vector_table(
-                item_ids, items, "item"
-            )
+    def trained(name):
+        def vectors_of_seed(seed):
+            # With several runs, downstream seed i uses run i's vectors.
+            return vectors[downstream.seeds.index(seed) if len(runs) > 1 else 0][name]
 
-        return provider
+        return vector_provider(features, vectors_of_seed)
 
-    (user_ids, frozen_users), (_, frozen_items) = vectors[0]["frozen"]
-    training_users = np.isin(user_ids, split.users["train"])
-    pca_components = runs[0].config.model.compressed_dim
-    pca = PCAProjection(pca_components).fit(
-        np.concatenate([frozen_users[training_users], frozen_items])
-    )
     representations = {
-        "dcnv2": None,
-        "frozen": tables("frozen"),
-        f"pca-{pca_components}": tables("frozen", pca.transform),
-        "marc-o": tables("marc-o"),
-        "marc-c": tables("marc-c"),
+        **reference_providers(
+            features,
+            split,
+            interactions.items,
+            vectors[0]["frozen"],
+            runs[0].config.model.compressed_dim,
+        ),
+        "marc-o": trained("marc-o"),
+        "marc-c": trained("marc-c"),
     }
     sources = [
         f"{path.resolve()}@{path.stat().st_mtime_ns}"
@@ -169,6 +186,7 @@ def evaluate_runs(runs, downstream=None, log=print):
         "seeds": list(downstream.seeds),
         "runs": [str(run.run_dir) for run in runs],
         "downstream": dataclasses.asdict(downstream),
+        "text_stats": split.text_stats,
         "rows": rows,
     }
     write_json(runs[0].run_dir / "evaluate.json", report)
@@ -311,7 +329,7 @@ class MARCRun:
             raise ValueError(
                 f"Run '{self.run_dir}' has no trained model yet; run `marc-keras fit` first."
             )
-        split = split or build_split(self.config.data)
+        split = split or build_split(self.config)
         user_ids, item_ids = sorted(split.user_texts), sorted(split.item_texts)
         user_texts = [split.user_texts[user] for user in user_ids]
         item_texts = [split.item_texts[item] for item in item_ids]
@@ -447,7 +465,7 @@ class MARCRun:
         set_random_seed(training.seed)
         timings = {}
         started = time.perf_counter()
-        split = build_split(self.config.data)
+        split = build_split(self.config)
         timings["split_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -517,7 +535,7 @@ class MARCRun:
 
         metrics = {}
         # The objective's loss is logged under its own name: bce, contrastive, aoe, ...
-        objective_loss = model.bce_tracker.name
+        objective_loss = model.objective_tracker.name
         for name in ("validation", "test"):
             x, y = part(name)
             logs = model.evaluate(x, y, batch_size=training.batch_size, verbose=0, return_dict=True)

@@ -182,7 +182,7 @@ def probe_runs(
         sources[label] = _run_source(run)
 
     started = time.perf_counter()
-    split, interactions = build_split(config.data, with_interactions=True)
+    split, interactions = build_split(config, with_interactions=True)
     features = RankingFeatures(split, interactions)
     log(f"split and features ready in {time.perf_counter() - started:.0f}s")
     encoded, methods = {}, []
@@ -224,7 +224,10 @@ def probe_runs(
         progress_path=output_dir / "probe-progress.json",
         progress_fingerprint=json.dumps(fingerprint, sort_keys=True, default=str),
     )
-    marker_rows = evaluator.evaluate({BASELINE_ROW: None}) if markers else []
+    # Curves are drawn on the headline tier (the first of evaluate.tiers).
+    marker_rows = (
+        evaluator.evaluate({BASELINE_ROW: None}, tiers=config.evaluate.tiers[:1]) if markers else []
+    )
     rows = []
     for method, vectors in encoded.items():
         rows += evaluate_layers(evaluator, vectors, layers, method)

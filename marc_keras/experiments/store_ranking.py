@@ -116,7 +116,7 @@ def rank_with_stores(
         stores = {tower: read_store_vectors(paths[tower], column) for tower in TOWERS}
     _check_widths(run, stores, paths, column)
     started = time.perf_counter()
-    split, interactions = build_split(run.config.data, with_interactions=True)
+    split, interactions = build_split(run.config, with_interactions=True)
     features = RankingFeatures(split, interactions)
     log(f"features ready in {time.perf_counter() - started:.0f}s")
     evaluator = DownstreamEvaluator(features, downstream, log=log)
@@ -131,13 +131,23 @@ def rank_with_stores(
         "downstream": dataclasses.asdict(downstream),
     }
     if engine == "tfrs":
-        result = ranker.evaluate(features, downstream.seeds, train_rows=evaluator.train_rows)
+        # The TFRS child trains every seed on one row set: the first seed's.
+        train_rows = evaluator.train_rows(downstream.seeds[0])
+        result = ranker.evaluate(features, downstream.seeds, train_rows=train_rows)
         runs = result["runs"]
         aucs = [seed_run["test_auc"] for seed_run in runs]
         loglosses = [seed_run["test_logloss"] for seed_run in runs]
         report.update(
             missing=result["missing"],
-            rows=[DownstreamEvaluator.summary_row(name, aucs, loglosses, result["seconds"])],
+            rows=[
+                evaluator.summary_row(
+                    name,
+                    [
+                        {"auc": auc, "logloss": loss, "seconds": result["seconds"] / len(aucs)}
+                        for auc, loss in zip(aucs, loglosses)
+                    ],
+                )
+            ],
             runs=runs,
         )
     else:

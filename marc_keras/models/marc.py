@@ -8,30 +8,17 @@ from marc_keras.layers.cosine_scorer import CosineScorer
 from marc_keras.layers.lora_backbone import LoRABackbone
 from marc_keras.layers.matching_network import MatchingNetwork
 from marc_keras.losses.hsic import hsic
-from marc_keras.losses.pair_losses import (
-    angle_loss,
-    cosent_loss,
-    cosine_embedding_loss,
-    cosine_similarity,
-    in_batch_contrastive_loss,
-)
+from marc_keras.losses.pair_losses import cosine_similarity
+
+# Re-exported: the run config and the method registry check names against it.
+from marc_keras.losses.training_objective import OBJECTIVES as OBJECTIVES
+from marc_keras.losses.training_objective import resolve_objective
 from marc_keras.models.marc_encoder import MARCEncoder
 from marc_keras.utils.backend_guard import serialize_keras_object
 
 TOWERS = ("user", "item")
 TOKEN_FIELDS = ("token_ids", "padding_mask")
 INPUT_NAMES = tuple(f"{tower}_{field}" for tower in TOWERS for field in TOKEN_FIELDS)
-# How the compressed pair is scored and trained. "bce" is MARC; the others
-# are the baselines and ablations of `marc_keras.baselines.method_registry`.
-OBJECTIVES = {
-    "bce": "matching network logit, binary cross-entropy (MARC)",
-    "cosine_bce": "learned scale * cosine of the pair, binary cross-entropy (no matching network)",
-    "cosine": "cosine embedding loss on the pair (MARC-CS)",
-    "contrastive": "in-batch contrastive loss on clicked pairs (LARR)",
-    "aoe": "CoSENT + angle ranking losses (ESE's AoE)",
-    "mrl": "binary cross-entropy of matching networks on nested prefixes (Matryoshka)",
-}
-BCE_OBJECTIVES = ("bce", "cosine_bce", "mrl")
 
 
 def _deserialize(value, default=None):
@@ -53,8 +40,9 @@ class MARC(keras.Model):
     so the compressed vectors stay informative about the backbone's while no
     loss acts on r directly (Sec. 3). `fit`, `evaluate` and the usual
     callbacks work as for any Keras model; `compile` needs only an optimizer.
-    The logs hold `loss`, `bce`, `hsic_user`, `hsic_item` (when
-    `hsic_weight > 0`) and `auc`.
+    The logs hold `loss`, the objective's loss under its metric name (`bce`
+    for MARC; see `marc_keras.losses.training_objective`), `hsic_user`,
+    `hsic_item` (when `hsic_weight > 0`) and `auc`.
 
     Inputs are a dict of int arrays `user_token_ids`, `user_padding_mask`,
     `item_token_ids`, `item_padding_mask` (see `tokenize`); labels are 0/1
@@ -105,15 +93,15 @@ class MARC(keras.Model):
         super().__init__(**kwargs)
         if float(hsic_weight) < 0:
             raise ValueError(f"hsic_weight must be >= 0; got {hsic_weight}.")
-        if objective not in OBJECTIVES:
-            raise ValueError(
-                f"objective must be one of {', '.join(OBJECTIVES)}; got '{objective}'."
-            )
+        training_objective = resolve_objective(objective)
         if float(reconstruction_weight) < 0:
             raise ValueError(f"reconstruction_weight must be >= 0; got {reconstruction_weight}.")
         self.objective = objective
+        self.training_objective = training_objective
         self.mrl_prefixes = (
-            tuple(int(width) for width in mrl_prefixes) if objective == "mrl" else ()
+            tuple(int(width) for width in mrl_prefixes)
+            if training_objective.nested_prefixes
+            else ()
         )
         self.reconstruction_weight = float(reconstruction_weight)
         self.backbone = _deserialize(backbone)
@@ -123,9 +111,11 @@ class MARC(keras.Model):
         self.hsic_weight = float(hsic_weight)
         # Objectives that score pairs without the matching network leave it
         # untouched; frozen, it gets no optimizer slots and no empty gradients.
-        self.matching.trainable = objective in ("bce", "mrl")
+        self.matching.trainable = training_objective.head == "matching"
         self.cosine_scorer = (
-            CosineScorer(name="cosine_scorer") if objective == "cosine_bce" else None
+            CosineScorer(name="cosine_scorer")
+            if training_objective.head == "cosine_scorer"
+            else None
         )
         self.prefix_matching = [
             MatchingNetwork(
@@ -141,9 +131,7 @@ class MARC(keras.Model):
             else None
         )
         self._build_heads()
-        self.bce_tracker = keras.metrics.Mean(
-            name="bce" if objective in BCE_OBJECTIVES else objective
-        )
+        self.objective_tracker = keras.metrics.Mean(name=training_objective.metric)
         if self.reconstruction is not None:
             self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         if self.hsic_weight > 0:
@@ -286,9 +274,10 @@ class MARC(keras.Model):
                 original, training=training
             )  # (B, k)
         user, item = outputs["user_compressed"], outputs["item_compressed"]
-        if self.objective in ("bce", "mrl"):
+        head = self.training_objective.head
+        if head == "matching":
             outputs["logit"] = self.matching(user, item, training=training)  # (B, 1)
-        elif self.objective == "cosine_bce":
+        elif head == "cosine_scorer":
             outputs["logit"] = self.cosine_scorer(user, item)
         else:
             # Objectives without a click head rank pairs by cosine; it is the
@@ -324,34 +313,18 @@ class MARC(keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
         self.optimizer.build(self.trainable_variables)
 
-    def _bce(self, logits, labels, sample_weight):
-        per_sample = ops.binary_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)[
-            :, 0
-        ]
-        if sample_weight is None:
-            return ops.mean(per_sample)
-        weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-        return ops.sum(per_sample * weights) / ops.maximum(ops.sum(weights), 1e-12)
-
-    def _objective_loss(self, y_pred, labels, sample_weight):
-        if self.objective in BCE_OBJECTIVES:
-            names = ["logit", *(f"logit_prefix_{width}" for width in self.mrl_prefixes)]
-            # Matryoshka: every nested prefix must predict clicks on its own.
-            return ops.mean(
-                ops.stack([self._bce(y_pred[name], labels, sample_weight) for name in names])
-            )
-        user, item, clicks = y_pred["user_compressed"], y_pred["item_compressed"], labels[:, 0]
-        if self.objective == "cosine":
-            return cosine_embedding_loss(user, item, clicks)
-        if self.objective == "contrastive":
-            return in_batch_contrastive_loss(user, item, clicks)
-        return cosent_loss(user, item, clicks) + angle_loss(user, item, clicks)
-
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         logits = ops.cast(y_pred["logit"], "float32")
         labels = ops.reshape(ops.cast(y, "float32"), ops.shape(logits))
-        objective = self._objective_loss(y_pred, labels, sample_weight)
-        self.bce_tracker.update_state(objective)
+        names = ["logit", *(f"logit_prefix_{width}" for width in self.mrl_prefixes)]
+        objective = self.training_objective.loss(
+            [y_pred[name] for name in names],
+            y_pred["user_compressed"],
+            y_pred["item_compressed"],
+            labels,
+            sample_weight,
+        )
+        self.objective_tracker.update_state(objective)
         loss = objective
         if self.hsic_weight > 0:
             hsic_user = hsic(y_pred["user_original"], y_pred["user_compressed"])

@@ -283,7 +283,10 @@ def evaluate_layers(evaluator, vectors, layers=None, method="probe"):
             features.vector_table(vectors.user_ids, vectors.users[:, layer], "user"),
             features.vector_table(vectors.item_ids, vectors.items[:, layer], "item"),
         )
-        (row,) = evaluator.evaluate({f"{method}/layer-{layer}": lambda seed, tables=tables: tables})
+        (row,) = evaluator.evaluate(
+            {f"{method}/layer-{layer}": lambda seed, tables=tables: tables},
+            tiers=evaluator.config.tiers[:1],
+        )
         rows.append({"method": method, "layer": layer, **row})
     return rows
 
@@ -294,5 +297,7 @@ def evaluate_compressed(evaluator, vectors, method):
         evaluator.features.vector_table(ids, vectors.compressed[tower], tower)
         for tower, ids in (("user", vectors.user_ids), ("item", vectors.item_ids))
     )
-    (row,) = evaluator.evaluate({f"{method}/marc-c": lambda seed: tables})
+    (row,) = evaluator.evaluate(
+        {f"{method}/marc-c": lambda seed: tables}, tiers=evaluator.config.tiers[:1]
+    )
     return {"method": method, "layer": vectors.num_layers - 1, **row}

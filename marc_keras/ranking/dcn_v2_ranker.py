@@ -21,19 +21,26 @@ def _masked_mean(embedded, mask):
 class DCNv2Ranker(keras.Model):
     """The downstream ranker of the KAR / MARC protocol: DCNv2 over sparse fields.
 
-    Fields, each 32-d: target item id, target item genres (mean), behaviour
-    history items, history genres and history ratings (masked means), each
+    Fields, each 32-d: target item id, target item genres, behaviour history
+    items (masked mean), history genres and history ratings, each
     categorical user column, and, when configured, the external user and
     item vectors through an `ExpertAdaptor` each. Three full-matrix
     `keras_rs.layers.FeatureCross` layers, then a deep tower [200, 80] and
-    one logit (stacked DCNv2). The genre table and the vector tables are
-    non-trainable weights, so samples carry only indices.
+    one logit (stacked DCNv2). Which fields exist is the `RankerTier`'s
+    choice, made when `RankingFeatures.tier_inputs` builds the inputs.
+
+    Genres and ratings enter as weights over their vocabulary (an item's
+    genre shares; the history's genre and rating shares, computed once in
+    numpy), times a (vocabulary, 32) matrix: the same mean of embeddings as
+    a lookup per history item and genre, at a fraction of the cost. The
+    item-genre table and the vector tables are non-trainable weights, so
+    samples carry only indices and shares.
 
     Args:
         num_users: user vocabulary size (index 0 = unknown).
         num_items: item vocabulary size (index 0 = padding).
-        genres_per_item: width of the genre table.
         num_genres: genre vocabulary size (index 0 = padding).
+        num_ratings: number of rating values (1..num_ratings).
         user_field_sizes: vocabulary size of each categorical user column.
         user_vector_dim: width of external user vectors, or `None`.
         item_vector_dim: width of external item vectors, or `None`.
@@ -55,8 +62,8 @@ class DCNv2Ranker(keras.Model):
         self,
         num_users,
         num_items,
-        genres_per_item,
         num_genres,
+        num_ratings,
         user_field_sizes,
         user_vector_dim=None,
         item_vector_dim=None,
@@ -68,28 +75,28 @@ class DCNv2Ranker(keras.Model):
     ):
         super().__init__(**kwargs)
         self.num_users, self.num_items = int(num_users), int(num_items)
-        self.genres_per_item, self.num_genres = int(genres_per_item), int(num_genres)
+        self.num_genres, self.num_ratings = int(num_genres), int(num_ratings)
         self.user_field_sizes = [int(size) for size in user_field_sizes]
         self.vector_dims = {"user": user_vector_dim, "item": item_vector_dim}
         self.num_experts = int(num_experts)
         self.embedding_dim = int(embedding_dim)
         self.cross_layers = int(cross_layers)
         self.deep_units = tuple(int(units) for units in deep_units)
-        self.genre_table = self.add_weight(
-            shape=(self.num_items, self.genres_per_item),
-            dtype="int32",
+        self.item_genre_shares = self.add_weight(
+            shape=(self.num_items, self.num_genres),
             initializer="zeros",
             trainable=False,
-            name="genre_table",
+            name="item_genre_shares",
         )
         self.item_embedding = keras.layers.Embedding(
             self.num_items, embedding_dim, name="item_embedding"
         )
-        self.genre_embedding = keras.layers.Embedding(
-            self.num_genres, embedding_dim, name="genre_embedding"
+        # Dense layers without bias over shares = embedding tables.
+        self.genre_embedding = keras.layers.Dense(
+            embedding_dim, use_bias=False, name="genre_embedding"
         )
-        self.rating_embedding = keras.layers.Embedding(
-            MAX_RATING + 1, embedding_dim, name="rating_embedding"
+        self.rating_embedding = keras.layers.Dense(
+            embedding_dim, use_bias=False, name="rating_embedding"
         )
         self.user_field_embeddings = [
             keras.layers.Embedding(size, embedding_dim, name=f"user_field_{index}")
@@ -120,49 +127,42 @@ class DCNv2Ranker(keras.Model):
         self.logit = keras.layers.Dense(1, name="logit")
 
     @classmethod
-    def from_features(cls, features, user_vectors=None, item_vectors=None, **kwargs):
-        """A ranker sized for `features`, with its tables filled.
+    def from_features(cls, features, tier, user_vectors=None, item_vectors=None, **kwargs):
+        """A ranker sized for `features` in a tier, with its tables filled.
 
         Args:
             features: a `RankingFeatures`.
+            tier: a `RankerTier` (its inputs: `features.tier_inputs(tier)`).
             user_vectors: optional table from `features.vector_table(..., "user")`.
             item_vectors: optional table from `features.vector_table(..., "item")`.
             **kwargs: other constructor arguments.
         """
+        genre_shares = features.item_genre_shares(tier)
         ranker = cls(
             num_users=len(features.user_vocabulary) + 1,
-            num_items=features.item_genres.shape[0],
-            genres_per_item=features.item_genres.shape[1],
-            num_genres=len(getattr(features, "genre_vocabulary", {})) + 1,
-            user_field_sizes=features.user_field_sizes,
+            num_items=genre_shares.shape[0],
+            num_genres=genre_shares.shape[1],
+            num_ratings=MAX_RATING,
+            user_field_sizes=features.user_field_sizes if tier.user_fields else [],
             user_vector_dim=None if user_vectors is None else int(user_vectors.shape[1]),
             item_vector_dim=None if item_vectors is None else int(item_vectors.shape[1]),
             **kwargs,
         )
-        ranker.genre_table.assign(features.item_genres)
+        ranker.item_genre_shares.assign(genre_shares)
         for tower, table in (("user", user_vectors), ("item", item_vectors)):
             if table is not None:
                 ranker.vector_tables[tower].assign(np.asarray(table, "float32"))
         return ranker
 
-    def _genre_field(self, items):
-        genres = ops.take(self.genre_table, items, axis=0)  # (..., G)
-        return _masked_mean(self.genre_embedding(genres), genres > 0)
-
     def call(self, inputs, training=None):
         item, history = inputs["item"], inputs["history_items"]  # (B,), (B, H)
-        history_mask = history > 0
         fields = [
             self.item_embedding(item),
-            self._genre_field(item),
-            _masked_mean(self.item_embedding(history), history_mask),
-            _masked_mean(self.rating_embedding(inputs["history_ratings"]), history_mask),
+            self.genre_embedding(ops.take(self.item_genre_shares, item, axis=0)),  # (B, V)
+            _masked_mean(self.item_embedding(history), history > 0),
+            self.genre_embedding(inputs["history_genres"]),  # (B, V) shares
+            self.rating_embedding(inputs["history_ratings"]),  # (B, R) shares
         ]
-        history_genres = ops.take(self.genre_table, history, axis=0)  # (B, H, G)
-        genre_means = _masked_mean(
-            self.genre_embedding(history_genres), history_genres > 0
-        )  # (B, H, D)
-        fields.append(_masked_mean(genre_means, history_mask))
         for index, embedding in enumerate(self.user_field_embeddings):
             fields.append(embedding(inputs["user_fields"][:, index]))
         for tower, table in self.vector_tables.items():
@@ -180,8 +180,8 @@ class DCNv2Ranker(keras.Model):
             **super().get_config(),
             "num_users": self.num_users,
             "num_items": self.num_items,
-            "genres_per_item": self.genres_per_item,
             "num_genres": self.num_genres,
+            "num_ratings": self.num_ratings,
             "user_field_sizes": self.user_field_sizes,
             "user_vector_dim": self.vector_dims["user"],
             "item_vector_dim": self.vector_dims["item"],

@@ -1,4 +1,4 @@
-"""Downstream CTR evaluation of user/item vectors over several seeds (DESIGN.md Sec. 4)."""
+"""Downstream CTR evaluation of user/item vectors over seeds and ranker tiers (DESIGN.md Sec. 4)."""
 
 import dataclasses
 import json
@@ -10,28 +10,39 @@ import keras
 import numpy as np
 
 from marc_keras.config import DownstreamConfig
+from marc_keras.config.ranker_tier import resolve_tier
 from marc_keras.ranking.ctr_metrics import auc, logloss, relative_improvement
 from marc_keras.ranking.dcn_v2_ranker import DCNv2Ranker
+from marc_keras.ranking.two_feature_logistic import TwoFeatureLogistic
+from marc_keras.ranking.validation_auc import ValidationAUC
 from marc_keras.utils.atomic_files import write_json
 from marc_keras.utils.backend_guard import set_random_seed
 
 BASELINE_ROW = "dcnv2"
+LOGISTIC_ROW = "lr-2"
+
+
+def _sigmoid(logits):
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, "float64")))
 
 
 class DownstreamEvaluator:
-    """Trains one DCNv2 per representation and seed; reports test-user AUC and logloss.
+    """Trains one DCNv2 per representation, tier and seed; reports test-user AUC and logloss.
 
     Model choice (early stopping, best epoch) uses validation users only; the
-    test users are scored once with the chosen weights.
+    test users are scored once with the chosen weights. Every row is paired
+    with the `dcnv2` row (no vectors) of the same tier and seed: same
+    training rows, same data order, same initial weights of the shared
+    layers. A subsample (`train_samples`) is drawn anew per seed.
 
     Args:
         features: a `RankingFeatures`.
         config: a `DownstreamConfig`.
         log: callable taking one progress line.
         progress_path: optional JSON file recording every finished
-            (representation, seed) result with the settings it was made
-            with; an interrupted evaluation run again with the same settings
-            skips what it had finished.
+            (tier, representation, seed) result with the settings it was
+            made with; an interrupted evaluation run again with the same
+            settings skips what it had finished.
         progress_fingerprint: what else the results depend on (the vectors'
             source), stored with them; other sources start afresh.
 
@@ -49,96 +60,141 @@ class DownstreamEvaluator:
         self.log = log
         self.progress_path = Path(progress_path) if progress_path else None
         self.progress_fingerprint = str(progress_fingerprint)
-        available = len(features.labels["train"])
-        wanted = self.config.train_samples
-        self.train_rows = (
-            np.sort(np.random.default_rng(0).choice(available, wanted, replace=False))
-            if wanted is not None and wanted < available
-            else np.arange(available)
-        )
 
-    def train_one(self, seed, user_vectors=None, item_vectors=None, verbose=0):
-        """Trains one ranker; returns it and its test (AUC, logloss)."""
+    def train_rows(self, seed):
+        """Indices of the training samples a seed trains on (all, or a per-seed subsample)."""
+        available = len(self.features.labels["train"])
+        wanted = self.config.train_samples
+        if wanted is None or wanted >= available:
+            return np.arange(available)
+        return np.sort(np.random.default_rng(seed).choice(available, wanted, replace=False))
+
+    def train_one(self, tier, seed, user_vectors=None, item_vectors=None, verbose=0):
+        """Trains one ranker on a tier's features.
+
+        Args:
+            tier: a tier name ("kar", "full") or `RankerTier`.
+            seed: seeds the weights, the data order and the subsample.
+            user_vectors: optional table from `RankingFeatures.vector_table`.
+            item_vectors: likewise for items.
+            verbose: Keras verbosity.
+
+        Returns:
+            `(ranker, test AUC, test logloss, epochs trained)`.
+        """
         config = self.config
+        tier = resolve_tier(tier) if isinstance(tier, str) else tier
+        inputs = self.features.tier_inputs(tier)
+        labels = self.features.labels
         set_random_seed(seed)
         ranker = DCNv2Ranker.from_features(
-            self.features, user_vectors, item_vectors, num_experts=config.num_experts
+            self.features, tier, user_vectors, item_vectors, num_experts=config.num_experts
         )
         ranker.compile(
             optimizer=keras.optimizers.AdamW(
                 config.learning_rate, weight_decay=config.weight_decay
             ),
             loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
         )
-        inputs, labels = self.features.inputs, self.features.labels
-        ranker.fit(
-            {name: array[self.train_rows] for name, array in inputs["train"].items()},
-            labels["train"][self.train_rows, None],
+        rows = self.train_rows(seed)
+        history = ranker.fit(
+            {name: array[rows] for name, array in inputs["train"].items()},
+            labels["train"][rows, None],
             batch_size=config.batch_size,
             epochs=config.max_epochs,
-            validation_data=(inputs["validation"], labels["validation"][:, None]),
             callbacks=[
+                ValidationAUC(inputs["validation"], labels["validation"], 4 * config.batch_size),
                 keras.callbacks.EarlyStopping(
                     monitor="val_auc",
                     mode="max",
                     patience=config.patience,
                     restore_best_weights=True,
-                )
+                ),
             ],
             verbose=verbose,
         )
         logits = ranker.predict(inputs["test"], batch_size=4 * config.batch_size, verbose=0)[:, 0]
-        probabilities = 1.0 / (1.0 + np.exp(-logits.astype("float64")))
-        return ranker, auc(labels["test"], logits), logloss(labels["test"], probabilities)
+        test_auc = auc(labels["test"], logits)
+        test_logloss = logloss(labels["test"], _sigmoid(logits))
+        return ranker, test_auc, test_logloss, len(history.history["loss"])
 
-    def evaluate(self, representations):
-        """Evaluates each representation with every seed.
+    def logistic_reference(self, seed):
+        """The `lr-2` row's test (AUC, logloss) for a seed's training rows."""
+        model = TwoFeatureLogistic(self.features).fit(self.train_rows(seed))
+        logits = model.scores("test")
+        labels = self.features.labels["test"]
+        return auc(labels, logits), logloss(labels, _sigmoid(logits))
+
+    def evaluate(self, representations, tiers=None):
+        """Evaluates each representation with every tier and seed.
 
         Args:
             representations: dict name -> `None` (no external vectors) or a
                 callable `seed -> (user table, item table)` (either may be
                 `None`), tables from `RankingFeatures.vector_table`. A callable
-                lets each seed use vectors from its own upstream run.
+                lets each seed use vectors from its own upstream run. The
+                name "lr-2" is the logistic reference (`TwoFeatureLogistic`)
+                and takes `None`.
+            tiers: tier names, by default the config's `tiers`.
 
         Returns:
-            A list of rows: name, auc_mean, auc_std, logloss_mean,
-            logloss_std, aucs, loglosses, seconds, and relaimpr against the
-            "dcnv2" row when there is one.
+            A list of rows, tier-major: tier, name, auc_mean, auc_std,
+            logloss_mean, logloss_std, aucs, loglosses, epochs, seconds,
+            seeds; with a "dcnv2" row, every row also gets relaimpr,
+            paired_deltas (AUC minus dcnv2's, per seed), paired_delta_mean,
+            paired_delta_std and lift (the paired delta's mean exceeds its
+            std and zero).
         """
-        rows = []
+        tiers = list(tiers or self.config.tiers)
         finished = self._load_progress()
-        for name, provider in representations.items():
-            aucs, loglosses = [], []
-            for seed in self.config.seeds:
-                key = f"{name}/{seed}"
-                if key not in finished:
-                    seed_started = time.perf_counter()
-                    tables = provider(seed) if provider is not None else (None, None)
-                    _, test_auc, test_logloss = self.train_one(seed, *tables)
-                    finished[key] = {
+        # Seed-major: an evaluation stopped early has every row at its first seeds.
+        for seed in self.config.seeds:
+            for name, provider in representations.items():
+                pending = [tier for tier in tiers if f"{tier}/{name}/{seed}" not in finished]
+                if not pending:
+                    continue
+                started = time.perf_counter()
+                tables = provider(seed) if provider is not None else (None, None)
+                prepare_seconds = time.perf_counter() - started
+                for tier in pending:
+                    started = time.perf_counter()
+                    if name == LOGISTIC_ROW:
+                        test_auc, test_logloss = self.logistic_reference(seed)
+                        epochs = 0
+                    else:
+                        _, test_auc, test_logloss, epochs = self.train_one(tier, seed, *tables)
+                    finished[f"{tier}/{name}/{seed}"] = {
                         "auc": test_auc,
                         "logloss": test_logloss,
-                        "seconds": time.perf_counter() - seed_started,
+                        "epochs": epochs,
+                        "seconds": prepare_seconds + time.perf_counter() - started,
                     }
                     self._save_progress(finished)
-                result = finished[key]
-                aucs.append(result["auc"])
-                loglosses.append(result["logloss"])
-                self.log(
-                    f"{name} seed {seed}: test AUC {result['auc']:.4f}, logloss {result['logloss']:.4f}"
-                )
-            seconds = sum(finished[f"{name}/{seed}"]["seconds"] for seed in self.config.seeds)
-            rows.append(self.summary_row(name, aucs, loglosses, seconds))
-        base = next((row for row in rows if row["name"] == BASELINE_ROW), None)
-        if base is not None:
-            for row in rows:
-                row["relaimpr"] = relative_improvement(row["auc_mean"], base["auc_mean"])
+                    self.log(
+                        f"{tier} {name} seed {seed}: test AUC {test_auc:.4f}, "
+                        f"logloss {test_logloss:.4f}, {epochs} epochs"
+                    )
+        rows = []
+        for tier in tiers:
+            results = {
+                name: [finished[f"{tier}/{name}/{seed}"] for seed in self.config.seeds]
+                for name in representations
+            }
+            tier_rows = [self.summary_row(name, found, tier) for name, found in results.items()]
+            base = results.get(BASELINE_ROW)
+            if base is not None:
+                for row in tier_rows:
+                    self.add_paired_statistics(row, base)
+            rows.extend(tier_rows)
         return rows
 
     def _settings(self):
+        # Results are keyed by tier, row and seed, so a run with other seeds or
+        # tiers reuses them; every other setting changes them.
+        settings = dataclasses.asdict(self.config)
+        del settings["seeds"], settings["tiers"]
         return {
-            "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
+            "config": json.loads(json.dumps(settings)),
             "fingerprint": self.progress_fingerprint,
         }
 
@@ -153,16 +209,40 @@ class DownstreamEvaluator:
             return
         write_json(self.progress_path, {"settings": self._settings(), "results": finished})
 
-    @staticmethod
-    def summary_row(name, aucs, loglosses, seconds):
-        """One table row: mean and sample std of test AUC and logloss over seeds."""
+    def summary_row(self, name, results, tier=None):
+        """One table row from per-seed results (dicts with auc, logloss, seconds, epochs)."""
+        aucs = [result["auc"] for result in results]
+        loglosses = [result["logloss"] for result in results]
         return {
+            "tier": tier,
             "name": name,
-            "auc_mean": statistics.fmean(aucs),
-            "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
-            "logloss_mean": statistics.fmean(loglosses),
-            "logloss_std": statistics.stdev(loglosses) if len(loglosses) > 1 else 0.0,
+            **_mean_std("auc", aucs),
+            **_mean_std("logloss", loglosses),
             "aucs": aucs,
             "loglosses": loglosses,
-            "seconds": seconds,
+            "epochs": [result.get("epochs") for result in results],
+            "seconds": sum(result["seconds"] for result in results),
+            "seeds": list(self.config.seeds),
         }
+
+    @staticmethod
+    def add_paired_statistics(row, base_results):
+        """Adds RelaImpr and the paired AUC delta against the same seeds' dcnv2 results."""
+        base_aucs = [result["auc"] for result in base_results]
+        deltas = [value - base for value, base in zip(row["aucs"], base_aucs)]
+        statistics_ = _mean_std("paired_delta", deltas)
+        row.update(
+            relaimpr=relative_improvement(row["auc_mean"], statistics.fmean(base_aucs)),
+            paired_deltas=deltas,
+            **statistics_,
+            lift=statistics_["paired_delta_mean"] > max(statistics_["paired_delta_std"], 0.0)
+            and len(deltas) > 1,
+        )
+
+
+def _mean_std(prefix, values):
+    """`{prefix}_mean` and `{prefix}_std` (sample std; 0 for one value)."""
+    return {
+        f"{prefix}_mean": statistics.fmean(values),
+        f"{prefix}_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }

@@ -9,6 +9,8 @@ SPLITS = ("train", "validation", "test")
 # not categorical features.
 MAX_USER_FIELD_VALUES = 1000
 MAX_RATING = 5
+# Rows per numpy chunk when pooling history shares: (rows, H, genres) floats.
+SHARE_CHUNK_ROWS = 32768
 
 
 def _vocabulary(values):
@@ -64,6 +66,7 @@ class RankingFeatures:
                 "user_fields": user_table[user_index],
             }
             self.labels[name] = samples["label"].to_numpy("float32")
+        self._tier_inputs = {}
 
     def _genre_table(self, items, genre_column):
         if genre_column is None or genre_column not in items.columns:
@@ -113,6 +116,80 @@ class RankingFeatures:
                 values = np.where(np.isnan(values), 1, values)
                 padded[row, : len(values)] = np.clip(np.rint(values), 1, MAX_RATING)
         return padded
+
+    def item_genre_shares(self, tier):
+        """Each item's weights over the genre vocabulary, as the tier sees genres.
+
+        Args:
+            tier: a `RankerTier`; "all" genres share an item's weight
+                equally, "first" gives its first genre weight 1.
+
+        Returns:
+            A float32 (items + 1, genres + 1) table; row 0 (padding) and
+            column 0 (no genre) are zero.
+        """
+        genres = self.item_genres[:, :1] if tier.genres == "first" else self.item_genres
+        width = len(getattr(self, "genre_vocabulary", {})) + 1
+        shares = np.zeros((len(genres), width), "float32")
+        rows = np.repeat(np.arange(len(genres)), genres.shape[1])
+        np.add.at(shares, (rows, genres.ravel()), 1.0)
+        shares[:, 0] = 0.0
+        shares[0] = 0.0  # the padding item
+        return shares / np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
+
+    def tier_inputs(self, tier):
+        """The DCNv2 inputs of every split as a tier sees them (cached per tier).
+
+        Per sample: `user`, `item`, `history_items` (N, H) with the tier's
+        H most recent behaviour items (0 = padding), `history_genres`
+        (N, genres + 1) the mean of those items' genre shares,
+        `history_ratings` (N, 5) the share of each rating 1..5 among them,
+        and `user_fields` (N, F), F = 0 when the tier has no user fields.
+
+        Args:
+            tier: a `RankerTier`.
+
+        Returns:
+            dict split -> dict name -> array.
+        """
+        if tier.name in self._tier_inputs:
+            return self._tier_inputs[tier.name]
+        genre_shares = self.item_genre_shares(tier)
+        rating_values = np.arange(1, MAX_RATING + 1)
+        tier_inputs = {}
+        for name in SPLITS:
+            base = self.inputs[name]
+            lengths = np.count_nonzero(base["history_items"], axis=1)
+            width = min(tier.history_length, base["history_items"].shape[1])
+            # Histories are left-aligned, most recent last: keep the last H.
+            positions = lengths[:, None] - width + np.arange(width)
+            kept = positions >= 0
+            positions = np.maximum(positions, 0)
+            history = np.where(kept, np.take_along_axis(base["history_items"], positions, 1), 0)
+            ratings = np.where(kept, np.take_along_axis(base["history_ratings"], positions, 1), 0)
+            counts = np.maximum(np.count_nonzero(history, axis=1), 1)[:, None].astype("float32")
+            history_genres = (
+                np.concatenate(
+                    [
+                        genre_shares[history[start : start + SHARE_CHUNK_ROWS]].sum(axis=1)
+                        for start in range(0, len(history), SHARE_CHUNK_ROWS)
+                    ]
+                )
+                / counts
+            )
+            rating_shares = (ratings[..., None] == rating_values).sum(axis=1) / counts
+            tier_inputs[name] = {
+                "user": base["user"],
+                "item": base["item"],
+                "history_items": history.astype("int32"),
+                "history_genres": history_genres.astype("float32"),
+                "history_ratings": rating_shares.astype("float32"),
+                "user_fields": base["user_fields"]
+                if tier.user_fields
+                else np.zeros((len(history), 0), "int32"),
+            }
+        self._tier_inputs[tier.name] = tier_inputs
+        return tier_inputs
 
     def vector_table(self, ids, vectors, tower, allow_missing=False):
         """Aligns external vectors with this vocabulary, centered per dimension.

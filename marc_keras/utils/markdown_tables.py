@@ -1,17 +1,44 @@
 """Markdown tables of downstream results, mean +- std (standard library only)."""
 
 
-def downstream_markdown(rows):
-    """Rows of `DownstreamEvaluator.evaluate` as a Markdown table with mean +- std."""
-    lines = [
-        "| representation | test AUC | test logloss | RelaImpr vs dcnv2 | wall (s) |",
-        "|---|---|---|---|---|",
+def downstream_markdown(rows, extra_columns=()):
+    """Rows of `DownstreamEvaluator.evaluate` as a Markdown table, mean +- std over seeds.
+
+    The paired delta is the row's AUC minus DCNv2 alone's on the same seed;
+    "lift" says whether its mean exceeds its std.
+
+    Args:
+        rows: the rows.
+        extra_columns: (header, row -> cell text) pairs appended to each row.
+    """
+    headers = [
+        "tier",
+        "representation",
+        "test AUC",
+        "paired delta vs dcnv2",
+        "lift",
+        "test logloss",
+        "RelaImpr vs dcnv2",
+        "epochs",
+        "wall (s)",
+        *(header for header, _ in extra_columns),
     ]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
+        paired = (
+            f"{row['paired_delta_mean']:+.4f} +- {row['paired_delta_std']:.4f}"
+            if "paired_delta_mean" in row
+            else "-"
+        )
+        lift = {True: "yes", False: "no"}.get(row.get("lift"), "-")
+        epochs = "/".join(str(epochs) for epochs in row.get("epochs") or []) or "-"
         lines.append(
-            f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
-            f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} | {row['seconds']:.0f} |"
+            f"| {row.get('tier') or '-'} | {row['name']} "
+            f"| {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | {paired} | {lift} "
+            f"| {row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} "
+            f"| {epochs} | {row['seconds']:.0f} |"
+            + "".join(f" {cell(row)} |" for _, cell in extra_columns)
         )
     return "\n".join(lines)
 

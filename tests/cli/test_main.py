@@ -58,14 +58,29 @@ def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--run-dir", str(tmp_path / "run"), *small])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "evaluate.json").read_text())
-    assert [row["name"] for row in report["rows"]] == [
+    names = [
         "dcnv2",
+        "lr-2",
+        "random",
+        "profile",
         "frozen",
+        "frozen-user-only",
+        "frozen-item-only",
         "pca-8",
         "marc-o",
         "marc-c",
     ]
-    assert "| marc-c |" in result.stdout and (tmp_path / "run" / "evaluate.md").is_file()
+    assert [(row["tier"], row["name"]) for row in report["rows"]] == [
+        (tier, name) for tier in ("kar", "full") for name in names
+    ]
+    by_row = {(row["tier"], row["name"]): row for row in report["rows"]}
+    # lr-2 does not depend on the tier; dcnv2 is every row's pair.
+    assert by_row["kar", "lr-2"]["aucs"] == by_row["full", "lr-2"]["aucs"]
+    assert by_row["kar", "dcnv2"]["paired_deltas"] == [0.0]
+    marc = by_row["full", "marc-c"]
+    assert marc["paired_deltas"] == [marc["aucs"][0] - by_row["full", "dcnv2"]["aucs"][0]]
+    assert report["text_stats"]["users"] == 2999
+    assert "| full | marc-c |" in result.stdout and (tmp_path / "run" / "evaluate.md").is_file()
 
 
 def test_errors_are_one_line_with_non_zero_exit(tmp_path):

@@ -96,13 +96,23 @@ def test_user_text_holds_the_first_half_up_to_30_items(data, split, ranked):
     )
     pd.testing.assert_series_equal(counts.sort_index(), n_text.sort_index(), check_names=False)
     titles = data.items.set_index("item_id")["title"]
-    first = ranked[ranked["user_id"] == "1"].iloc[:2]
+    user = ranked[ranked["user_id"] == "1"]
+    text_half = user.iloc[: user["n_text"].iloc[0]]
     stars = [
-        f"{titles[item]}, {rating:g} stars" for item, rating in zip(first.item_id, first.rating)
+        f"{titles[item]}, {rating:g} stars"
+        for item, rating in zip(text_half.item_id, text_half.rating)
     ]
-    assert split.user_texts["1"].startswith(
-        f"Female, age under 18, K-12 student. Recently watched: {stars[0]}; {stars[1]}; "
+    # Newest first by default; "oldest_first" is the order before v2.
+    assert split.user_texts["1"] == (
+        f"Female, age under 18, K-12 student. Recently watched: {'; '.join(stars[::-1])}."
     )
+    assert split.text_halves["1"] == (text_half.item_id.tolist(), text_half.rating.tolist())
+    oldest = KARSplit.build(
+        first_users(data, 5),
+        MovieLens.text_templates(),
+        SplitConfig(text_history_order="oldest_first"),
+    )
+    assert oldest.user_texts["1"].endswith(f"Recently watched: {'; '.join(stars)}.")
     assert split.item_texts["1"] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
 
 
@@ -257,3 +267,51 @@ def test_template_fields_are_checked_before_building():
 def test_split_config_validation(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         SplitConfig(**kwargs)
+
+
+def test_newest_first_texts_keep_as_many_recent_items_as_fit():
+    interactions, items, users = byo_frames()
+    data = InteractionData.from_frames(interactions, items, users)
+    config = SplitConfig(seed=1, max_text_history=8)
+    whole = KARSplit.build(data, BYO_TEMPLATES, config)
+    limit = 60
+
+    def fits(texts):
+        return np.array([len(text) <= limit for text in texts])
+
+    fitted = KARSplit.build(data, BYO_TEMPLATES, config, fits=fits)
+    shortened = 0
+    for user, text in whole.user_texts.items():
+        items_written = text.split("History: ", 1)[1][:-1].split("; ")
+        # Brute force: the longest newest-first prefix of the items that fits.
+        expected = text
+        for keep in range(len(items_written), -1, -1):
+            history = "; ".join(items_written[:keep]) or "nothing yet"
+            expected = text.split("History: ", 1)[0] + f"History: {history}."
+            if len(expected) <= limit:
+                break
+        assert fitted.user_texts[user] == expected, user
+        shortened += expected != text
+    assert fitted.text_stats == {
+        "users": len(whole.user_texts),
+        "shortened": shortened,
+        "truncated": 0,
+        "truncated_share": 0.0,
+    }
+    assert shortened > 0
+    assert whole.text_stats is None
+
+
+def test_overlong_oldest_first_texts_are_counted_and_warned_about():
+    interactions, items, users = byo_frames()
+    data = InteractionData.from_frames(interactions, items, users)
+    config = SplitConfig(seed=1, text_history_order="oldest_first")
+    whole = KARSplit.build(data, BYO_TEMPLATES, config)
+    with pytest.warns(UserWarning, match="text_history_order = 'newest_first'"):
+        split = KARSplit.build(
+            data, BYO_TEMPLATES, config, fits=lambda texts: np.array([len(t) <= 40 for t in texts])
+        )
+    too_long = sum(len(text) > 40 for text in whole.user_texts.values())
+    assert split.user_texts == whole.user_texts  # the old order is written whole
+    assert split.text_stats["truncated"] == too_long > 0
+    assert split.text_stats["shortened"] == 0

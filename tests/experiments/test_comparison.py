@@ -8,7 +8,9 @@ from marc_keras.experiments.comparison import beats_by_one_std, compare_methods,
 
 def _row(name, mean, std):
     return {
+        "tier": "kar",
         "name": name,
+        "seconds": 10.0,
         "auc_mean": mean,
         "auc_std": std,
         "logloss_mean": 0.5,
@@ -31,8 +33,10 @@ def test_beating_by_one_std_uses_the_larger_spread():
             },
         ]
     )
-    assert "| marc-c | 0.8000 +- 0.0020 | 0.5000 +- 0.0100 | +0.00% | - |" in table
-    assert "| pca | 0.7900 +- 0.0030 | 0.5000 +- 0.0100 | -3.33% | yes |" in table
+    assert "| kar | marc-c | 0.8000 +- 0.0020 | - | - | 0.5000 +- 0.0100 |" in table
+    assert table.splitlines()[0].endswith("| RelaImpr vs marc-c | MARC-C better by > 1 std |")
+    assert table.splitlines()[2].endswith("| +0.00% | - |")
+    assert table.splitlines()[3].endswith("| -3.33% | yes |")
 
 
 def _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0]"):
@@ -52,6 +56,7 @@ def _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0]"):
             f"evaluate.seeds={seeds}",
             "evaluate.train_samples=2000",
             "evaluate.max_epochs=1",
+            'evaluate.tiers=["kar"]',
         ],
     )
 
@@ -73,18 +78,18 @@ def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir
         )
         for line in lines
     )
-    assert [row["name"] for row in report["rows"]] == ["dcnv2", *methods]
+    assert [row["name"] for row in report["rows"]] == ["dcnv2", "lr-2", *methods]
     progress = json.loads((tmp_path / "compare-progress.json").read_text())["results"]
-    assert sorted(progress) == sorted(f"{name}/0" for name in ["dcnv2", *methods])
+    assert sorted(progress) == sorted(f"kar/{name}/0" for name in ["dcnv2", "lr-2", *methods])
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["marc", "mrl"]
     marc_c = next(row for row in report["rows"] if row["name"] == "marc-c")
     assert marc_c["relaimpr_vs_marc_c"] == 0.0
     # One seed has no std: no row is said to be beaten by more than one.
     assert all(row["marc_c_beats_by_one_std"] is None for row in report["rows"])
     saved = json.loads((tmp_path / "compare.json").read_text())
-    assert saved["rows"][1]["name"] == "frozen" and (
+    assert saved["rows"][2]["name"] == "frozen" and (
         tmp_path / "compare.md"
-    ).read_text().startswith("| method |")
+    ).read_text().startswith("| tier | representation |")
     mrl_config = json.loads((tmp_path / "runs" / "mrl" / "seed0" / "config.json").read_text())
     assert mrl_config["model"]["objective"] == "mrl" and mrl_config["model"]["hsic_weight"] == 0.0
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+from helpers import run_layer_test
 
-import keras
 import marc_keras
+import keras
 
 
 def test_hand_computed_forward_pass():
@@ -33,3 +34,30 @@ def test_config_round_trip_and_bad_sizes():
         marc_keras.CompressionNetwork((0,), 8)
     with pytest.raises(ValueError, match="dropout must be in"):
         marc_keras.CompressionNetwork(dropout=1.5)
+
+
+def test_layer_checks():
+    inputs = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    run_layer_test(
+        marc_keras.CompressionNetwork,
+        dict(hidden_units=(8, 5), output_dim=4, dropout=0.1),
+        inputs,
+        expected_output_shape=(3, 4),
+        expected_num_trainable_weights=6,
+        expected_num_non_trainable_weights=0,
+    )
+
+
+def test_paper_shape_matches_numpy_relu_mlp():
+    layer = marc_keras.CompressionNetwork()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 384)).astype("float32")
+    kernel_1, bias_1, kernel_2, bias_2 = (
+        rng.normal(0.0, 0.1, shape).astype("float32")
+        for shape in ((384, 256), (256,), (256, 128), (128,))
+    )
+    layer.build((None, 384))
+    layer.set_weights([kernel_1, bias_1, kernel_2, bias_2])
+    expected = np.maximum(x @ kernel_1 + bias_1, 0.0) @ kernel_2 + bias_2
+    got = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_WORDS
+from helpers import TINY_WORDS, run_layer_test, tiny_hub_backbone
 
+import marc_keras
 import keras
 import keras_hub
-import marc_keras
 
 
 def test_only_lora_kernels_are_trainable_biases_included(make_tiny_backbone):
@@ -149,3 +149,78 @@ def test_minilm_every_layer_matches_transformers(minilm_path):
     pooled = keras.ops.convert_to_numpy(layer(inputs, return_all_layers=True)["layers"])
     hf_mean = [(h.numpy() * mask[..., None]).sum(1) / mask.sum(1, keepdims=True) for h in theirs]
     np.testing.assert_allclose(pooled, np.stack(hf_mean, axis=1), atol=5e-3)
+
+
+def _perturb_lora(layer):
+    # Fresh LoRA has B = 0, a no-op; copied weights must carry a real adapter.
+    rng = np.random.default_rng(7)
+    for variable in layer.trainable_weights:
+        variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
+
+
+@pytest.mark.parametrize(
+    "architecture, pooling, lora_rank, trainable, frozen",
+    [
+        # LoRA: 2 blocks x (query, value) x 2 factors. Frozen BERT: 5 embedding
+        # weights, 16 per block, 2 of the pooler; Llama: the input and output
+        # embeddings, 9 per block, the final norm.
+        ("bert", "mean", 2, 8, 39),
+        ("bert", "cls", 0, 0, 39),
+        ("llama", "last", 2, 8, 21),
+    ],
+)
+def test_layer_checks(tiny_tokenizer, architecture, pooling, lora_rank, trainable, frozen):
+    texts = ["the action movie", "user likes drama film a"]
+    run_layer_test(
+        marc_keras.LoRABackbone,
+        lambda: dict(
+            backbone=tiny_hub_backbone(tiny_tokenizer.vocabulary_size, architecture),
+            tokenizer=tiny_tokenizer,
+            lora_rank=lora_rank,
+            pooling=pooling,
+        ),
+        tiny_tokenizer(texts),
+        prepare=_perturb_lora,
+        expected_output_shape=(2, 16),
+        expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=frozen,
+    )
+
+
+def test_all_layers_output_passes_layer_checks(tiny_tokenizer):
+    run_layer_test(
+        marc_keras.LoRABackbone,
+        lambda: dict(
+            backbone=tiny_hub_backbone(tiny_tokenizer.vocabulary_size, "llama"),
+            tokenizer=tiny_tokenizer,
+            lora_rank=2,
+            pooling="mean",
+        ),
+        tiny_tokenizer(["the action movie", "a film"]),
+        call_kwargs=dict(return_all_layers=True),
+        prepare=_perturb_lora,
+        expected_output_shape={"pooled": (2, 16), "layers": (2, 3, 16)},
+    )
+
+
+@pytest.mark.parametrize("architecture, pooling", [("bert", "mean"), ("llama", "last")])
+def test_pooled_output_matches_numpy_pooling_of_the_backbone(tiny_tokenizer, architecture, pooling):
+    hub = tiny_hub_backbone(tiny_tokenizer.vocabulary_size, architecture)
+    layer = marc_keras.LoRABackbone(hub, tokenizer=tiny_tokenizer, lora_rank=2, pooling=pooling)
+    _perturb_lora(layer)
+    inputs = layer.tokenize(["the action movie", "user likes drama film a"])
+    hub_inputs = {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
+    if architecture == "bert":
+        hub_inputs["segment_ids"] = np.zeros_like(inputs["token_ids"])
+    outputs = hub(hub_inputs)  # BERT: a dict with the pooler's output too
+    sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+    sequence = keras.ops.convert_to_numpy(sequence)
+    mask = inputs["padding_mask"].astype("float32")
+    if pooling == "mean":
+        expected = (sequence * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    else:
+        lengths = mask.sum(1).astype(int)
+        expected = sequence[np.arange(len(lengths)), lengths - 1]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(inputs)), expected, rtol=1e-5, atol=1e-5
+    )

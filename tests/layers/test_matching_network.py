@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+from helpers import run_layer_test
 
-import keras
 import marc_keras
+import keras
 
 
 def test_hand_computed_logit_uses_explicit_interactions():
@@ -40,4 +41,31 @@ def test_config_round_trip():
     assert (
         marc_keras.MatchingNetwork.from_config(layer.get_config()).get_config()
         == layer.get_config()
+    )
+
+
+def test_without_interactions_matches_numpy():
+    layer = marc_keras.MatchingNetwork((4,), explicit_interactions=False)
+    layer.build((None, 3), (None, 3))
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in layer.weights]
+    layer.set_weights(weights)
+    users, items = rng.normal(size=(2, 5, 3)).astype("float32")
+    hidden_kernel, hidden_bias, output_kernel, output_bias = weights
+    hidden = np.maximum(np.concatenate([users, items], 1) @ hidden_kernel + hidden_bias, 0.0)
+    expected = hidden @ output_kernel + output_bias
+    got = keras.ops.convert_to_numpy(layer(users, items))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("explicit_interactions", [True, False])
+def test_layer_checks(explicit_interactions):
+    users, items = np.random.default_rng(1).normal(size=(2, 3, 4)).astype("float32")
+    run_layer_test(
+        marc_keras.MatchingNetwork,
+        dict(hidden_units=(8,), explicit_interactions=explicit_interactions, dropout=0.1),
+        (users, items),
+        expected_output_shape=(3, 1),
+        expected_num_trainable_weights=4,
+        expected_num_non_trainable_weights=0,
     )

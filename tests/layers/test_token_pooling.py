@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+from helpers import run_layer_test
 
-import keras
 import marc_keras
+import keras
 
 HIDDEN = np.arange(2 * 4 * 3, dtype="float32").reshape(2, 4, 3)  # (B=2, T=4, d=3)
 RIGHT_PADDED = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
@@ -34,3 +35,16 @@ def test_config_round_trip():
     layer = marc_keras.TokenPooling("last", name="pool")
     clone = marc_keras.TokenPooling.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("mode", ["mean", "last", "cls"])
+def test_layer_checks(mode):
+    hidden = np.random.default_rng(0).normal(size=(2, 4, 3)).astype("float32")
+    run_layer_test(
+        marc_keras.TokenPooling,
+        dict(mode=mode),
+        (hidden, RIGHT_PADDED.astype("int32")),
+        expected_output_shape=(2, 3),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
+    )

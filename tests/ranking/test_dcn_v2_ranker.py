@@ -1,13 +1,16 @@
 import json
-import types
 
 import numpy as np
 import pytest
+from helpers import run_layer_test
 
+import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
 import keras
 from marc_keras.config import DownstreamConfig
+from marc_keras.config.ranker_tier import TIERS
 from marc_keras.ranking.dcn_v2_ranker import DCNv2Ranker
 from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
+from marc_keras.ranking.ranking_features import RankingFeatures
 
 SIZES = {"train": 3000, "validation": 750, "test": 750}
 
@@ -17,7 +20,8 @@ def synthetic_features(unique_items=False, seed=0, sizes=SIZES):
 
     With `unique_items`, every sample gets an item index of its own, so item
     ids carry nothing across splits and only an external item vector can
-    tell even from odd items. Returns the features and that vector table.
+    tell even from odd items. Returns real `RankingFeatures` (built from
+    arrays, not from a split) and that vector table.
     """
     rng = np.random.default_rng(seed)
     total = sum(sizes.values())
@@ -31,14 +35,12 @@ def synthetic_features(unique_items=False, seed=0, sizes=SIZES):
     item_vectors = np.zeros((num_items, 4), "float32")
     item_vectors[item_index, 0] = even
     labels = (even ^ (rng.random(total) < 0.1)).astype("float32")
-    features = types.SimpleNamespace(
-        inputs={},
-        labels={},
-        item_genres=rng.integers(0, 4, (num_items, 2)).astype("int32"),
-        genre_vocabulary={f"g{i}": i for i in range(1, 4)},
-        user_vocabulary={f"u{i}": i for i in range(1, 51)},
-        user_field_sizes=[3],
-    )
+    features = RankingFeatures.__new__(RankingFeatures)
+    features.inputs, features.labels, features._tier_inputs = {}, {}, {}
+    features.item_genres = rng.integers(0, 4, (num_items, 2)).astype("int32")
+    features.genre_vocabulary = {f"g{i}": i for i in range(1, 4)}
+    features.user_vocabulary = {f"u{i}": i for i in range(1, 51)}
+    features.user_field_sizes = [3]
     start = 0
     for name, size in sizes.items():
         rows = slice(start, start + size)
@@ -46,7 +48,7 @@ def synthetic_features(unique_items=False, seed=0, sizes=SIZES):
         features.inputs[name] = {
             "user": rng.integers(1, 51, size).astype("int32"),
             "item": item_index[rows].astype("int32"),
-            "history_items": rng.integers(0, num_items, (size, 5)).astype("int32"),
+            "history_items": rng.integers(1, num_items, (size, 5)).astype("int32"),
             "history_ratings": rng.integers(1, 6, (size, 5)).astype("int32"),
             "user_fields": rng.integers(1, 3, (size, 1)).astype("int32"),
         }
@@ -56,54 +58,100 @@ def synthetic_features(unique_items=False, seed=0, sizes=SIZES):
 
 def test_keras_round_trip_gives_identical_predictions(tmp_path):
     features, item_vectors = synthetic_features(sizes={"train": 100, "validation": 50, "test": 50})
-    ranker = DCNv2Ranker.from_features(features, item_vectors=item_vectors)
-    expected = ranker.predict(features.inputs["test"], verbose=0)
+    ranker = DCNv2Ranker.from_features(features, TIERS["full"], item_vectors=item_vectors)
+    inputs = features.tier_inputs(TIERS["full"])["test"]
+    expected = ranker.predict(inputs, verbose=0)
     ranker.save(tmp_path / "ranker.keras")
     loaded = keras.saving.load_model(tmp_path / "ranker.keras")
-    np.testing.assert_array_equal(loaded.predict(features.inputs["test"], verbose=0), expected)
+    np.testing.assert_array_equal(loaded.predict(inputs, verbose=0), expected)
     assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
         ranker.get_config(), sort_keys=True
     )
 
 
+def test_genre_and_rating_fields_are_means_of_embeddings():
+    # The shares times the (vocabulary, D) kernel must equal the mean of the
+    # looked-up embeddings that the per-item formulation computes.
+    features, _ = synthetic_features(sizes={"train": 20, "validation": 5, "test": 5})
+    tier = TIERS["full"]
+    ranker = DCNv2Ranker.from_features(features, tier, embedding_dim=3)
+    inputs = features.tier_inputs(tier)["train"]
+    ranker(inputs)
+    table = keras.ops.convert_to_numpy(ranker.genre_embedding.kernel)  # (V, D)
+    history = inputs["history_items"][0]
+    per_item = []
+    for item in history[history > 0]:
+        genres = features.item_genres[item]
+        genres = genres[genres > 0]
+        per_item.append(table[genres].mean(axis=0) if len(genres) else np.zeros(3))
+    expected = np.mean(per_item, axis=0)
+    np.testing.assert_allclose(inputs["history_genres"][0] @ table, expected, atol=1e-6)
+    ratings = features.inputs["train"]["history_ratings"][0]
+    rating_table = keras.ops.convert_to_numpy(ranker.rating_embedding.kernel)  # (5, D)
+    np.testing.assert_allclose(
+        inputs["history_ratings"][0] @ rating_table,
+        rating_table[ratings - 1].mean(axis=0),
+        atol=1e-6,
+    )
+
+
 def test_learns_a_signal_in_the_item_id():
     features, _ = synthetic_features()
-    config = DownstreamConfig(max_epochs=4, batch_size=128, seeds=(0,))
-    _, test_auc, _ = DownstreamEvaluator(features, config, log=lambda _: None).train_one(0)
-    assert test_auc > 0.75  # the 10% label noise caps it near 0.9
+    config = DownstreamConfig(max_epochs=4, batch_size=128, seeds=(0,), learning_rate=3e-3)
+    evaluator = DownstreamEvaluator(features, config, log=lambda _: None)
+    for tier in TIERS:
+        _, test_auc, _, epochs = evaluator.train_one(tier, 0)
+        assert test_auc > 0.75, tier  # the 10% label noise caps it near 0.9
+        assert 1 <= epochs <= 4
 
 
-def test_a_vector_carrying_the_signal_beats_no_vector():
+def test_a_vector_carrying_the_signal_beats_no_vector_and_is_paired_with_it():
     features, item_vectors = synthetic_features(unique_items=True)
-    config = DownstreamConfig(max_epochs=3, batch_size=128, seeds=(0, 1))
+    config = DownstreamConfig(max_epochs=3, batch_size=128, seeds=(0, 1), tiers=("kar",))
     rows = DownstreamEvaluator(features, config, log=lambda _: None).evaluate(
         {"dcnv2": None, "vector": lambda seed: (None, item_vectors)}
     )
     by_name = {row["name"]: row for row in rows}
-    assert by_name["vector"]["auc_mean"] > 0.85
-    assert by_name["dcnv2"]["auc_mean"] < 0.6
-    assert by_name["vector"]["relaimpr"] > 0.5
-    assert len(by_name["vector"]["aucs"]) == 2
+    vector, alone = by_name["vector"], by_name["dcnv2"]
+    assert vector["auc_mean"] > 0.85 and alone["auc_mean"] < 0.6
+    assert vector["relaimpr"] > 0.5
+    deltas = [a - b for a, b in zip(vector["aucs"], alone["aucs"])]
+    assert vector["paired_deltas"] == pytest.approx(deltas)
+    assert vector["paired_delta_mean"] == pytest.approx(np.mean(deltas))
+    assert vector["paired_delta_std"] == pytest.approx(np.std(deltas, ddof=1))
+    assert vector["lift"] is True and alone["lift"] is False
+    assert vector["tier"] == "kar" and vector["seeds"] == [0, 1]
+
+
+def test_a_subsample_is_drawn_anew_per_seed():
+    features, _ = synthetic_features(sizes={"train": 400, "validation": 100, "test": 100})
+    evaluator = DownstreamEvaluator(features, DownstreamConfig(train_samples=300))
+    first, second = evaluator.train_rows(0), evaluator.train_rows(1)
+    assert len(first) == len(second) == 300
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, evaluator.train_rows(0))
+    full = DownstreamEvaluator(features, DownstreamConfig())
+    np.testing.assert_array_equal(full.train_rows(5), np.arange(400))
 
 
 def test_evaluator_is_deterministic_under_a_seed():
     features, _ = synthetic_features(sizes={"train": 400, "validation": 100, "test": 100})
     config = DownstreamConfig(max_epochs=1, batch_size=64, seeds=(3,), train_samples=300)
-    first = DownstreamEvaluator(features, config, log=lambda _: None).train_one(3)[1]
-    second = DownstreamEvaluator(features, config, log=lambda _: None).train_one(3)[1]
+    first = DownstreamEvaluator(features, config, log=lambda _: None).train_one("kar", 3)[1]
+    second = DownstreamEvaluator(features, config, log=lambda _: None).train_one("kar", 3)[1]
     assert first == pytest.approx(second, abs=1e-7)
 
 
 def test_an_interrupted_evaluation_resumes_from_its_progress_file(tmp_path, monkeypatch):
     features, _ = synthetic_features(sizes={"train": 600, "validation": 200, "test": 200})
-    config = DownstreamConfig(max_epochs=1, batch_size=128, seeds=(0, 1))
+    config = DownstreamConfig(max_epochs=1, batch_size=128, seeds=(0, 1), tiers=("kar",))
     progress = tmp_path / "progress.json"
     first = DownstreamEvaluator(
         features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v1"
     )
-    rows = first.evaluate({"dcnv2": None})
+    rows = first.evaluate({"dcnv2": None, "lr-2": None})
     saved = json.loads(progress.read_text())
-    assert sorted(saved["results"]) == ["dcnv2/0", "dcnv2/1"]
+    assert sorted(saved["results"]) == ["kar/dcnv2/0", "kar/dcnv2/1", "kar/lr-2/0", "kar/lr-2/1"]
 
     resumed = DownstreamEvaluator(
         features, config, log=lambda _: None, progress_path=progress, progress_fingerprint="v1"
@@ -118,7 +166,51 @@ def test_an_interrupted_evaluation_resumes_from_its_progress_file(tmp_path, monk
     )
     trained = []
     monkeypatch.setattr(
-        other_vectors, "train_one", lambda seed, *tables: trained.append(seed) or (None, 0.6, 0.7)
+        other_vectors,
+        "train_one",
+        lambda tier, seed, *tables: trained.append((tier, seed)) or (None, 0.6, 0.7, 1),
     )
     other_vectors.evaluate({"dcnv2": None})
-    assert trained == [0, 1]
+    assert trained == [("kar", 0), ("kar", 1)]
+
+
+def _fill_tables(ranker):
+    # The frozen tables (item genre shares, external vectors) start at zero.
+    rng = np.random.default_rng(1)
+    for table in ranker.non_trainable_weights:
+        table.assign(rng.random(table.shape).astype("float32"))
+
+
+def test_layer_checks():
+    rng = np.random.default_rng(0)
+    inputs = {
+        "user": rng.integers(1, 6, 4).astype("int32"),
+        "item": rng.integers(1, 10, 4).astype("int32"),
+        "history_items": rng.integers(0, 10, (4, 3)).astype("int32"),
+        "history_genres": rng.dirichlet(np.ones(4), 4).astype("float32"),
+        "history_ratings": rng.dirichlet(np.ones(5), 4).astype("float32"),
+        "user_fields": rng.integers(1, 3, (4, 1)).astype("int32"),
+    }
+    run_layer_test(
+        DCNv2Ranker,
+        dict(
+            num_users=6,
+            num_items=10,
+            num_genres=4,
+            num_ratings=5,
+            user_field_sizes=[3],
+            user_vector_dim=5,
+            item_vector_dim=4,
+            num_experts=2,
+            embedding_dim=4,
+            cross_layers=2,
+            deep_units=(8,),
+        ),
+        inputs,
+        prepare=_fill_tables,
+        expected_output_shape=(4, 1),
+        # item, genre, rating, 1 user field embeddings; 2 adaptors x (2 experts x 4
+        # + gate 2); 2 crosses x 2; deep 2; logit 2. Frozen: genre shares, 2 vector tables.
+        expected_num_trainable_weights=4 + 20 + 4 + 2 + 2,
+        expected_num_non_trainable_weights=3,
+    )

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from marc_keras.data import KARSplit, MovieLens, SplitConfig
+from marc_keras.config.ranker_tier import TIERS
 from marc_keras.ranking.ranking_features import RankingFeatures
 
 
@@ -89,3 +90,27 @@ def test_ids_without_a_vector_get_the_training_mean_when_allowed(real):
     np.testing.assert_allclose(
         table[kept[0]], vectors[kept[0] - 1] - train_mean, rtol=1e-4, atol=1e-5
     )
+
+
+def test_tier_inputs_keep_the_most_recent_items_and_their_shares(real):
+    split, features = real
+    kar = features.tier_inputs(TIERS["kar"])["train"]
+    full = features.tier_inputs(TIERS["full"])["train"]
+    history = features.inputs["train"]["history_items"]
+    row = 1000
+    items = history[row][history[row] > 0]
+    assert set(kar["history_items"][row][kar["history_items"][row] > 0]) == set(items[-5:])
+    assert kar["user_fields"].shape[1] == 0 and full["user_fields"].shape[1] == 3
+    # Genre shares of the kar tier: each item's first genre, averaged over its 5 items.
+    first_genres = features.item_genres[items[-5:], 0]
+    expected = np.bincount(first_genres, minlength=kar["history_genres"].shape[1]) / len(
+        first_genres
+    )
+    np.testing.assert_allclose(kar["history_genres"][row], expected, atol=1e-6)
+    ratings = features.inputs["train"]["history_ratings"][row][history[row] > 0]
+    np.testing.assert_allclose(
+        full["history_ratings"][row], np.bincount(ratings, minlength=6)[1:] / len(ratings)
+    )
+    has_history = (history > 0).any(axis=1)
+    np.testing.assert_allclose(full["history_genres"][has_history].sum(axis=1), 1.0, atol=1e-5)
+    assert (full["history_genres"][~has_history] == 0).all()

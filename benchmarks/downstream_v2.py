@@ -1,0 +1,262 @@
+"""Downstream evaluation v2 on ml-1m-half: ranker speed, learning-rate choice, the table.
+
+Three steps, each adding its figures to results/downstream-v2-ml-1m-half.json:
+
+  python benchmarks/downstream_v2.py throughput --rows 100000
+      rows/s of one DCNv2 epoch (training, validation and test scoring) with the code
+      before v2 (read from git at --before-commit) and now, interleaved.
+  python benchmarks/downstream_v2.py grid --learning-rates 1e-3 3e-3 --batch-sizes 1024 4096
+      DCNv2 alone on validation users, all training rows, early stopping:
+      the learning rate and batch size every row of the table then uses.
+  python benchmarks/downstream_v2.py table --run-dir runs/demo-v2 --seeds 0 1 2
+      `evaluate_runs` with the protocol's defaults and the chosen settings.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import RESULTS_DIR, machine_facts, update_results_section, write_json
+
+import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
+import keras
+import numpy as np
+
+from marc_keras.config import DownstreamConfig, RunConfig
+from marc_keras.config.ranker_tier import TIERS
+from marc_keras.experiments.marc_run import MARCRun, build_split, evaluate_runs
+from marc_keras.ranking.ctr_metrics import auc
+from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
+from marc_keras.ranking.ranking_features import RankingFeatures
+from marc_keras.utils.markdown_tables import downstream_markdown
+
+RESULT = "downstream-v2-ml-1m-half.json"
+BEFORE_COMMIT = "deb709f"
+
+
+def _update(values):
+    path = RESULTS_DIR / RESULT
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update(values)
+    current["machine"] = machine_facts()
+    write_json(RESULT, current)
+    return current
+
+
+def _features(config):
+    split, interactions = build_split(config, with_interactions=True)
+    return split, RankingFeatures(split, interactions)
+
+
+def _ranker_before():
+    """The DCNv2Ranker class as it was at BEFORE_COMMIT, loaded from git."""
+    source = subprocess.run(
+        ["git", "show", f"{BEFORE_COMMIT}:marc_keras/ranking/dcn_v2_ranker.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    spec = importlib.util.spec_from_loader("dcn_v2_ranker_before", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source, "dcn_v2_ranker_before.py", "exec"), module.__dict__)
+    return module.DCNv2Ranker
+
+
+def _epoch_before(ranker_class, features, rows):
+    # What DownstreamEvaluator.train_one did per epoch before v2: Keras' AUC
+    # metric on every training batch and on validation_data, batch 1024.
+    ranker = ranker_class.from_features(features)
+    ranker.compile(
+        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+    )
+    inputs, labels = features.inputs, features.labels
+    started = time.perf_counter()
+    ranker.fit(
+        {name: array[rows] for name, array in inputs["train"].items()},
+        labels["train"][rows, None],
+        batch_size=1024,
+        epochs=1,
+        validation_data=(inputs["validation"], labels["validation"][:, None]),
+        verbose=0,
+    )
+    auc(labels["test"], ranker.predict(inputs["test"], batch_size=4096, verbose=0)[:, 0])
+    return time.perf_counter() - started
+
+
+def _epoch_after(features, rows, tier, batch_size):
+    # One epoch of today's train_one: training, exact validation AUC, test scoring.
+    config = DownstreamConfig(max_epochs=1, batch_size=batch_size, seeds=(0,), tiers=(tier,))
+    evaluator = DownstreamEvaluator(features, config, log=lambda _: None)
+    evaluator.train_rows = lambda seed: rows
+    started = time.perf_counter()
+    evaluator.train_one(tier, 0)
+    return time.perf_counter() - started
+
+
+def throughput(args, config):
+    _, features = _features(config)
+    rows = np.arange(min(args.rows, len(features.labels["train"])))
+    ranker_before = _ranker_before()
+    for tier in TIERS.values():
+        features.tier_inputs(tier)  # built once, outside the timing
+    timings = {"before": [], **{f"after-{tier}": [] for tier in TIERS}}
+    for repeat in range(args.repeats):
+        timings["before"].append(_epoch_before(ranker_before, features, rows))
+        for tier in TIERS:
+            timings[f"after-{tier}"].append(_epoch_after(features, rows, tier, args.batch_size))
+        print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in timings.items()))
+    rates = {name: len(rows) / statistics.median(values) for name, values in timings.items()}
+    result = _update(
+        {
+            "ranker_rows_per_s_before": rates["before"],
+            "ranker_rows_per_s_after": rates["after-full"],
+            "ranker_rows_per_s_after_kar": rates["after-kar"],
+            "ranker_speedup": rates["after-full"] / rates["before"],
+            "ranker_throughput": {
+                "rows": len(rows),
+                "repeats": args.repeats,
+                "before": f"commit {BEFORE_COMMIT}: full features, batch 1024, Keras AUC metric",
+                "after": f"full tier (same features), batch {args.batch_size}, exact val AUC",
+                "seconds": timings,
+                "note": args.note,
+                "command": " ".join(sys.argv),
+            },
+        }
+    )
+    print(json.dumps({k: v for k, v in result.items() if k.startswith("ranker_")}, indent=2))
+
+
+def grid(args, config):
+    _, features = _features(config)
+    tier = args.tier
+    results = []
+    for batch_size in args.batch_sizes:
+        for learning_rate in args.learning_rates:
+            settings = dataclasses.replace(
+                DownstreamConfig(),
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                seeds=(0,),
+                tiers=(tier,),
+            )
+            evaluator = DownstreamEvaluator(features, settings, log=lambda _: None)
+            started = time.perf_counter()
+            ranker, _, _, epochs = evaluator.train_one(tier, 0)
+            inputs = features.tier_inputs(TIERS[tier])["validation"]
+            scores = ranker.predict(inputs, batch_size=4096, verbose=0)[:, 0]
+            result = {
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "validation_auc": auc(features.labels["validation"], scores),
+                "epochs": epochs,
+                "seconds": time.perf_counter() - started,
+            }
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    best = max(results, key=lambda result: result["validation_auc"])
+    _update(
+        {
+            "learning_rate_grid": args.learning_rates,
+            "batch_size_grid": args.batch_sizes,
+            "learning_rate_chosen": best["learning_rate"],
+            "batch_size_chosen": best["batch_size"],
+            "grid": {
+                "tier": tier,
+                "row": "dcnv2 (no vectors), seed 0, all training rows, validation users",
+                "results": results,
+                "command": " ".join(sys.argv),
+            },
+        }
+    )
+    print(f"chosen: learning rate {best['learning_rate']}, batch size {best['batch_size']}")
+
+
+def table(args, config):
+    current = json.loads((RESULTS_DIR / RESULT).read_text())
+    downstream = dataclasses.replace(
+        config.evaluate,
+        seeds=tuple(args.seeds),
+        learning_rate=current["learning_rate_chosen"],
+        batch_size=current["batch_size_chosen"],
+    )
+    run = MARCRun.open(args.run_dir, config)
+    started = time.perf_counter()
+    rows = evaluate_runs([run], downstream=downstream)
+    report = json.loads((Path(args.run_dir) / "evaluate.json").read_text())
+    keep = (
+        "tier", "name", "auc_mean", "auc_std", "paired_delta_mean", "paired_delta_std",
+        "lift", "seeds", "aucs", "paired_deltas", "logloss_mean", "logloss_std", "epochs",
+        "seconds", "relaimpr",
+    )  # fmt: skip
+    result = _update(
+        {
+            "rows": [{key: row[key] for key in keep if key in row} for row in rows],
+            "truncated_text_share": report["text_stats"]["truncated_share"],
+            "text_stats": report["text_stats"],
+            "downstream": report["downstream"],
+            "run": str(args.run_dir),
+            "marc_config": json.loads((Path(args.run_dir) / "config.json").read_text()),
+            "table_wall_s": time.perf_counter() - started,
+            "table_command": " ".join(sys.argv),
+            "note": args.note,
+        }
+    )
+    markdown = downstream_markdown(rows)
+    print(markdown)
+    update_results_section(
+        "downstream-v2",
+        f"""## Downstream evaluation v2 (ml-1m-half, all-MiniLM-L6-v2)
+
+{markdown}
+
+Ranker: DCNv2, all {len(result.get("rows", []))} rows above trained on all training samples,
+learning rate {downstream.learning_rate} and batch {downstream.batch_size} (chosen on validation
+users for DCNv2 alone over learning rates {result["learning_rate_grid"]} x batch sizes
+{result["batch_size_grid"]}), up to {downstream.max_epochs} epochs, patience {downstream.patience}.
+Ranker speed, one epoch: {result["ranker_rows_per_s_before"]:.0f} rows/s before v2,
+{result["ranker_rows_per_s_after"]:.0f} after (full tier, same features;
+{result["ranker_speedup"]:.1f}x). User texts truncated by the tokenizer:
+{100 * result["truncated_text_share"]:.1f}%. Table wall time {result["table_wall_s"] / 60:.0f} min.
+Machine: {result["machine"]["cpu"]}, cpu_flags {result["machine"]["cpu_flags"]}.
+Commands: `{result["ranker_throughput"]["command"]}`, `{result["grid"]["command"]}`,
+`{result["table_command"]}`. {args.note}
+""",
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.toml")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--note", default="", help="what else ran during the measurement")
+    commands = parser.add_subparsers(dest="command", required=True)
+    step = commands.add_parser("throughput")
+    step.add_argument("--rows", type=int, default=100_000)
+    step.add_argument("--repeats", type=int, default=2)
+    step.add_argument("--batch-size", type=int, default=DownstreamConfig().batch_size)
+    step = commands.add_parser("grid")
+    step.add_argument("--tier", default="kar", choices=list(TIERS))
+    step.add_argument("--learning-rates", type=float, nargs="+", default=[1e-3, 3e-3])
+    step.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
+    step = commands.add_parser("table")
+    step.add_argument("--run-dir", type=Path, required=True)
+    step.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    config = RunConfig.from_file(args.config)
+    {"throughput": throughput, "grid": grid, "table": table}[args.command](args, config)
+
+
+if __name__ == "__main__":
+    main()
