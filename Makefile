@@ -36,3 +36,4 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check marc_keras cli export tests benchmarks
+	$(BIN)/ruff format --check marc_keras cli export tests benchmarks

@@ -253,36 +253,46 @@ def markdown(result, args):
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['name']} | {row['texts_per_s']:.1f} | {row['speedup_vs_keras']:.2f} | {row['gflops_per_s']:.1f} |"
+            f"| {row['name']} | {row['texts_per_s']:.1f} | {row['speedup_vs_keras']:.2f} "
+            f"| {row['gflops_per_s']:.1f} |"
         )
     tokens = result["text_tokens"]
     lines += [
         "",
-        f"- texts: {result['texts']} real ML-1M user and item texts (seeded sample); tokens per text "
-        f"mean {tokens['mean']:.1f}, median {tokens['median']:.0f}, p90 {tokens['p90']:.0f}, max {tokens['max']}; "
-        f"Keras predict pads all to {tokens['padded_width_for_predict']}; ORT pads each batch to its longest text",
-        f"- batch {result['batch_size']}, {result['threads']} threads (torch and ORT intra-op), median of {args.repeats} timed passes after one warm-up",
-        f"- encoder work: {result['encoder_gflop']:.1f} GFLOP over the real tokens; machine float32 GEMM (torch, 2048^2, same threads): "
+        f"- texts: {result['texts']} real ML-1M user and item texts (seeded sample); "
+        f"tokens per text mean {tokens['mean']:.1f}, median {tokens['median']:.0f}, "
+        f"p90 {tokens['p90']:.0f}, max {tokens['max']}; "
+        f"Keras predict pads all to {tokens['padded_width_for_predict']}; "
+        "ORT pads each batch to its longest text",
+        f"- batch {result['batch_size']}, {result['threads']} threads (torch and ORT intra-op), "
+        f"median of {args.repeats} timed passes after one warm-up",
+        f"- encoder work: {result['encoder_gflop']:.1f} GFLOP over the real tokens; "
+        "machine float32 GEMM (torch, 2048^2, same threads): "
         f"{result['matmul_fp32_gflops_per_s']:.1f} GFLOP/s",
     ]
     if result["int8_auc"]:
         auc = result["int8_auc"]
         lines.append(
-            f"- int8 scheme: {result['int8_scheme']}; parity check min cosine {result['int8_min_cosine']}; "
+            f"- int8 scheme: {result['int8_scheme']}; "
+            f"parity check min cosine {result['int8_min_cosine']}; "
             f"int8 / fp32 (both length-sorted) = {result['int8_speedup']:.2f}x"
         )
         lines.append(
-            f"- downstream DCNv2 test AUC with MARC-C vectors, seeds {auc['seeds']}: fp32 {auc['fp32_auc_mean']:.4f}, "
-            f"int8 {auc['int8_auc_mean']:.4f}, delta {auc['delta']:+.4f} (each seed trains both on the same rows "
-            f"in the same order; {args.auc_train_samples} training samples, at most {args.auc_max_epochs} epochs)"
+            f"- downstream DCNv2 test AUC with MARC-C vectors, seeds {auc['seeds']}: "
+            f"fp32 {auc['fp32_auc_mean']:.4f}, int8 {auc['int8_auc_mean']:.4f}, "
+            f"delta {auc['delta']:+.4f} (each seed trains both on the same rows "
+            f"in the same order; {args.auc_train_samples} training samples, "
+            f"at most {args.auc_max_epochs} epochs)"
         )
     lines += [
         f"- machine: {result['machine']['cpu']} (flags {', '.join(result['cpu_flags'])}), "
         f"{result['machine']['cores']} cores, load at start "
         f"{result['machine']['load_average_at_start']}; versions {result['machine']['versions']}",
         f"- also running: {result['note'] or 'nothing recorded'}",
-        f"- command: `python benchmarks/encode_throughput.py --run-dir {args.run_dir} --threads {args.threads} "
-        f"--texts {args.texts} --batch-size {args.batch_size} --repeats {args.repeats} --auc-seeds {' '.join(map(str, args.auc_seeds))} "
+        "- command: `python benchmarks/encode_throughput.py "
+        f"--run-dir {args.run_dir} --threads {args.threads} "
+        f"--texts {args.texts} --batch-size {args.batch_size} --repeats {args.repeats} "
+        f"--auc-seeds {' '.join(map(str, args.auc_seeds))} "
         f"--auc-train-samples {args.auc_train_samples} --auc-max-epochs {args.auc_max_epochs}`",
     ]
     return "\n".join(lines)

@@ -53,18 +53,21 @@ def main():
     }
     write_json(f"{args.name}.json", result)
     table = [
-        f"| representation | test AUC (mean +- std, {len(report['seeds'])} seeds) | test logloss | RelaImpr vs dcnv2 | downstream wall (s) |",
+        f"| representation | test AUC (mean +- std, {len(report['seeds'])} seeds) "
+        "| test logloss | RelaImpr vs dcnv2 | downstream wall (s) |",
         "|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
         table.append(
             f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
-            f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} | {row['seconds']:.0f} |"
+            f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} "
+            f"| {row['seconds']:.0f} |"
         )
     fit_lines = [
         f"  - seed {c['training']['seed']}: MARC's own test AUC {fit['test']['auc']:.4f} on "
-        f"{fit['test']['pairs']} pairs, fit {fit['timings']['fit_s']:.0f}s, tokenize {fit['timings']['tokenize_s']:.0f}s"
+        f"{fit['test']['pairs']} pairs, fit {fit['timings']['fit_s']:.0f}s, "
+        f"tokenize {fit['timings']['tokenize_s']:.0f}s"
         for c, fit in zip(configs, fits)
     ]
     markdown = "\n".join(
@@ -79,9 +82,12 @@ def main():
             "- MARC fits:",
             *fit_lines,
             f"- how the runs were made: {args.how or 'see the command below'}",
-            f"- evaluate: `marc-keras evaluate {' '.join('--run-dir ' + str(run) for run in args.run_dirs)}"
+            "- evaluate: `marc-keras evaluate "
+            f"{' '.join('--run-dir ' + str(run) for run in args.run_dirs)}"
             f" --set evaluate.seeds={report['seeds']}`",
-            f"- machine for evaluate: {result['machine']['cpu']}, {result['machine']['cores']} cores; also running: {args.note or 'nothing recorded'}",
+            f"- machine for evaluate: {result['machine']['cpu']}, "
+            f"{result['machine']['cores']} cores; "
+            f"also running: {args.note or 'nothing recorded'}",
         ]
     )
     update_results_section(args.name, markdown)

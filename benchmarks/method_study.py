@@ -1,4 +1,5 @@
-"""Records a `marc-keras compare` table and/or a `marc-keras probe` MRA curve in RESULTS.md and results/.
+"""Records a `marc-keras compare` table and/or a `marc-keras probe` MRA curve in
+RESULTS.md and results/.
 
 Usage:
     python benchmarks/method_study.py --compare runs/compare --probe runs/probe \
@@ -46,12 +47,14 @@ def verdicts(rows):
         spread = max(reference["auc_std"], row["auc_std"])
         if row["marc_c_beats_by_one_std"] is None:
             lines.append(
-                f"- MARC-C vs `{row['name']}`: AUC margin {margin:+.4f}; one seed, no std to judge it by"
+                f"- MARC-C vs `{row['name']}`: AUC margin {margin:+.4f}; "
+                "one seed, no std to judge it by"
             )
             continue
         verdict = "**beats**" if row["marc_c_beats_by_one_std"] else "does **not** beat"
         lines.append(
-            f"- MARC-C {verdict} `{row['name']}` by more than one std: AUC margin {margin:+.4f} vs std {spread:.4f}"
+            f"- MARC-C {verdict} `{row['name']}` by more than one std: "
+            f"AUC margin {margin:+.4f} vs std {spread:.4f}"
         )
     return lines
 
@@ -87,7 +90,8 @@ def record_compare(compare_dir, name):
         for run, seconds in report["fit_seconds"].items()
     )
     return [
-        f"Every method: {report['backbone']}, model {config['model']}, training {config['training']}; "
+        f"Every method: {report['backbone']}, model {config['model']}, "
+        f"training {config['training']}; "
         f"downstream DCNv2 {config['evaluate']}. Training seed i feeds downstream seed i.",
         "",
         to_markdown(rows),
@@ -116,7 +120,8 @@ def record_probe(probe_dir, name):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # The summary spans two docstring lines: join them back into one sentence.
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--compare", type=Path, help="a `marc-keras compare` output directory")
     parser.add_argument("--probe", type=Path, help="a `marc-keras probe` output directory")
     parser.add_argument(
@@ -141,7 +146,8 @@ def main():
     lines += [
         "",
         f"- commands: {args.how or 'not recorded'}",
-        f"- machine: {facts['cpu']}, {facts['cores']} cores, {facts['versions']}; also running: {args.note or 'nothing recorded'}",
+        f"- machine: {facts['cpu']}, {facts['cores']} cores, {facts['versions']}; "
+        f"also running: {args.note or 'nothing recorded'}",
     ]
     markdown = "\n".join(lines)
     update_results_section(args.name, markdown)

@@ -145,11 +145,14 @@ def main():
             "|---|---|---|",
             *(f"| {name} | {medians[name]:.3f} | {len(times[name])} |" for name in models),
             "",
-            f"- HSIC overhead ratio (MARC / no-HSIC median step): **{result['hsic_overhead_ratio']:.4f}**",
+            "- HSIC overhead ratio (MARC / no-HSIC median step): "
+            f"**{result['hsic_overhead_ratio']:.4f}**",
             f"- both HSIC terms alone, forward + backward at batch {args.batch_size}: "
-            f"{hsic_s * 1e3:.2f} ms median = {100 * result['hsic_share_of_step']:.3f}% of a MARC step "
+            f"{hsic_s * 1e3:.2f} ms median = "
+            f"{100 * result['hsic_share_of_step']:.3f}% of a MARC step "
             "(the step-time ratio above is within this machine's step-to-step noise)",
-            f"- throughput: {result['tokens_per_s']:.0f} real tokens/s, {result['pairs_per_s']:.2f} pairs/s "
+            f"- throughput: {result['tokens_per_s']:.0f} real tokens/s, "
+            f"{result['pairs_per_s']:.2f} pairs/s "
             f"(batch {args.batch_size}, median {result['real_tokens_per_batch_median']} real / "
             f"{result['padded_tokens_per_batch_median']} padded tokens per batch)",
             f"- machine: {facts['cpu']}, {facts['cores']} cores, torch threads {args.threads}, "

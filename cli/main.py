@@ -47,6 +47,15 @@ def main():
     """
 
 
+def _with_data_dir(config, data_dir):
+    """`config` reading MovieLens from `data_dir` (a path, never parsed as TOML)."""
+    if not data_dir:
+        return config
+    import dataclasses
+
+    return config.replace(data=dataclasses.replace(config.data, data_dir=str(data_dir)))
+
+
 @main.command()
 @click.option(
     "--config",
@@ -65,7 +74,10 @@ def main():
     "--run-dir",
     required=True,
     type=click.Path(file_okay=False),
-    help="Where the run writes its config, checkpoints, model and metrics. Re-running the same command resumes it.",
+    help=(
+        "Where the run writes its config, checkpoints, model and metrics. Re-running the same "
+        "command resumes it."
+    ),
 )
 @click.option(
     "--data-dir",
@@ -84,9 +96,7 @@ def fit(config_path, overrides, run_dir, data_dir):
     from marc_keras.config import RunConfig
     from marc_keras.experiments.marc_run import MARCRun
 
-    if data_dir:
-        overrides = (*overrides, f'data.data_dir="{data_dir}"')
-    config = RunConfig.from_file(config_path, overrides)
+    config = _with_data_dir(RunConfig.from_file(config_path, overrides), data_dir)
     metrics = MARCRun.open(run_dir, config).fit(log=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(metrics, indent=2))
 
@@ -98,7 +108,10 @@ def fit(config_path, overrides, run_dir, data_dir):
     required=True,
     multiple=True,
     type=click.Path(file_okay=False, exists=True),
-    help="A finished `fit` run. Repeat it for runs trained with different seeds: downstream seed i then uses run i's vectors.",
+    help=(
+        "A finished `fit` run. Repeat it for runs trained with different seeds: downstream seed i "
+        "then uses run i's vectors."
+    ),
 )
 @click.option(
     "--set",
@@ -174,7 +187,10 @@ def evaluate(run_dirs, overrides, tiers):
     type=click.Choice(["keras", "tfrs"]),
     default="keras",
     show_default=True,
-    help="keras: the Keras 3 DCNv2; tfrs: a TensorFlow Recommenders DCNv2 in a child process (needs the tfrs extra).",
+    help=(
+        "keras: the Keras 3 DCNv2; tfrs: a TensorFlow Recommenders DCNv2 in a child process (needs "
+        "the tfrs extra)."
+    ),
 )
 @click.option(
     "--seeds",
@@ -230,13 +246,19 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
     "run_dirs",
     multiple=True,
     type=click.Path(file_okay=False, exists=True),
-    help="A finished `fit` run whose backbone is probed (repeatable). The first run's config gives the data, the downstream settings and the frozen backbone.",
+    help=(
+        "A finished `fit` run whose backbone is probed (repeatable). The first run's config gives "
+        "the data, the downstream settings and the frozen backbone."
+    ),
 )
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, exists=True),
-    help="Instead of --run-dir: a TOML or JSON run config whose pretrained backbone is probed (with --frozen), e.g. one naming a SmolLM2 checkpoint as model.preset.",
+    help=(
+        "Instead of --run-dir: a TOML or JSON run config whose pretrained backbone is probed (with "
+        "--frozen), e.g. one naming a SmolLM2 checkpoint as model.preset."
+    ),
 )
 @click.option(
     "--label",
@@ -253,14 +275,20 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
     "--output-dir",
     required=True,
     type=click.Path(file_okay=False),
-    help="Where the layer-vector cache, probe.json, probe.md and mra.png go. Re-runs reuse the cache.",
+    help=(
+        "Where the layer-vector cache, probe.json, probe.md and mra.png go. Re-runs reuse the "
+        "cache."
+    ),
 )
 @click.option(
     "--set",
     "overrides",
     multiple=True,
     metavar="evaluate.KEY=VALUE",
-    help="Override a downstream setting, e.g. --set evaluate.seeds=[0,1,2] or evaluate.train_samples=50000 (repeatable).",
+    help=(
+        "Override a downstream setting, e.g. --set evaluate.seeds=[0,1,2] or "
+        "evaluate.train_samples=50000 (repeatable)."
+    ),
 )
 @click.option(
     "--layers",
@@ -356,7 +384,10 @@ def describe(data_dir):
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    help="TOML or JSON run config: data, the training budget every method gets, and [evaluate] (its seeds are the training and downstream seeds).",
+    help=(
+        "TOML or JSON run config: data, the training budget every method gets, and [evaluate] (its "
+        "seeds are the training and downstream seeds)."
+    ),
 )
 @click.option(
     "--output-dir",
@@ -385,7 +416,10 @@ def describe(data_dir):
 @click.option(
     "--train-only",
     is_flag=True,
-    help="Train and encode the methods' runs, skip the downstream scoring: lets several processes train disjoint --methods into one OUTPUT_DIR; a final call without it scores everything.",
+    help=(
+        "Train and encode the methods' runs, skip the downstream scoring: lets several processes "
+        "train disjoint --methods into one OUTPUT_DIR; a final call without it scores everything."
+    ),
 )
 @_report_errors
 def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
@@ -410,9 +444,7 @@ def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
     from marc_keras.config import RunConfig
     from marc_keras.experiments.comparison import compare_methods, to_markdown
 
-    if data_dir:
-        overrides = (*overrides, f'data.data_dir="{data_dir}"')
-    config = RunConfig.from_file(config_path, overrides)
+    config = _with_data_dir(RunConfig.from_file(config_path, overrides), data_dir)
     report = compare_methods(
         config,
         names,
@@ -484,7 +516,10 @@ def prepare_smollm2(wheel, output_dir, overwrite):
     type=click.Choice(["user", "item"]),
     default="user",
     show_default=True,
-    help="Which tower's compression network (they are the same unless model.share_compression = false).",
+    help=(
+        "Which tower's compression network (they are the same unless model.share_compression = "
+        "false)."
+    ),
 )
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset of the graph.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")

@@ -1,8 +1,11 @@
 """The manifest of an ONNX encoder bundle: what is in it, where it came from, checksums."""
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 MANIFEST_FILE = "manifest.json"
@@ -13,7 +16,7 @@ BUNDLE_FORMAT_VERSION = 1
 INPUT_NAMES = ("token_ids", "padding_mask")
 
 
-def file_sha256(path):
+def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -73,18 +76,18 @@ class BundleManifest:
     format: str = BUNDLE_FORMAT
     format_version: int = BUNDLE_FORMAT_VERSION
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
         values["inputs"] = list(self.inputs)
         return values
 
-    def write(self, bundle_dir):
+    def write(self, bundle_dir: str | os.PathLike) -> None:
         Path(bundle_dir, MANIFEST_FILE).write_text(
             json.dumps(self.to_dict(), indent=2) + "\n", "utf-8"
         )
 
     @classmethod
-    def load(cls, bundle_dir, verify_checksums=True):
+    def load(cls, bundle_dir: str | os.PathLike, verify_checksums: bool = True) -> BundleManifest:
         """Reads and checks the manifest of `bundle_dir`.
 
         Args:
@@ -140,7 +143,7 @@ class BundleManifest:
             or field.default_factory is not dataclasses.MISSING
         }
 
-    def verify_files(self, bundle_dir):
+    def verify_files(self, bundle_dir: str | os.PathLike) -> None:
         """Checks that every listed file exists and has its recorded sha256."""
         for name, expected in self.files.items():
             path = Path(bundle_dir, name)

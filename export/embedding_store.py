@@ -5,9 +5,12 @@ Keras and TFRS rankers (`marc-keras rank`). Imports neither Keras, torch nor
 TensorFlow, so any process can read a store.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +89,7 @@ class EmbeddingStore:
     >>> ids, vectors, metadata = load_embedding_table("items.parquet")
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(
@@ -108,10 +111,10 @@ class EmbeddingStore:
         self.dims = {name: int(dim) for name, dim in self.metadata["dims"].items()}
 
     @property
-    def num_rows(self):
+    def num_rows(self) -> int:
         return self._file.metadata.num_rows
 
-    def read(self, column=None):
+    def read(self, column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Reads ids and one vector column.
 
         Args:
@@ -142,7 +145,13 @@ class EmbeddingStore:
         return column
 
     @staticmethod
-    def writer(path, dims, manifest=None, id_type="string", write_npy=False):
+    def writer(
+        path: str | os.PathLike,
+        dims: Mapping[str, int],
+        manifest: dict | None = None,
+        id_type: str = "string",
+        write_npy: bool = False,
+    ) -> _StoreWriter:
         """Opens a streaming writer for a new store.
 
         Args:
@@ -160,7 +169,13 @@ class EmbeddingStore:
         return _StoreWriter(Path(path), dict(dims), manifest or {}, id_type, write_npy)
 
     @staticmethod
-    def staged(path, dims, manifest, id_type, key):
+    def staged(
+        path: str | os.PathLike,
+        dims: Mapping[str, int],
+        manifest: dict | None,
+        id_type: str,
+        key: dict,
+    ) -> _StagedStore:
         """Opens a resumable writer: chunks are kept as part files until the store is finished.
 
         Each chunk becomes `part-00000.parquet`, `part-00001.parquet`, ... in
@@ -186,7 +201,9 @@ class EmbeddingStore:
             sentence saying which staging directory was dropped and why).
 
         Example:
-        >>> store = EmbeddingStore.staged("items.parquet", {"compressed": 128}, manifest, "string", key)
+        >>> store = EmbeddingStore.staged(
+        ...     "items.parquet", {"compressed": 128}, manifest, "string", key
+        ... )
         >>> for ids, texts in chunks:
         ...     if store.resume(ids) is None:  # not finished by an earlier attempt
         ...         store.write(ids, encode(texts))
@@ -304,7 +321,8 @@ class _StagedStore:
         return json.loads(part_file.schema_arrow.metadata[PART_METADATA_KEY])
 
     def write(self, ids, vectors, notes=None):
-        """Writes the next part: `ids` (n,), `vectors[name]` (n, dims[name]), and a small JSON `notes` dict."""
+        """Writes the next part: `ids` (n,), `vectors[name]` (n, dims[name]), and a small
+        JSON `notes` dict."""
         part = self._next_part()
         table = _table(self.schema, self.dims, ids, vectors)
         table = table.replace_schema_metadata(
@@ -343,7 +361,9 @@ class _StagedStore:
         os.replace(temporary, _npy_path(self.path, name))
 
 
-def load_embedding_table(path, column=None):
+def load_embedding_table(
+    path: str | os.PathLike, column: str | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Reads a store into numpy: `(ids, vectors, metadata)`.
 
     Args:

@@ -4,8 +4,12 @@ Imports neither Keras, torch nor TensorFlow: an inference fleet needs only
 onnxruntime (or onnxruntime-gpu), tokenizers, numpy and pyarrow.
 """
 
+from __future__ import annotations
+
+import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +34,8 @@ def _resolve_provider(provider, precision):
     if provider == "cuda" and PROVIDERS["cuda"] not in available:
         raise RuntimeError(
             f"The CUDA provider was asked for, but this onnxruntime has only {available}. "
-            "Install marc-keras[gpu] (onnxruntime-gpu) on a machine with CUDA, or use provider='cpu'."
+            "Install marc-keras[gpu] (onnxruntime-gpu) on a machine with CUDA, "
+            "or use provider='cpu'."
         )
     if provider == "cuda" and precision == "int8":
         raise ValueError(
@@ -67,12 +72,19 @@ class OnnxEncoder:
     >>> vectors = encoder.encode(["Heat (1995). Genres: Action, Crime, Thriller."])
     >>> vectors["compressed"].shape
     (1, 128)
-    >>> encoder.encode_file("items.parquet", "item-vectors.parquet", id_column="item_id", text_column="text")
+    >>> encoder.encode_file(
+    ...     "items.parquet", "item-vectors.parquet", id_column="item_id", text_column="text"
+    ... )
     """
 
     def __init__(
-        self, bundle_dir, provider="auto", threads=None, batch_size=64, sort_by_length=True
-    ):
+        self,
+        bundle_dir: str | os.PathLike,
+        provider: str = "auto",
+        threads: int | None = None,
+        batch_size: int = 64,
+        sort_by_length: bool = True,
+    ) -> None:
         import onnxruntime
 
         self.bundle_dir = Path(bundle_dir)
@@ -110,9 +122,11 @@ class OnnxEncoder:
             or tokenizer.vocabulary_size > manifest.vocabulary_size
         ):
             raise ValueError(
-                f"The tokenizer in '{self.bundle_dir}' knows {tokenizer.vocabulary_size} tokens, but the "
+                f"The tokenizer in '{self.bundle_dir}' knows {tokenizer.vocabulary_size} "
+                "tokens, but the "
                 f"model was exported with {manifest.tokenizer_vocabulary_size} (embedding rows "
-                f"{manifest.vocabulary_size}): it does not belong to this model. Re-export the bundle."
+                f"{manifest.vocabulary_size}): it does not belong to this model. "
+                "Re-export the bundle."
             )
         if tokenizer.pad_id != manifest.pad_id:
             raise ValueError(
@@ -134,7 +148,9 @@ class OnnxEncoder:
         inputs = {name: np.ascontiguousarray(array) for name, array in batch.items()}
         return dict(zip(names, self.session.run(names, inputs)))
 
-    def encode(self, texts, on_batch=None):
+    def encode(
+        self, texts: Iterable[str], on_batch: Callable[[int], object] | None = None
+    ) -> dict[str, np.ndarray]:
         """Encodes texts.
 
         Args:
@@ -164,15 +180,15 @@ class OnnxEncoder:
 
     def encode_file(
         self,
-        input_path,
-        output_path,
-        id_column="id",
-        text_column="text",
-        outputs=None,
-        chunk_size=8192,
-        write_npy=False,
-        verbose=False,
-    ):
+        input_path: str | os.PathLike,
+        output_path: str | os.PathLike,
+        id_column: str = "id",
+        text_column: str = "text",
+        outputs: Iterable[str] | None = None,
+        chunk_size: int = 8192,
+        write_npy: bool = False,
+        verbose: bool = False,
+    ) -> dict:
         """Streams a parquet or CSV table of texts into an embedding store; a re-run resumes.
 
         The whole input is checked first (columns, ids, texts) without
@@ -213,7 +229,9 @@ class OnnxEncoder:
                 and ids are named).
 
         Example:
-        >>> stats = encoder.encode_file("items.csv", "item-vectors.parquet", id_column="item_id", chunk_size=4096)
+        >>> stats = encoder.encode_file(
+        ...     "items.csv", "item-vectors.parquet", id_column="item_id", chunk_size=4096
+        ... )
         >>> stats["rows"], stats["resumed_rows"]
         (100000, 36864)
         """
@@ -463,7 +481,8 @@ class _Progress:
     def _write_line(self):
         resumed = f", {self._resumed} of them resumed from an earlier run" if self._resumed else ""
         self.note(
-            f"{self._label}: encoded {self._done}/{self._total} texts ({100 * self._done // self._total}%{resumed})"
+            f"{self._label}: encoded {self._done}/{self._total} texts "
+            f"({100 * self._done // self._total}%{resumed})"
         )
         self._written, self._written_at = self._done, time.monotonic()
 

@@ -1,10 +1,13 @@
 """Exports a frozen MARC encoder to a verified ONNX bundle (DESIGN.md Sec. 3)."""
 
+from __future__ import annotations
+
 import dataclasses
 import contextlib
 import importlib.metadata
 import logging
 import tempfile
+import os
 import warnings
 from pathlib import Path
 
@@ -101,7 +104,7 @@ def _quiet_exporters():
                 logger.setLevel(level)
 
 
-def merge_lora(encoder):
+def merge_lora(encoder: MARCEncoder) -> MARCEncoder:
     """A float32 copy of `encoder` whose backbone has the LoRA factors merged in.
 
     keras-hub has no public merge, but saving an `EinsumDense` with LoRA
@@ -138,7 +141,9 @@ def merge_lora(encoder):
     return merged
 
 
-def random_token_batch(shape, vocabulary_size, pad_id, rng):
+def random_token_batch(
+    shape: tuple[int, int], vocabulary_size: int, pad_id: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Right-padded random token ids with random lengths (the longest row full)."""
     batch, length = shape
     lengths = rng.integers(1, length + 1, batch)
@@ -151,7 +156,7 @@ def random_token_batch(shape, vocabulary_size, pad_id, rng):
     return {"token_ids": token_ids, "padding_mask": padding_mask}
 
 
-def row_cosines(first, second):
+def row_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     first, second = np.asarray(first, "float64"), np.asarray(second, "float64")
     norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
     return (first * second).sum(axis=1) / np.maximum(norms, 1e-12)
@@ -189,7 +194,7 @@ class OnnxExporter:
     {'compressed': 0.99..., 'original': 0.99...}
     """
 
-    def __init__(self, encoder, source=None):
+    def __init__(self, encoder: MARCEncoder, source: dict | None = None) -> None:
         if not isinstance(encoder, MARCEncoder):
             raise TypeError(f"OnnxExporter needs a MARCEncoder; got {type(encoder).__name__}.")
         if encoder.backbone.tokenizer is None:
@@ -200,7 +205,7 @@ class OnnxExporter:
         self.source = dict(source or {})
 
     @classmethod
-    def from_run(cls, run_dir, tower="user"):
+    def from_run(cls, run_dir: str | os.PathLike, tower: str = "user") -> OnnxExporter:
         """The exporter of a finished `marc-keras fit` run's encoder.
 
         Args:
@@ -234,13 +239,13 @@ class OnnxExporter:
 
     def export(
         self,
-        bundle_dir,
-        precision="fp32",
-        opset=20,
-        overwrite=False,
-        check=None,
-        external_data_threshold=EXTERNAL_DATA_THRESHOLD,
-    ):
+        bundle_dir: str | os.PathLike,
+        precision: str = "fp32",
+        opset: int = 20,
+        overwrite: bool = False,
+        check: ParityCheck | None = None,
+        external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    ) -> BundleManifest:
         """Exports, verifies and writes the bundle.
 
         Args:
@@ -267,7 +272,8 @@ class OnnxExporter:
         bundle_dir = Path(bundle_dir)
         if bundle_dir.exists() and not overwrite:
             raise ValueError(
-                f"Bundle directory '{bundle_dir}' already exists; pass overwrite=True (--overwrite) to replace it."
+                f"Bundle directory '{bundle_dir}' already exists; "
+                "pass overwrite=True (--overwrite) to replace it."
             )
         check = check or ParityCheck()
         with staged_directory(bundle_dir) as staging:

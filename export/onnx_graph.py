@@ -8,7 +8,10 @@ and quantizes (DESIGN.md Sec. 3: "the keras-hub graph uses Einsum where HF
 uses MatMul; that is a gap to close").
 """
 
+from __future__ import annotations
+
 import math
+import os
 
 import numpy as np
 import onnx
@@ -130,7 +133,7 @@ def _rewrite_batched(factory, node, x_term, y_term, out_term):
     return True
 
 
-def rewrite_einsum_as_matmul(model):
+def rewrite_einsum_as_matmul(model: onnx.ModelProto) -> int:
     """Replaces two-operand Einsum nodes that are matrix products by MatMul.
 
     Handles the two shapes keras-hub exports: a tensor times a constant
@@ -179,7 +182,7 @@ def rewrite_einsum_as_matmul(model):
     return rewritten
 
 
-def convert_to_float16(model):
+def convert_to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A float16 copy of `model` with float32 inputs/outputs and norms kept float32.
 
     Args:
@@ -205,7 +208,7 @@ def convert_to_float16(model):
     return converted
 
 
-def sort_topologically(graph):
+def sort_topologically(graph: onnx.GraphProto) -> None:
     """Reorders `graph.node` so that every node comes after its inputs' producers."""
     available = {value.name for value in graph.input} | {
         tensor.name for tensor in graph.initializer
@@ -243,7 +246,9 @@ INT8_SCHEME = {
 }
 
 
-def quantize_int8(source_path, target_path, use_external_data=False):
+def quantize_int8(
+    source_path: str | os.PathLike, target_path: str | os.PathLike, use_external_data: bool = False
+) -> dict:
     """Dynamic int8 quantization of every MatMul weight (ONNX Runtime CPU only).
 
     Applies `INT8_SCHEME`: 7-bit int8 weights per output channel, uint8

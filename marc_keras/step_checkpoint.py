@@ -1,6 +1,9 @@
 """Mid-epoch training checkpoints that a `kill -9` cannot corrupt."""
 
+from __future__ import annotations
+
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -43,8 +46,9 @@ class StepCheckpoint(keras.callbacks.Callback):
     trains one long epoch (the paper samples 200k pairs) would lose all of
     it. This callback writes `step-<n>.npz` (the trainable weights, LoRA
     factors unmerged, the optimizer state, and the dropout randomness: seed
-    generator states and torch's global generator), the early-stopping memory (best score, its epoch, the epochs
-    waited, and `best-<epoch>.npz` with the best weights), then `state.json`
+    generator states and torch's global generator), the early-stopping memory
+    (best score, its epoch, the epochs waited, and `best-<epoch>.npz` with the
+    best weights), then `state.json`
     naming those files with the position (`epoch`, `step` within the epoch,
     `global_step`); files are written
     under temporary names and renamed, and files no longer named are removed
@@ -71,7 +75,13 @@ class StepCheckpoint(keras.callbacks.Callback):
     >>> model.fit(PairBatches(x, y, 32, seed=0), callbacks=[early, checkpoint])
     """
 
-    def __init__(self, directory, every_steps, state=None, early_stopping=None):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every_steps: int,
+        state: dict | None = None,
+        early_stopping: keras.callbacks.EarlyStopping | None = None,
+    ) -> None:
         super().__init__()
         if int(every_steps) < 1:
             raise ValueError(f"every_steps must be at least 1; got {every_steps}.")
@@ -86,33 +96,33 @@ class StepCheckpoint(keras.callbacks.Callback):
         self._best_weights = state.get("best_weights")
         self._torch_rng_state = state.get("torch_rng_state")
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         if self.early_stopping is not None and self._early_memory is not None:
             for name, value in self._early_memory.items():
                 setattr(self.early_stopping, name, value)
             self.early_stopping.best_weights = self._best_weights
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         # Set here, not at restore: starting `fit` draws from torch's
         # generator (data loader seeds), which the killed run had done earlier.
         if self._torch_rng_state is not None:
             torch.set_rng_state(self._torch_rng_state)
             self._torch_rng_state = None
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if epoch != self.epoch:
             self.epoch, self._step = epoch, 0
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._step += 1
         self.global_step += 1
         if self.global_step % self.every_steps == 0:
             self.save(self.epoch, self._step)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.save(epoch + 1, 0)
 
-    def save(self, epoch, step):
+    def save(self, epoch: int, step: int) -> None:
         """Writes weights and memory, then the state that names them, then drops stale files."""
         state = {
             "epoch": epoch,
@@ -155,7 +165,7 @@ class StepCheckpoint(keras.callbacks.Callback):
                 path.unlink()
 
     @staticmethod
-    def read_state(directory):
+    def read_state(directory: str | os.PathLike) -> dict | None:
         """The saved state (position, file names, early-stopping memory), or `None`."""
         path = Path(directory) / STATE_FILE
         if not path.is_file():
@@ -163,7 +173,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         return json.loads(path.read_text())
 
     @classmethod
-    def restore(cls, model, directory):
+    def restore(cls, model: keras.Model, directory: str | os.PathLike) -> dict | None:
         """Loads the latest checkpoint of `directory` into a compiled, built `model`.
 
         Returns:
@@ -193,8 +203,9 @@ class StepCheckpoint(keras.callbacks.Callback):
         shapes = {name: tuple(variable.shape) for name, variable in variables.items()}
         if {name: value.shape for name, value in values.items()} != shapes:
             raise ValueError(
-                f"Checkpoint '{directory / state['weights']}' holds {len(values)} variables, this model "
-                f"trains {len(shapes)} of other shapes: it belongs to another model; delete '{directory}'."
+                f"Checkpoint '{directory / state['weights']}' holds {len(values)} variables, "
+                f"this model trains {len(shapes)} of other shapes: "
+                f"it belongs to another model; delete '{directory}'."
             )
         for name, value in values.items():
             variables[name].assign(value)

@@ -1,6 +1,10 @@
 """Fast text tokenization into the id / mask arrays a `LoRABackbone` reads."""
 
+from __future__ import annotations
+
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +37,7 @@ class TextTokenizer:
     ((1, 14), dtype('int32'))
     """
 
-    def __init__(self, tokenizer, max_length=128):
+    def __init__(self, tokenizer: tokenizers.Tokenizer, max_length: int = 128) -> None:
         if int(max_length) < 2:
             raise ValueError(f"max_length must be at least 2; got {max_length}.")
         self.max_length = int(max_length)
@@ -55,7 +59,7 @@ class TextTokenizer:
         return 0
 
     @classmethod
-    def from_preset(cls, path, max_length=128):
+    def from_preset(cls, path: str | os.PathLike, max_length: int = 128) -> TextTokenizer:
         """Loads the tokenizer of a Hugging Face checkpoint directory.
 
         Args:
@@ -96,12 +100,12 @@ class TextTokenizer:
         return cls(hf_tokenizer.backend_tokenizer, max_length)
 
     @classmethod
-    def from_json(cls, text, max_length=128):
+    def from_json(cls, text: str, max_length: int = 128) -> TextTokenizer:
         """Builds a tokenizer from the contents of a `tokenizer.json` file."""
         return cls(tokenizers.Tokenizer.from_str(text), max_length)
 
     @classmethod
-    def from_vocabulary(cls, words, max_length=32):
+    def from_vocabulary(cls, words: Iterable[str], max_length: int = 32) -> TextTokenizer:
         """A small lowercase BERT WordPiece tokenizer over `words`, for tests.
 
         Args:
@@ -125,14 +129,14 @@ class TextTokenizer:
         return cls(tokenizer, max_length)
 
     @property
-    def vocabulary_size(self):
+    def vocabulary_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def to_json(self):
+    def to_json(self) -> str:
         """The tokenizer as `tokenizer.json` text (what `from_json` reads)."""
         return self._tokenizer.to_str()
 
-    def fits(self, texts):
+    def fits(self, texts: Iterable[str]) -> np.ndarray:
         """Whether each text fits in `max_length` tokens (special tokens included).
 
         Args:
@@ -144,7 +148,9 @@ class TextTokenizer:
         encodings = self._tokenizer.encode_batch(list(texts))
         return np.array([not encoding.overflowing for encoding in encodings], dtype=bool)
 
-    def __call__(self, texts, pad_to_max_length=False):
+    def __call__(
+        self, texts: Iterable[str], pad_to_max_length: bool = False
+    ) -> dict[str, np.ndarray]:
         """Tokenizes a batch of texts.
 
         Args:

@@ -9,7 +9,7 @@ import marc_keras
 import keras
 import keras_hub
 import numpy as np
-from helpers import TINY_WORDS
+from helpers import TINY_WORDS, tiny_hub_backbone
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,19 +35,7 @@ def make_tiny_backbone(tiny_tokenizer):
     """Builds a random 2-block BERT or Llama `LoRABackbone` (seeded)."""
 
     def make(lora_rank=2, pooling="mean", architecture="bert", seed=0):
-        keras.utils.set_random_seed(seed)
-        common = dict(
-            vocabulary_size=tiny_tokenizer.vocabulary_size,
-            num_layers=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-        )
-        if architecture == "bert":
-            backbone = keras_hub.models.BertBackbone(num_heads=2, max_sequence_length=32, **common)
-        else:
-            backbone = keras_hub.models.LlamaBackbone(
-                num_query_heads=2, num_key_value_heads=1, **common
-            )
+        backbone = tiny_hub_backbone(tiny_tokenizer.vocabulary_size, architecture, seed)
         return marc_keras.LoRABackbone(
             backbone, tokenizer=tiny_tokenizer, lora_rank=lora_rank, pooling=pooling
         )

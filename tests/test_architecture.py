@@ -194,7 +194,8 @@ def test_reading_a_run_config_imports_no_framework():
         "from marc_keras import RunConfig\n"
         "from marc_keras.config import DownstreamConfig\n"
         "RunConfig.from_dict({'training': {'epochs': 2}, 'evaluate': {'seeds': [0]}})\n"
-        "print(sorted(m for m in ('keras', 'keras_hub', 'torch', 'tensorflow', 'numpy') if m in sys.modules))"
+        "print(sorted(m for m in ('keras', 'keras_hub', 'torch', 'tensorflow', 'numpy')"
+        " if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120

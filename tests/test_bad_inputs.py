@@ -28,8 +28,14 @@ from marc_keras.export.embedding_store import METADATA_KEY, EmbeddingStore
 from marc_keras.export.onnx_encoder import OnnxEncoder
 from marc_keras.ranking.tfrs_ranker import read_store_vectors
 
-INTERACTIONS = "user_id,item_id,rating,timestamp\nu1,i1,5,100\nu1,i2,3,200\nu2,i1,4,150\nu2,i3,1,160\nu3,i2,2,50\n"
-ITEMS = "item_id,title,genres\ni1,Heat (1995),Action|Crime\ni2,Köln Story (2001),Drama\ni3,Toy Story (1995),Comedy\n"
+INTERACTIONS = (
+    "user_id,item_id,rating,timestamp\n"
+    "u1,i1,5,100\nu1,i2,3,200\nu2,i1,4,150\nu2,i3,1,160\nu3,i2,2,50\n"
+)
+ITEMS = (
+    "item_id,title,genres\n"
+    "i1,Heat (1995),Action|Crime\ni2,Köln Story (2001),Drama\ni3,Toy Story (1995),Comedy\n"
+)
 USERS = "user_id,gender,age\nu1,female,25-34\nu2,male,35-44\nu3,female,18-24\n"
 TEMPLATES = {
     "user_template": "{gender!c}, age {age}. Recently watched: {history}.",
@@ -116,12 +122,14 @@ DATA_CASES = {
     "non-numeric rating": (
         lambda d: write_data(d, interactions=_replace("interactions", "u1,i2,3,", "u1,i2,three,")),
         "interactions.csv",
-        r"interactions\.csv: column 'rating' has 1 non-numeric values \(rows 2, 1-based, header not counted; first: 'three'\)",
+        r"interactions\.csv: column 'rating' has 1 non-numeric values "
+        r"\(rows 2, 1-based, header not counted; first: 'three'\)",
     ),
     "unknown item ids": (
         lambda d: write_data(d, interactions=_replace("interactions", "u2,i1,", "u2,i9,")),
         "interactions.csv",
-        r"interactions\.csv: column 'item_id' refers to 1 ids that are not in \S*items\.csv \(e\.g\. \['i9'\]; rows 3\)",
+        r"interactions\.csv: column 'item_id' refers to 1 ids that are not in \S*items\.csv "
+        r"\(e\.g\. \['i9'\]; rows 3\)",
     ),
     "empty id": (
         lambda d: write_data(d, interactions=_replace("interactions", "u1,i2,", ",i2,")),
@@ -131,7 +139,8 @@ DATA_CASES = {
     "non-UTF-8 bytes": (
         lambda d: write_data(d, items=ITEMS.encode("latin-1")),
         "items.csv",
-        r"items\.csv, line 3: byte 0xf6 \(byte 5 of the line\) is not valid utf-8 text\. Save the items file as "
+        r"items\.csv, line 3: byte 0xf6 \(byte 5 of the line\) is not valid utf-8 text\. "
+        r"Save the items file as "
         r"UTF-8, or set data\.encoding",
     ),
     "ragged line": (
@@ -139,7 +148,8 @@ DATA_CASES = {
             d, items=_replace("items", "Toy Story (1995)", "Toy Story, the (1995)")
         ),
         "items.csv",
-        r"items\.csv, line 4: 4 fields where the header has 3\. Put double quotes around a value that contains a comma",
+        r"items\.csv, line 4: 4 fields where the header has 3\. "
+        r"Put double quotes around a value that contains a comma",
     ),
     "unclosed quote": (
         lambda d: write_data(d, items=_replace("items", "i2,Köln", 'i2,"Köln')),
@@ -164,12 +174,14 @@ DATA_CASES = {
     "duplicate item ids": (
         lambda d: write_data(d, items=ITEMS + "i2,Again (2002),Drama\n"),
         "items.csv",
-        r"items\.csv: column 'item_id' has 1 duplicate ids \(e\.g\. \['i2'\]; repeated in rows 4, 1-based",
+        r"items\.csv: column 'item_id' has 1 duplicate ids \(e\.g\. \['i2'\]; "
+        r"repeated in rows 4, 1-based",
     ),
     "duplicate user ids": (
         lambda d: write_data(d, users=USERS + "u1,male,56+\n"),
         "users.csv",
-        r"users\.csv: column 'user_id' has 1 duplicate ids \(e\.g\. \['u1'\]; repeated in rows 4, 1-based",
+        r"users\.csv: column 'user_id' has 1 duplicate ids \(e\.g\. \['u1'\]; "
+        r"repeated in rows 4, 1-based",
     ),
     "unreadable parquet": (
         lambda d: {**write_data(d), "items": _garbage(d / "items.parquet")},
@@ -298,7 +310,8 @@ def test_a_failed_fit_does_not_block_the_corrected_command(tmp_path):
 CONFIG_CASES = [
     (
         "training.batch_size=-4",
-        "training.batch_size must be >= 2 (HSIC and the in-batch losses compare the pairs of a batch); got -4.",
+        "training.batch_size must be >= 2 "
+        "(HSIC and the in-batch losses compare the pairs of a batch); got -4.",
     ),
     ("training.epochs=0", "training.epochs must be >= 1; got 0."),
     ("training.train_samples=0", "training.train_samples must be >= 1; got 0."),
@@ -327,7 +340,8 @@ CONFIG_CASES = [
     ("model.hsic_weight=-0.01", "model.hsic_weight must be >= 0; got -0.01."),
     (
         'model.objective="bec"',
-        "model.objective must be one of 'bce', 'cosine_bce', 'cosine', 'contrastive', 'aoe', 'mrl'; got 'bec'.",
+        "model.objective must be one of "
+        "'bce', 'cosine_bce', 'cosine', 'contrastive', 'aoe', 'mrl'; got 'bec'.",
     ),
     ("model.mrl_prefixes=[0]", "model.mrl_prefixes must hold numbers >= 1; got [0]."),
     ("model.reconstruction_weight=-1", "model.reconstruction_weight must be >= 0; got -1.0."),
@@ -338,12 +352,14 @@ CONFIG_CASES = [
     ("data.test_fraction=1", "data.test_fraction must be < 1; got 1.0."),
     (
         "data.test_fraction=0.95",
-        "data.validation_fraction + data.test_fraction must be < 1 to leave training users; got 0.1 + 0.95.",
+        "data.validation_fraction + data.test_fraction must be < 1 to leave training users; "
+        "got 0.1 + 0.95.",
     ),
     ("data.max_text_history=-2", "data.max_text_history must be >= 0; got -2."),
     (
         'data.encoding="utf-9"',
-        'data.encoding must be a text encoding Python knows, such as "utf-8", "latin-1" or "cp1252"; got \'utf-9\'.',
+        "data.encoding must be a text encoding Python knows, "
+        'such as "utf-8", "latin-1" or "cp1252"; got \'utf-9\'.',
     ),
     ("evaluate.max_epochs=0", "evaluate.max_epochs must be >= 1; got 0."),
     ("evaluate.patience=-1", "evaluate.patience must be >= 0; got -1."),
@@ -370,15 +386,16 @@ def test_config_errors_name_the_file_and_come_before_any_data(tmp_path):
     config = tmp_path / "run.toml"
     # The data does not exist: the config error must come first.
     config.write_text(
-        '[data]\ndataset = "files"\ninteractions = "none.csv"\nitems = "none.csv"\n[training]\nbatch_size = -4\n'
+        '[data]\ndataset = "files"\ninteractions = "none.csv"\nitems = "none.csv"\n'
+        "[training]\nbatch_size = -4\n"
     )
     run_dir = tmp_path / "run"
     line = one_line_error(
         CliRunner().invoke(main, ["fit", "--config", str(config), "--run-dir", str(run_dir)])
     )
-    assert (
-        line
-        == f"Error: {config}: training.batch_size must be >= 2 (HSIC and the in-batch losses compare the pairs of a batch); got -4."
+    assert line == (
+        f"Error: {config}: training.batch_size must be >= 2 "
+        "(HSIC and the in-batch losses compare the pairs of a batch); got -4."
     )
     assert not run_dir.exists()
     line = one_line_error(
@@ -514,7 +531,8 @@ def test_bad_texts_to_encode_name_the_row_and_write_nothing(case, tiny_bundle, t
 
 
 def test_duplicate_ids_to_encode_are_refused(tiny_bundle, tmp_path):
-    """DUPLICATE IDS IN `encode` INPUT: the check lives in export/onnx_encoder.py (another change)."""
+    """DUPLICATE IDS IN `encode` INPUT: the check lives in export/onnx_encoder.py
+    (another change)."""
     source = _texts_file(tmp_path / "in.parquet", ["a", "b", "a"], ["a film", "movie", "the movie"])
     encoder = OnnxEncoder(tiny_bundle[0], provider="cpu")
     with pytest.raises(ValueError) as raised:
@@ -589,7 +607,8 @@ STORE_CASES = {
         None,
         "compressed",
         "users.parquet",
-        r"Embedding store '\S+users\.parquet' holds 4-d 'compressed' vectors, but run '\S+run' makes 8-d ones \(model\.compressed_dim\)",
+        r"Embedding store '\S+users\.parquet' holds 4-d 'compressed' vectors, "
+        r"but run '\S+run' makes 8-d ones \(model\.compressed_dim\)",
     ),
     "user and item widths": (
         {"original": 16},
@@ -597,7 +616,8 @@ STORE_CASES = {
         None,
         "original",
         "items.parquet",
-        r"Embedding store '\S+items\.parquet' holds 24-d 'original' vectors, but the user store '\S+users\.parquet' holds 16-d ones",
+        r"Embedding store '\S+items\.parquet' holds 24-d 'original' vectors, "
+        r"but the user store '\S+users\.parquet' holds 16-d ones",
     ),
     "tampered widths": (
         {"compressed": 8},
@@ -605,7 +625,8 @@ STORE_CASES = {
         {"compressed": 6},
         "compressed",
         "items.parquet",
-        r"Embedding store '\S+items\.parquet' could not be read \(.*\); it is damaged or was altered",
+        r"Embedding store '\S+items\.parquet' could not be read \(.*\); "
+        r"it is damaged or was altered",
     ),
     "missing store": (
         {"compressed": 8},

@@ -1,5 +1,10 @@
 """An MLP autoencoder to k dimensions: a training-free compression baseline (MARC, Sec. 4.1)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -11,7 +16,9 @@ from marc_keras.utils.backend_guard import set_random_seed
 MIN_STD = 1e-6
 
 
-def dense_stack(units, activation, name):
+def dense_stack(
+    units: Iterable[int], activation: str | Callable | None, name: str
+) -> list[keras.layers.Dense]:
     """Dense layers of the given widths, all with `activation`."""
     return [
         keras.layers.Dense(width, activation=activation, name=f"{name}_{index}")
@@ -34,7 +41,14 @@ class MLPAutoencoder(keras.Model):
         Called on (B, d) inputs, a dict `code` (B, k) and `reconstruction` (B, d).
     """
 
-    def __init__(self, dim, components, hidden_units=(256,), activation="relu", **kwargs):
+    def __init__(
+        self,
+        dim: int,
+        components: int,
+        hidden_units: Sequence[int] = (256,),
+        activation: str | Callable | None = "relu",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.components = int(components)
@@ -63,7 +77,7 @@ class MLPAutoencoder(keras.Model):
         error = ops.cast(y_pred["reconstruction"], "float32") - ops.cast(y, "float32")
         return ops.mean(ops.square(error))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "dim": self.dim,
@@ -108,14 +122,14 @@ class AutoencoderProjection:
 
     def __init__(
         self,
-        components=128,
-        hidden_units=(256,),
-        epochs=50,
-        batch_size=256,
-        learning_rate=1e-3,
-        activation="relu",
-        seed=0,
-    ):
+        components: int = 128,
+        hidden_units: Sequence[int] = (256,),
+        epochs: int = 50,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        activation: str | Callable | None = "relu",
+        seed: int = 0,
+    ) -> None:
         for option, value in (
             ("components", components),
             ("epochs", epochs),
@@ -123,14 +137,16 @@ class AutoencoderProjection:
         ):
             if isinstance(value, bool) or int(value) != value or value <= 0:
                 raise ValueError(
-                    f"{type(self).__name__} {option} must be a positive whole number; got {value!r}."
+                    f"{type(self).__name__} {option} must be a positive whole number; "
+                    f"got {value!r}."
                 )
         hidden_units = tuple(hidden_units)
         if any(
             isinstance(width, bool) or int(width) != width or width <= 0 for width in hidden_units
         ):
             raise ValueError(
-                f"{type(self).__name__} hidden_units must be positive widths like (256,); got {hidden_units!r}."
+                f"{type(self).__name__} hidden_units must be positive widths like (256,); "
+                f"got {hidden_units!r}."
             )
         if not float(learning_rate) > 0:
             raise ValueError(
@@ -157,7 +173,8 @@ class AutoencoderProjection:
         vectors = np.asarray(vectors, dtype="float64")
         if vectors.ndim != 2 or len(vectors) == 0:
             raise ValueError(
-                f"{type(self).__name__}.{step} takes a 2-D (N, d) array of vectors; got shape {vectors.shape}."
+                f"{type(self).__name__}.{step} takes a 2-D (N, d) array of vectors; "
+                f"got shape {vectors.shape}."
             )
         if not np.isfinite(vectors).all():
             rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
@@ -167,14 +184,15 @@ class AutoencoderProjection:
             )
         if self.mean is not None and vectors.shape[1] != len(self.mean):
             raise ValueError(
-                f"{type(self).__name__} was fitted on {len(self.mean)}-d vectors; got {vectors.shape[1]}-d."
+                f"{type(self).__name__} was fitted on {len(self.mean)}-d vectors; "
+                f"got {vectors.shape[1]}-d."
             )
         return vectors
 
     def _standardise(self, vectors):
         return ((vectors - self.mean) / self.scale).astype("float32")
 
-    def fit(self, vectors):
+    def fit(self, vectors: np.ndarray) -> AutoencoderProjection:
         """Standardises `vectors` (N, d) and trains the autoencoder on them.
 
         Returns:
@@ -216,11 +234,11 @@ class AutoencoderProjection:
         standardised = self._standardise(self._check(vectors, step))
         return self.model.predict(standardised, batch_size=4 * self.batch_size, verbose=0)
 
-    def transform(self, vectors):
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
         """(N, d) -> (N, k) float32: the bottleneck code of each vector."""
         return np.asarray(self._predict(vectors, "transform")["code"], dtype="float32")
 
-    def reconstruct(self, vectors):
+    def reconstruct(self, vectors: np.ndarray) -> np.ndarray:
         """(N, d) -> (N, d) float32: each vector decoded from its code, in input units."""
         standardised = self._predict(vectors, "reconstruct")["reconstruction"]
         return (np.asarray(standardised, "float64") * self.scale + self.mean).astype("float32")

@@ -5,7 +5,10 @@ A method is data: which vectors it reports and, for trained methods, the
 has a trainer of its own; `marc_keras.experiments.comparison` trains and evaluates them.
 """
 
+from __future__ import annotations
+
 import dataclasses
+from collections.abc import Iterable
 
 KINDS = ("frozen", "training-free", "trained")
 
@@ -38,7 +41,7 @@ class Method:
     projection: str | None = None
 
     @property
-    def run_name(self):
+    def run_name(self) -> str:
         return "marc" if not self.model else self.name
 
 
@@ -120,7 +123,7 @@ METHODS = {
 }
 
 
-def resolve_methods(names):
+def resolve_methods(names: Iterable[str]) -> list[Method]:
     """The registered methods called `names`, in order.
 
     Raises:

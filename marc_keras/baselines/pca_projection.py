@@ -1,5 +1,7 @@
 """PCA to k dimensions: the training-free compression baseline (MARC, Sec. 4.1)."""
 
+from __future__ import annotations
+
 import numpy as np
 
 
@@ -19,14 +21,14 @@ class PCAProjection:
     (N, 128)
     """
 
-    def __init__(self, components=128):
+    def __init__(self, components: int = 128) -> None:
         if int(components) <= 0:
             raise ValueError(f"PCA components must be positive; got {components}.")
         self.components = int(components)
         self.mean = None
         self.basis = None  # (d, k)
 
-    def fit(self, vectors):
+    def fit(self, vectors: np.ndarray) -> PCAProjection:
         """Learns the mean and the top-k directions of `vectors` (N, d).
 
         Raises:
@@ -46,7 +48,7 @@ class PCAProjection:
         self.basis = basis * signs
         return self
 
-    def transform(self, vectors):
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
         """(N, d) -> (N, k) float32."""
         if self.basis is None:
             raise ValueError("Call PCAProjection.fit before transform.")

@@ -1,6 +1,15 @@
 """The `profile` control: small hand-made vectors from the same text half as the user texts."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from marc_keras.data.kar_split import KARSplit
 
 
 class ProfileVectors:
@@ -30,7 +39,7 @@ class ProfileVectors:
     >>> (user_ids, users), (item_ids, items) = ProfileVectors(split, data.items).vectors()
     """
 
-    def __init__(self, split, items, genre_column="genres"):
+    def __init__(self, split: KARSplit, items: pd.DataFrame, genre_column: str = "genres") -> None:
         self.split = split
         self.item_ids = items["item_id"].astype(str).tolist()
         genres = (
@@ -43,7 +52,7 @@ class ProfileVectors:
         }
         self.genres = sorted({g for values in self.item_genres.values() for g in values})
 
-    def vectors(self):
+    def vectors(self) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
         """`((user ids, (users, 2 + 2 * genres)), (item ids, (items, 2)))` float32 arrays."""
         genre_index = {genre: index for index, genre in enumerate(self.genres)}
         halves = self.split.text_halves

@@ -1,5 +1,7 @@
 """The `random` control: a fixed Gaussian vector per id, as spread out as real vectors."""
 
+from __future__ import annotations
+
 import numpy as np
 
 
@@ -21,11 +23,11 @@ class RandomVectors:
     >>> users = RandomVectors(frozen_users, seed=0).draw(len(user_ids))
     """
 
-    def __init__(self, reference, seed):
+    def __init__(self, reference: np.ndarray, seed: int) -> None:
         self.scale = np.asarray(reference, "float64").std(axis=0)
         self.seed = int(seed)
 
-    def draw(self, count, stream=0):
+    def draw(self, count: int, stream: int = 0) -> np.ndarray:
         """`count` vectors; `stream` separates draws of the same seed (users, items)."""
         rng = np.random.default_rng([self.seed, int(stream)])
         return (rng.standard_normal((count, len(self.scale))) * self.scale).astype("float32")

@@ -1,4 +1,10 @@
-"""A variational autoencoder to k dimensions: a training-free compression baseline (MARC, Sec. 4.1)."""
+"""A variational autoencoder to k dimensions: a training-free compression baseline
+(MARC, Sec. 4.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -31,8 +37,15 @@ class VariationalAutoencoder(MLPAutoencoder):
     """
 
     def __init__(
-        self, dim, components, hidden_units=(256,), activation="relu", beta=1.0, seed=0, **kwargs
-    ):
+        self,
+        dim: int,
+        components: int,
+        hidden_units: Sequence[int] = (256,),
+        activation: str | Callable | None = "relu",
+        beta: float = 1.0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dim, components, hidden_units, activation, **kwargs)
         self.beta = float(beta)
         self.seed = int(seed)
@@ -59,7 +72,7 @@ class VariationalAutoencoder(MLPAutoencoder):
         divergence = 0.5 * ops.sum(ops.exp(log_var) + ops.square(mean) - 1.0 - log_var, axis=-1)
         return ops.mean(reconstruction + self.beta * divergence)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "beta": self.beta, "seed": self.seed}
 
 
@@ -101,15 +114,15 @@ class VAEProjection(AutoencoderProjection):
 
     def __init__(
         self,
-        components=128,
-        hidden_units=(256,),
-        epochs=50,
-        batch_size=256,
-        learning_rate=1e-3,
-        activation="relu",
-        beta=1.0,
-        seed=0,
-    ):
+        components: int = 128,
+        hidden_units: Sequence[int] = (256,),
+        epochs: int = 50,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        activation: str | Callable | None = "relu",
+        beta: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__(
             components, hidden_units, epochs, batch_size, learning_rate, activation, seed
         )

@@ -5,12 +5,17 @@ Standard library only: `RunConfig` and `DownstreamConfig` call these from
 or model is touched. Every message reads `section.key must ...; got VALUE.`
 """
 
+from __future__ import annotations
+
 import codecs
 import math
 import numbers
+from collections.abc import Collection
 
 
-def whole_number(key, value, minimum=None, optional=False, why=""):
+def whole_number(
+    key: str, value: object, minimum: int | None = None, optional: bool = False, why: str = ""
+) -> None:
     """Checks an integer setting (`None` allowed when `optional`)."""
     if value is None and optional:
         return
@@ -20,7 +25,14 @@ def whole_number(key, value, minimum=None, optional=False, why=""):
         raise ValueError(f"{key} must be >= {minimum}{why}; got {value!r}.")
 
 
-def real_number(key, value, minimum=None, above=None, below=None, why=""):
+def real_number(
+    key: str,
+    value: object,
+    minimum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    why: str = "",
+) -> None:
     """Checks a finite float setting: `>= minimum`, `> above`, `< below`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{key} must be a number; got {value!r}.")
@@ -34,7 +46,9 @@ def real_number(key, value, minimum=None, above=None, below=None, why=""):
         raise ValueError(f"{key} must be < {below}{why}; got {value!r}.")
 
 
-def whole_numbers(key, values, minimum=None, allow_empty=True):
+def whole_numbers(
+    key: str, values: object, minimum: int | None = None, allow_empty: bool = True
+) -> None:
     """Checks a tuple of integers, each `>= minimum`."""
     if not isinstance(values, (tuple, list)):
         raise ValueError(f"{key} must be a list of whole numbers like [256]; got {values!r}.")
@@ -47,7 +61,7 @@ def whole_numbers(key, values, minimum=None, allow_empty=True):
             raise ValueError(f"{key} must hold numbers >= {minimum}; got {list(values)}.")
 
 
-def choice(key, value, choices):
+def choice(key: str, value: object, choices: Collection) -> None:
     """Checks that `value` is one of `choices`, suggesting the closest one."""
     if value in choices:
         return
@@ -58,7 +72,7 @@ def choice(key, value, choices):
     raise ValueError(f"{key} must be one of {', '.join(map(repr, choices))}; got {value!r}.{hint}")
 
 
-def text_encoding(key, value):
+def text_encoding(key: str, value: object) -> None:
     """Checks that `value` names a text encoding Python knows."""
     if not isinstance(value, str):
         raise ValueError(f'{key} must be an encoding name like "utf-8"; got {value!r}.')

@@ -1,5 +1,7 @@
 """Which sparse features the downstream ranker sees: the `kar` and `full` tiers."""
 
+from __future__ import annotations
+
 import dataclasses
 
 GENRE_MODES = ("first", "all")
@@ -52,7 +54,7 @@ TIERS = {
 }
 
 
-def resolve_tier(name):
+def resolve_tier(name: str) -> RankerTier:
     """The registered tier called `name`.
 
     Raises:

@@ -1,11 +1,15 @@
 """A MARC run's settings as data: one TOML/JSON file, with command-line overrides."""
 
+from __future__ import annotations
+
 import dataclasses
 import difflib
 import json
+import os
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 
 from marc_keras.config import config_checks as check
@@ -266,7 +270,7 @@ class RunConfig:
     evaluate: DownstreamConfig = dataclasses.field(default_factory=DownstreamConfig)
 
     @classmethod
-    def from_dict(cls, values, source="config"):
+    def from_dict(cls, values: dict, source: str = "config") -> RunConfig:
         """Builds a config from nested dicts, checking every key and type."""
         if not isinstance(values, dict):
             raise ValueError(
@@ -301,7 +305,9 @@ class RunConfig:
         return cls(**sections)
 
     @classmethod
-    def from_file(cls, path=None, overrides=()):
+    def from_file(
+        cls, path: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+    ) -> RunConfig:
         """Reads a TOML or JSON file (or the defaults) and applies overrides.
 
         Args:
@@ -336,8 +342,8 @@ class RunConfig:
             values.setdefault(section, {})[key] = _parse_override_value(text.strip())
         return cls.from_dict(values, source=str(path) if path else "config")
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **sections):
+    def replace(self, **sections: object) -> RunConfig:
         return dataclasses.replace(self, **sections)

@@ -1,9 +1,15 @@
-"""Trains and evaluates compression methods side by side: `marc-keras compare` (DESIGN.md Sec. 5)."""
+"""Trains and evaluates compression methods side by side: `marc-keras compare`
+(DESIGN.md Sec. 5)."""
+
+from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +17,7 @@ from marc_keras.baselines.autoencoder_projection import AutoencoderProjection
 from marc_keras.baselines.method_registry import resolve_methods
 from marc_keras.baselines.pca_projection import PCAProjection
 from marc_keras.baselines.vae_projection import VAEProjection
+from marc_keras.experiments.downstream_rows import vector_provider
 from marc_keras.experiments.marc_run import MARCRun, build_split
 from marc_keras.ranking.ctr_metrics import relative_improvement
 from marc_keras.ranking.downstream_evaluator import (
@@ -21,6 +28,9 @@ from marc_keras.ranking.downstream_evaluator import (
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.utils.atomic_files import write_atomically, write_json
 from marc_keras.utils.markdown_tables import downstream_markdown
+
+if TYPE_CHECKING:
+    from marc_keras.config.run_config import RunConfig
 
 REFERENCE_ROW = "marc-c"
 
@@ -33,7 +43,7 @@ def _projection(method, components, seed):
     return VAEProjection(components, seed=seed)
 
 
-def beats_by_one_std(reference, row):
+def beats_by_one_std(reference: dict, row: dict) -> bool:
     """Whether `reference`'s mean AUC exceeds `row`'s by more than the larger of their stds."""
     return reference["auc_mean"] - row["auc_mean"] > max(reference["auc_std"], row["auc_std"])
 
@@ -59,7 +69,14 @@ def _train(config, methods, output_dir, seeds, split, log, verbose):
     return fit_seconds, trained
 
 
-def compare_methods(config, method_names, output_dir, log=print, verbose=0, train_only=False):
+def compare_methods(
+    config: RunConfig,
+    method_names: Iterable[str],
+    output_dir: str | os.PathLike,
+    log: Callable[[str], object] = print,
+    verbose: int = 0,
+    train_only: bool = False,
+) -> dict:
     """Trains every method on the same labels and sample budget and scores it downstream.
 
     Trained methods are MARC runs with the method's `[model]` overrides
@@ -108,31 +125,22 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
     fit_rows = np.concatenate([frozen_users[training_users], frozen_items])
     components = config.model.compressed_dim
 
-    def provider(method):
+    def vectors_of(method):
+        """callable seed -> ((user ids, users), (item ids, items)) of a method."""
         if method.kind == "frozen":
-            return lambda seed: (
-                features.vector_table(user_ids, frozen_users, "user"),
-                features.vector_table(item_ids, frozen_items, "item"),
-            )
+            return lambda seed: frozen["frozen"]
         if method.kind == "training-free":
 
             def project(seed):
                 projection = _projection(method, components, seed).fit(fit_rows)
                 return (
-                    features.vector_table(user_ids, projection.transform(frozen_users), "user"),
-                    features.vector_table(item_ids, projection.transform(frozen_items), "item"),
+                    (user_ids, projection.transform(frozen_users)),
+                    (item_ids, projection.transform(frozen_items)),
                 )
 
             return project
         name = "marc-c" if method.vectors == "compressed" else "marc-o"
-
-        def lookup(seed):
-            (users_ids, users), (items_ids, items) = trained[method.run_name][seed][name]
-            return features.vector_table(users_ids, users, "user"), features.vector_table(
-                items_ids, items, "item"
-            )
-
-        return lookup
+        return lambda seed: trained[method.run_name][seed][name]
 
     evaluator = DownstreamEvaluator(
         features,
@@ -145,7 +153,7 @@ def compare_methods(config, method_names, output_dir, log=print, verbose=0, trai
         {
             BASELINE_ROW: None,
             LOGISTIC_ROW: None,
-            **{method.name: provider(method) for method in methods},
+            **{method.name: vector_provider(features, vectors_of(method)) for method in methods},
         }
     )
     references = {row["tier"]: row for row in rows if row["name"] == REFERENCE_ROW}
@@ -181,7 +189,7 @@ def _marc_c_beats(row):
     return {True: "yes", False: "no"}.get(row.get("marc_c_beats_by_one_std"), "-")
 
 
-def to_markdown(rows):
+def to_markdown(rows: Iterable[dict]) -> str:
     """The comparison as a Markdown table: the downstream table plus MARC-C's verdicts."""
     return downstream_markdown(
         rows,

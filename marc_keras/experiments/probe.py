@@ -1,9 +1,13 @@
 """The MRA curve of trained runs and the frozen backbone: `marc-keras probe` (DESIGN.md Sec. 5)."""
 
+from __future__ import annotations
+
 import dataclasses
 import json
+import os
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import keras
@@ -46,14 +50,16 @@ def _open_runs(run_dirs, labels, overrides):
     labels = list(labels or ())
     if labels and len(labels) != len(run_dirs):
         raise ValueError(
-            f"Got {len(labels)} --label values for {len(run_dirs)} --run-dir values; give one per run or none."
+            f"Got {len(labels)} --label values for {len(run_dirs)} --run-dir values; "
+            "give one per run or none."
         )
     runs = []
     for index, run_dir in enumerate(run_dirs):
         run_dir = Path(run_dir)
         if not (run_dir / CONFIG_FILE).is_file():
             raise ValueError(
-                f"'{run_dir}' holds no {CONFIG_FILE}; pass a run directory made by `marc-keras fit`."
+                f"'{run_dir}' holds no {CONFIG_FILE}; "
+                "pass a run directory made by `marc-keras fit`."
             )
         label = labels[index] if labels else run_dir.resolve().name
         runs.append(
@@ -96,18 +102,18 @@ def _frozen_source(config):
 
 
 def probe_runs(
-    run_dirs,
-    output_dir,
-    labels=None,
-    frozen=False,
-    overrides=(),
-    layers=None,
-    markers=True,
-    batch_size=64,
-    log=print,
-    verbose=1,
-    config=None,
-):
+    run_dirs: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    labels: Sequence[str] | None = None,
+    frozen: bool = False,
+    overrides: Iterable[str] = (),
+    layers: Iterable[int] | None = None,
+    markers: bool = True,
+    batch_size: int = 64,
+    log: Callable[[str], object] = print,
+    verbose: int = 1,
+    config: RunConfig | None = None,
+) -> dict:
     """The MRA curve of trained MARC runs (and the frozen backbone): AUC per layer.
 
     Builds the runs' split and ranking features once, encodes every user and
@@ -151,7 +157,9 @@ def probe_runs(
             a config with `frozen` say what to probe.
 
     Example:
-    >>> report = probe_runs(["runs/marc"], "runs/probe", frozen=True, overrides=["evaluate.seeds=[0,1,2]"])
+    >>> report = probe_runs(
+    ...     ["runs/marc"], "runs/probe", frozen=True, overrides=["evaluate.seeds=[0,1,2]"]
+    ... )
     """
     if run_dirs and config is not None:
         raise ValueError(
@@ -159,7 +167,8 @@ def probe_runs(
         )
     if not run_dirs and (config is None or not frozen):
         raise ValueError(
-            "Nothing to probe: give at least one --run-dir (its config.json names the data, preset and pooling), "
+            "Nothing to probe: give at least one --run-dir "
+            "(its config.json names the data, preset and pooling), "
             "or --config with --frozen to probe only the pretrained backbone."
         )
     runs = _open_runs(run_dirs, labels, overrides) if run_dirs else []
@@ -173,7 +182,8 @@ def probe_runs(
     for label, run in runs:
         if not LABEL_PATTERN.match(label):
             raise ValueError(
-                f"Curve label '{label}' must be letters, digits, '.', '_' or '-'; pass --label to name the run."
+                f"Curve label '{label}' must be letters, digits, '.', '_' or '-'; "
+                "pass --label to name the run."
             )
         if label in sources:
             raise ValueError(
@@ -191,7 +201,8 @@ def probe_runs(
         vectors = LayerVectors.load(cache, source["fingerprint"], split)
         if vectors is None:
             log(
-                f"encoding {len(split.user_texts)} users and {len(split.item_texts)} items with every layer of '{method}'"
+                f"encoding {len(split.user_texts)} users and {len(split.item_texts)} items "
+                f"with every layer of '{method}'"
             )
             backbone, compression = source["load"]()
             probe = LayerProbe(backbone, compression, batch_size, verbose)

@@ -1,7 +1,12 @@
 """Downstream ranking on vectors read from embedding stores (`marc-keras rank`)."""
 
+from __future__ import annotations
+
 import dataclasses
+import os
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,6 +15,9 @@ from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
 from marc_keras.ranking.ranking_features import SPLITS, RankingFeatures
 from marc_keras.ranking.tfrs_ranker import TFRSRanker, check_store_coverage, read_store_vectors
 from marc_keras.utils.atomic_files import write_json
+
+if TYPE_CHECKING:
+    from marc_keras.experiments.marc_run import MARCRun
 
 ENGINES = ("keras", "tfrs")
 TOWERS = ("user", "item")
@@ -52,8 +60,14 @@ def _check_widths(run, stores, paths, column):
 
 
 def rank_with_stores(
-    run, user_store, item_store, column="compressed", engine="keras", seeds=None, log=print
-):
+    run: MARCRun,
+    user_store: str | os.PathLike,
+    item_store: str | os.PathLike,
+    column: str = "compressed",
+    engine: str = "keras",
+    seeds: Iterable[int] | None = None,
+    log: Callable[[str], object] = print,
+) -> dict:
     """Trains a downstream DCNv2 on vectors from two embedding stores and scores test users.
 
     The split and features are the run's, built exactly as `evaluate_runs`

@@ -1,5 +1,10 @@
 """MARC's compression network C: r (d-dim) -> c (compressed) (MARC, Sec. 3.2)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import keras
 
 from marc_keras.layers.mlp_stack import build_dense_stack
@@ -30,8 +35,13 @@ class CompressionNetwork(keras.layers.Layer):
     """
 
     def __init__(
-        self, hidden_units=(256,), output_dim=128, activation="relu", dropout=0.0, **kwargs
-    ):
+        self,
+        hidden_units: Sequence[int] = (256,),
+        output_dim: int = 128,
+        activation: str | Callable | None = "relu",
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.output_dim = int(output_dim)
@@ -41,7 +51,7 @@ class CompressionNetwork(keras.layers.Layer):
             self.hidden_units, self.output_dim, activation, self.dropout, "compression"
         )
 
-    def build(self, input_shape):
+    def build(self, input_shape) -> None:
         for layer in self.dense_layers:
             layer.build(input_shape)
             input_shape = layer.compute_output_shape(input_shape)
@@ -52,10 +62,10 @@ class CompressionNetwork(keras.layers.Layer):
             x = layer(x, training=training)
         return x
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape) -> tuple:
         return (input_shape[0], self.output_dim)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "hidden_units": list(self.hidden_units),

@@ -1,5 +1,9 @@
 """A click logit from the cosine of two vectors: the "without matching network" ablation."""
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 
 from marc_keras.losses.pair_losses import cosine_similarity
@@ -26,11 +30,11 @@ class CosineScorer(keras.layers.Layer):
     >>> scorer(np.ones((2, 8), "float32"), np.ones((2, 8), "float32"))  # 10 * 1 + 0
     """
 
-    def __init__(self, initial_scale=10.0, **kwargs):
+    def __init__(self, initial_scale: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.initial_scale = float(initial_scale)
 
-    def build(self, user_vectors_shape, item_vectors_shape):
+    def build(self, user_vectors_shape, item_vectors_shape) -> None:
         self.scale = self.add_weight(
             shape=(), initializer=keras.initializers.Constant(self.initial_scale), name="scale"
         )
@@ -39,8 +43,8 @@ class CosineScorer(keras.layers.Layer):
     def call(self, user_vectors, item_vectors):
         return (self.scale * cosine_similarity(user_vectors, item_vectors) + self.bias)[:, None]
 
-    def compute_output_shape(self, user_vectors_shape, item_vectors_shape):
+    def compute_output_shape(self, user_vectors_shape, item_vectors_shape) -> tuple:
         return (user_vectors_shape[0], 1)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "initial_scale": self.initial_scale}

@@ -1,6 +1,11 @@
 """A keras-hub backbone as MARC's representation module (MARC, Sec. 3.1)."""
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import keras
 from keras import ops
@@ -12,6 +17,9 @@ from marc_keras.utils.backend_guard import (
     serialize_keras_object,
     without_tensorflow,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 keras_hub = import_keras_hub()
 LORA_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")
@@ -105,8 +113,14 @@ class LoRABackbone(keras.layers.Layer):
     """
 
     def __init__(
-        self, backbone, tokenizer=None, lora_rank=8, pooling="mean", max_length=None, **kwargs
-    ):
+        self,
+        backbone: keras.Model | dict,
+        tokenizer: TextTokenizer | None = None,
+        lora_rank: int = 8,
+        pooling: str = "mean",
+        max_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
@@ -143,7 +157,15 @@ class LoRABackbone(keras.layers.Layer):
             self.backbone.trainable = False
 
     @classmethod
-    def from_preset(cls, path, lora_rank=8, pooling="mean", max_length=128, dtype=None, **kwargs):
+    def from_preset(
+        cls,
+        path: str | os.PathLike,
+        lora_rank: int = 8,
+        pooling: str = "mean",
+        max_length: int = 128,
+        dtype: str | keras.DTypePolicy | None = None,
+        **kwargs: Any,
+    ) -> LoRABackbone:
         """Loads backbone and tokenizer from one local checkpoint directory.
 
         Args:
@@ -177,14 +199,16 @@ class LoRABackbone(keras.layers.Layer):
         return cls(backbone, tokenizer=tokenizer, lora_rank=lora_rank, pooling=pooling, **kwargs)
 
     @property
-    def hidden_dim(self):
+    def hidden_dim(self) -> int:
         return int(self.backbone.hidden_dim)
 
     @property
-    def num_layers(self):
+    def num_layers(self) -> int:
         return len(self.backbone.transformer_layers)
 
-    def tokenize(self, texts, pad_to_max_length=False):
+    def tokenize(
+        self, texts: Iterable[str], pad_to_max_length: bool = False
+    ) -> dict[str, np.ndarray]:
         """Tokenizes texts with the backbone's own tokenizer.
 
         Raises:
@@ -219,30 +243,30 @@ class LoRABackbone(keras.layers.Layer):
         )
         return {"pooled": pooled, "layers": layers}
 
-    def save_lora_weights(self, filepath):
+    def save_lora_weights(self, filepath: str | os.PathLike) -> None:
         """Saves only the LoRA factors (a few MB) to a `.lora.h5` file."""
         if self.lora_rank == 0:
             raise ValueError("This backbone is frozen (lora_rank=0); it has no LoRA weights.")
         self.backbone.save_lora_weights(str(filepath))
 
-    def load_lora_weights(self, filepath):
+    def load_lora_weights(self, filepath: str | os.PathLike) -> None:
         """Loads LoRA factors saved by `save_lora_weights` for the same backbone."""
         if not Path(filepath).is_file():
             raise FileNotFoundError(f"LoRA weights file '{filepath}' does not exist.")
         self.backbone.load_lora_weights(str(filepath))
 
-    def save_assets(self, dir_path):
+    def save_assets(self, dir_path: str | os.PathLike) -> None:
         if self.tokenizer is not None:
             Path(dir_path, TOKENIZER_FILE).write_text(self.tokenizer.to_json(), "utf-8")
 
-    def load_assets(self, dir_path):
+    def load_assets(self, dir_path: str | os.PathLike) -> None:
         tokenizer_file = Path(dir_path, TOKENIZER_FILE)
         if tokenizer_file.is_file():
             self.tokenizer = TextTokenizer.from_json(
                 tokenizer_file.read_text("utf-8"), max_length=self.max_length
             )
 
-    def get_config(self):
+    def get_config(self) -> dict:
         backbone = serialize_keras_object(self.backbone)
         if hasattr(self.backbone, "tie_word_embeddings"):
             # keras-hub 0.32's LlamaBackbone.get_config drops it: a tied

@@ -1,5 +1,10 @@
 """MARC's user-item matching network M (MARC, Sec. 3.2)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -34,12 +39,12 @@ class MatchingNetwork(keras.layers.Layer):
 
     def __init__(
         self,
-        hidden_units=(128,),
-        explicit_interactions=True,
-        activation="relu",
-        dropout=0.0,
-        **kwargs,
-    ):
+        hidden_units: Sequence[int] = (128,),
+        explicit_interactions: bool = True,
+        activation: str | Callable | None = "relu",
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.explicit_interactions = bool(explicit_interactions)
@@ -57,7 +62,7 @@ class MatchingNetwork(keras.layers.Layer):
                 f"{item_shape[-1]}. Give both compression networks the same output_dim."
             )
 
-    def build(self, user_vectors_shape, item_vectors_shape):
+    def build(self, user_vectors_shape, item_vectors_shape) -> None:
         self._check_widths(user_vectors_shape, item_vectors_shape)
         parts = 3 if self.explicit_interactions else 2
         input_shape = (user_vectors_shape[0], parts * user_vectors_shape[-1])
@@ -75,10 +80,10 @@ class MatchingNetwork(keras.layers.Layer):
             x = layer(x, training=training)
         return x
 
-    def compute_output_shape(self, user_vectors_shape, item_vectors_shape):
+    def compute_output_shape(self, user_vectors_shape, item_vectors_shape) -> tuple:
         return (user_vectors_shape[0], 1)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "hidden_units": list(self.hidden_units),

@@ -1,9 +1,19 @@
 """A stack of Dense layers shared by MARC's compression and matching networks."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
 import keras
 
 
-def build_dense_stack(hidden_units, output_units, activation, dropout, name):
+def build_dense_stack(
+    hidden_units: Iterable[int],
+    output_units: int,
+    activation: str | Callable | None,
+    dropout: float,
+    name: str,
+) -> list[keras.layers.Layer]:
     """Dense(hidden, activation) [+ Dropout] per hidden size, then a linear Dense.
 
     Args:

@@ -1,6 +1,9 @@
 """Pooling of token hidden states into one vector per text (MARC, Sec. 3.1)."""
 
+from __future__ import annotations
+
 import difflib
+from typing import Any
 
 import keras
 from keras import ops
@@ -8,7 +11,7 @@ from keras import ops
 POOLING_MODES = ("mean", "last", "cls")
 
 
-def check_pooling_mode(mode):
+def check_pooling_mode(mode: str) -> str:
     """Returns `mode` if it names a pooling, else raises with a suggestion."""
     if mode in POOLING_MODES:
         return mode
@@ -41,7 +44,7 @@ class TokenPooling(keras.layers.Layer):
     (2, 4)
     """
 
-    def __init__(self, mode="mean", **kwargs):
+    def __init__(self, mode: str = "mean", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mode = check_pooling_mode(mode)
 
@@ -57,8 +60,8 @@ class TokenPooling(keras.layers.Layer):
         count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
         return total / count
 
-    def compute_output_shape(self, hidden_states_shape, padding_mask_shape=None):
+    def compute_output_shape(self, hidden_states_shape, padding_mask_shape=None) -> tuple:
         return (hidden_states_shape[0], hidden_states_shape[2])
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}

@@ -1,5 +1,7 @@
 """Hilbert-Schmidt independence criterion with Gaussian kernels (MARC, Sec. 3.3)."""
 
+from __future__ import annotations
+
 from keras import ops
 
 # Squared bandwidths below this are raised to it, so that a batch whose rows
@@ -39,7 +41,7 @@ def _center(kernel):
     return kernel - row_means - column_means + ops.mean(kernel)
 
 
-def hsic(x, y, sigma_x=None, sigma_y=None):
+def hsic(x, y, sigma_x: float | None = None, sigma_y: float | None = None):
     """Biased HSIC estimate between two batches of vectors.
 
     HSIC(X, Y) = tr(K H L H) / (B - 1)^2 with Gaussian kernels

@@ -9,6 +9,8 @@ baselines and ablations that `marc_keras.baselines.method_registry` names:
 - `cosent_loss` + `angle_loss`: the AoE objective of ESE.
 """
 
+from __future__ import annotations
+
 from keras import ops
 
 # Large enough to remove a pair from a logsumexp, small enough for float32.
@@ -30,7 +32,7 @@ def cosine_similarity(user, item):
     return ops.sum(user * item, axis=1) / ops.maximum(norms, 1e-12)
 
 
-def cosine_embedding_loss(user, item, labels, margin=0.0):
+def cosine_embedding_loss(user, item, labels, margin: float = 0.0):
     """Pulls clicked pairs to cosine 1, pushes the others below `margin`.
 
     loss = mean(y (1 - cos) + (1 - y) max(0, cos - margin)).
@@ -53,7 +55,7 @@ def cosine_embedding_loss(user, item, labels, margin=0.0):
     return ops.mean(per_pair)
 
 
-def in_batch_contrastive_loss(user, item, labels, temperature=0.1):
+def in_batch_contrastive_loss(user, item, labels, temperature: float = 0.1):
     """Symmetric InfoNCE over the clicked pairs of a batch (LARR).
 
     For each clicked pair i, its item must be the most similar to its user
@@ -95,7 +97,7 @@ def _ranking_loss(scores, labels):
     return ops.logsumexp(flat)
 
 
-def cosent_loss(user, item, labels, temperature=20.0):
+def cosent_loss(user, item, labels, temperature: float = 20.0):
     """CoSENT ranking loss on the pairs' cosine similarities (ESE's AoE, part 1).
 
     loss = log(1 + sum_{y_i < y_j} exp(t (cos_i - cos_j))).
@@ -113,7 +115,7 @@ def cosent_loss(user, item, labels, temperature=20.0):
     return _ranking_loss(temperature * cosine_similarity(user, item), labels)
 
 
-def angle_loss(user, item, labels, temperature=20.0):
+def angle_loss(user, item, labels, temperature: float = 20.0):
     """AnglE's angle-difference ranking loss (ESE's AoE, part 2).
 
     Each vector is read as a complex vector (first half real, second half

@@ -5,6 +5,8 @@
 one `TrainingObjective` in `OBJECTIVES`; `resolve_objective` looks one up.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Callable
 
@@ -147,7 +149,7 @@ OBJECTIVES = {
 }
 
 
-def resolve_objective(name):
+def resolve_objective(name: str) -> TrainingObjective:
     """The `TrainingObjective` called `name`.
 
     Args:

@@ -1,5 +1,11 @@
 """MARC: Modular Representation Compression (arXiv 2604.18146)."""
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
 import keras
 from keras import ops
 
@@ -15,6 +21,9 @@ from marc_keras.losses.training_objective import OBJECTIVES as OBJECTIVES
 from marc_keras.losses.training_objective import resolve_objective
 from marc_keras.models.marc_encoder import MARCEncoder
 from marc_keras.utils.backend_guard import serialize_keras_object
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TOWERS = ("user", "item")
 TOKEN_FIELDS = ("token_ids", "padding_mask")
@@ -80,16 +89,16 @@ class MARC(keras.Model):
 
     def __init__(
         self,
-        backbone,
-        compression=None,
-        item_compression=None,
-        matching=None,
-        hsic_weight=0.01,
-        objective="bce",
-        mrl_prefixes=(16, 32, 64),
-        reconstruction_weight=0.0,
-        **kwargs,
-    ):
+        backbone: LoRABackbone | dict,
+        compression: CompressionNetwork | dict | None = None,
+        item_compression: CompressionNetwork | dict | None = None,
+        matching: MatchingNetwork | dict | None = None,
+        hsic_weight: float = 0.01,
+        objective: str = "bce",
+        mrl_prefixes: Sequence[int] = (16, 32, 64),
+        reconstruction_weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if float(hsic_weight) < 0:
             raise ValueError(f"hsic_weight must be >= 0; got {hsic_weight}.")
@@ -175,19 +184,19 @@ class MARC(keras.Model):
     @classmethod
     def from_preset(
         cls,
-        path,
-        lora_rank=8,
-        pooling="mean",
-        max_length=128,
-        compressed_dim=128,
-        compression_hidden_units=(256,),
-        matching_hidden_units=(128,),
-        share_compression=True,
-        hsic_weight=0.01,
-        explicit_interactions=True,
-        dtype=None,
-        **kwargs,
-    ):
+        path: str | os.PathLike,
+        lora_rank: int = 8,
+        pooling: str = "mean",
+        max_length: int = 128,
+        compressed_dim: int = 128,
+        compression_hidden_units: Sequence[int] = (256,),
+        matching_hidden_units: Sequence[int] = (128,),
+        share_compression: bool = True,
+        hsic_weight: float = 0.01,
+        explicit_interactions: bool = True,
+        dtype: str | keras.DTypePolicy | None = None,
+        **kwargs: Any,
+    ) -> MARC:
         """Builds MARC around a backbone checkpoint directory.
 
         Args:
@@ -224,7 +233,7 @@ class MARC(keras.Model):
             **kwargs,
         )
 
-    def tower_compression(self, tower):
+    def tower_compression(self, tower: str) -> CompressionNetwork:
         """The compression network of `tower` ("user" or "item")."""
         if tower not in TOWERS:
             raise ValueError(f"tower must be one of {TOWERS}; got '{tower}'.")
@@ -232,7 +241,12 @@ class MARC(keras.Model):
             return self.item_compression
         return self.compression
 
-    def tokenize(self, user_texts, item_texts, pad_to_max_length=True):
+    def tokenize(
+        self,
+        user_texts: Iterable[str],
+        item_texts: Iterable[str],
+        pad_to_max_length: bool = True,
+    ) -> dict[str, np.ndarray]:
         """Tokenizes paired user and item texts into MARC's input dict.
 
         Args:
@@ -294,7 +308,13 @@ class MARC(keras.Model):
                 )
         return outputs
 
-    def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):
+    def compile(
+        self,
+        optimizer: str | keras.optimizers.Optimizer = "adamw",
+        loss: None = None,
+        metrics: None = None,
+        **kwargs: Any,
+    ) -> None:
         """Configures training; MARC brings its own loss and metrics.
 
         Raises:
@@ -307,7 +327,7 @@ class MARC(keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict) -> None:
         # Keras skips overridden compile() when loading; this one takes the
         # saved optimizer, so a loaded model resumes training where it stopped.
         self.compile(**keras.saving.deserialize_keras_object(config))
@@ -356,7 +376,7 @@ class MARC(keras.Model):
         self.auc_metric.update_state(labels, logits, sample_weight=sample_weight)
         return self.get_metrics_result()
 
-    def encoder(self, tower="user"):
+    def encoder(self, tower: str = "user") -> MARCEncoder:
         """A frozen copy of the backbone and `tower`'s compression network.
 
         Args:
@@ -371,7 +391,7 @@ class MARC(keras.Model):
             self.backbone, self.tower_compression(tower), name=f"marc_{tower}_encoder"
         )
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = {
             **super().get_config(),
             "backbone": serialize_keras_object(self.backbone),

@@ -1,5 +1,10 @@
 """The frozen MARC encoder: texts -> compressed and original vectors (Sec. 3.4)."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -35,7 +40,12 @@ class MARCEncoder(keras.Model):
     ((1, 128), (1, 384))
     """
 
-    def __init__(self, backbone, compression, **kwargs):
+    def __init__(
+        self,
+        backbone: LoRABackbone | dict,
+        compression: CompressionNetwork | dict,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
@@ -48,14 +58,16 @@ class MARCEncoder(keras.Model):
         self.built = True
 
     @property
-    def output_dims(self):
+    def output_dims(self) -> dict[str, int]:
         return {"compressed": self.compression.output_dim, "original": self.backbone.hidden_dim}
 
     def call(self, inputs, training=None):
         original = self.backbone(inputs, training=training)  # (B, d)
         return {"compressed": self.compression(original, training=training), "original": original}
 
-    def encode(self, texts, batch_size=64, verbose=False):
+    def encode(
+        self, texts: Iterable[str], batch_size: int = 64, verbose: bool | int = False
+    ) -> dict[str, np.ndarray]:
         """Encodes texts in batches of similar length, in the input order.
 
         Texts are tokenized once, sorted by token count and batched, so that
@@ -88,7 +100,7 @@ class MARCEncoder(keras.Model):
             on_batch=on_batch,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "backbone": serialize_keras_object(self.backbone),
@@ -96,7 +108,9 @@ class MARCEncoder(keras.Model):
         }
 
     @classmethod
-    def copy_of(cls, backbone, compression, **kwargs):
+    def copy_of(
+        cls, backbone: LoRABackbone, compression: CompressionNetwork, **kwargs: Any
+    ) -> MARCEncoder:
         """A frozen encoder holding copies of `backbone` and `compression`.
 
         Copies, so that freezing the encoder (or fine-tuning it downstream)

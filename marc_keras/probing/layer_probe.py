@@ -1,4 +1,5 @@
-"""Layer-wise probing: score every layer's pooled vectors downstream (the MRA curve, DESIGN.md Sec. 5).
+"""Layer-wise probing: score every layer's pooled vectors downstream (the MRA curve,
+DESIGN.md Sec. 5).
 
 MARC's motivation is the mid-layer representation advantage: after
 fine-tune-then-compress training, a middle layer of the LLM gives a better
@@ -8,8 +9,13 @@ layer's vectors, and reports test AUC per layer. `marc_keras.experiments.probe`
 runs it over trained runs and the frozen backbone.
 """
 
+from __future__ import annotations
+
 import dataclasses
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -18,6 +24,12 @@ from marc_keras.layers.lora_backbone import LoRABackbone
 from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
 from marc_keras.utils.atomic_files import write_atomically
 from marc_keras.utils.length_batches import encode_in_length_order
+
+if TYPE_CHECKING:
+    from marc_keras.config.downstream_config import DownstreamConfig
+    from marc_keras.data.kar_split import KARSplit
+    from marc_keras.layers.compression_network import CompressionNetwork
+    from marc_keras.ranking.ranking_features import RankingFeatures
 
 TOWERS = ("user", "item")
 
@@ -42,11 +54,11 @@ class LayerVectors:
     compressed: dict | None = None
 
     @property
-    def num_layers(self):
+    def num_layers(self) -> int:
         """L + 1: the embeddings and the L blocks."""
         return self.users.shape[1]
 
-    def save(self, path, fingerprint=""):
+    def save(self, path: str | os.PathLike, fingerprint: str = "") -> None:
         """Writes an `.npz` atomically; `fingerprint` names what made the vectors."""
         arrays = {
             "fingerprint": np.array(fingerprint),
@@ -60,7 +72,12 @@ class LayerVectors:
         write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
 
     @classmethod
-    def load(cls, path, fingerprint=None, split=None):
+    def load(
+        cls,
+        path: str | os.PathLike,
+        fingerprint: str | None = None,
+        split: KARSplit | None = None,
+    ) -> LayerVectors | None:
         """Reads vectors saved by `save`, or `None` when they are not current.
 
         Args:
@@ -132,7 +149,13 @@ class LayerProbe:
     >>> [(row["layer"], row["auc_mean"]) for row in rows]
     """
 
-    def __init__(self, backbone, compression=None, batch_size=64, verbose=1):
+    def __init__(
+        self,
+        backbone: LoRABackbone,
+        compression: dict[str, CompressionNetwork] | None = None,
+        batch_size: int = 64,
+        verbose: int = 1,
+    ) -> None:
         if not isinstance(backbone, LoRABackbone):
             raise TypeError(f"LayerProbe needs a LoRABackbone; got {type(backbone).__name__}.")
         self.backbone = backbone
@@ -149,11 +172,11 @@ class LayerProbe:
         )
 
     @property
-    def num_layers(self):
+    def num_layers(self) -> int:
         """L + 1: the embeddings and the L blocks."""
         return self.backbone.num_layers + 1
 
-    def encode(self, texts):
+    def encode(self, texts: Iterable[str]) -> np.ndarray:
         """Pools every layer for each text, batching texts of similar length.
 
         Args:
@@ -183,7 +206,9 @@ class LayerProbe:
         )["layers"]
         return flat.reshape(len(texts), layers, dim)
 
-    def encode_split(self, split, cache_path=None, fingerprint=""):
+    def encode_split(
+        self, split: KARSplit, cache_path: str | os.PathLike | None = None, fingerprint: str = ""
+    ) -> LayerVectors:
         """Encodes every user text and item text of a split.
 
         Args:
@@ -217,15 +242,15 @@ class LayerProbe:
 
     def probe(
         self,
-        split,
-        features,
-        config=None,
-        layers=None,
-        method="probe",
-        cache_path=None,
-        fingerprint="",
-        log=print,
-    ):
+        split: KARSplit,
+        features: RankingFeatures,
+        config: DownstreamConfig | None = None,
+        layers: Iterable[int] | None = None,
+        method: str = "probe",
+        cache_path: str | os.PathLike | None = None,
+        fingerprint: str = "",
+        log: Callable[[str], object] = print,
+    ) -> list[dict]:
         """Encodes a split (see `encode_split`) and scores each layer (see `evaluate_layers`).
 
         Args:
@@ -248,7 +273,7 @@ class LayerProbe:
         )
 
 
-def check_layers(layers, num_layers, method):
+def check_layers(layers: Iterable[int] | None, num_layers: int, method: str) -> list[int]:
     """The layer indices to probe: all by default; out-of-range ones are errors."""
     if layers is None:
         return list(range(num_layers))
@@ -262,7 +287,12 @@ def check_layers(layers, num_layers, method):
     return sorted(set(layers))
 
 
-def evaluate_layers(evaluator, vectors, layers=None, method="probe"):
+def evaluate_layers(
+    evaluator: DownstreamEvaluator,
+    vectors: LayerVectors,
+    layers: Iterable[int] | None = None,
+    method: str = "probe",
+) -> list[dict]:
     """Trains the downstream DCNv2 on each layer's vectors.
 
     Args:
@@ -291,7 +321,7 @@ def evaluate_layers(evaluator, vectors, layers=None, method="probe"):
     return rows
 
 
-def evaluate_compressed(evaluator, vectors, method):
+def evaluate_compressed(evaluator: DownstreamEvaluator, vectors: LayerVectors, method: str) -> dict:
     """The downstream row of a run's MARC-C vectors, placed at its last layer."""
     tables = tuple(
         evaluator.features.vector_table(ids, vectors.compressed[tower], tower)

@@ -1,5 +1,9 @@
 """The MRA curve: downstream test AUC per backbone layer per method, as PNG, JSON and Markdown."""
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -13,7 +17,12 @@ JSON_FILE = "probe.json"
 MARKDOWN_FILE = "probe.md"
 
 
-def plot_mra(rows, path, markers=(), title=None):
+def plot_mra(
+    rows: Iterable[dict],
+    path: str | os.PathLike,
+    markers: Iterable[dict] = (),
+    title: str | None = None,
+) -> Path:
     """Draws test AUC per layer, one line per method, and saves it as a PNG.
 
     A figure of its own on the Agg canvas: pyplot and its global backend
@@ -96,7 +105,9 @@ def plot_mra(rows, path, markers=(), title=None):
     return Path(path)
 
 
-def write_mra_report(output_dir, report, title=None):
+def write_mra_report(
+    output_dir: str | os.PathLike, report: dict, title: str | None = None
+) -> dict[str, Path]:
     """Writes `mra.png`, `probe.json` (the whole report) and `probe.md` into `output_dir`.
 
     Args:

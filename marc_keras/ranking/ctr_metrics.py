@@ -1,5 +1,7 @@
 """Exact CTR metrics on numpy arrays: AUC (with ties), logloss, RelaImpr."""
 
+from __future__ import annotations
+
 import numpy as np
 
 LOGLOSS_EPSILON = 1e-7
@@ -14,7 +16,7 @@ def _check(labels, scores):
     return labels, scores
 
 
-def auc(labels, scores):
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties count half.
 
     Computed from average ranks (Mann-Whitney U), exact for ties.
@@ -39,14 +41,14 @@ def auc(labels, scores):
     )
 
 
-def logloss(labels, probabilities):
+def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7]."""
     labels, probabilities = _check(labels, probabilities)
     p = np.clip(probabilities, LOGLOSS_EPSILON, 1 - LOGLOSS_EPSILON)
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
-def relative_improvement(auc_value, base_auc):
+def relative_improvement(auc_value: float, base_auc: float) -> float:
     """RelaImpr = (AUC - 0.5) / (AUC_base - 0.5) - 1 (KAR / MARC papers).
 
     Undefined (NaN) when the base ranks at chance (AUC 0.5).

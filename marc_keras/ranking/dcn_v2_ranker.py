@@ -1,5 +1,10 @@
 """DCNv2 CTR ranker with optional external user/item vectors (DESIGN.md Sec. 4)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import keras
 import keras_rs
 import numpy as np
@@ -7,6 +12,10 @@ from keras import ops
 
 from marc_keras.ranking.expert_adaptor import ExpertAdaptor
 from marc_keras.ranking.ranking_features import MAX_RATING
+
+if TYPE_CHECKING:
+    from marc_keras.config.ranker_tier import RankerTier
+    from marc_keras.ranking.ranking_features import RankingFeatures
 
 TOWERS = ("user", "item")
 
@@ -60,19 +69,19 @@ class DCNv2Ranker(keras.Model):
 
     def __init__(
         self,
-        num_users,
-        num_items,
-        num_genres,
-        num_ratings,
-        user_field_sizes,
-        user_vector_dim=None,
-        item_vector_dim=None,
-        num_experts=3,
-        embedding_dim=32,
-        cross_layers=3,
-        deep_units=(200, 80),
-        **kwargs,
-    ):
+        num_users: int,
+        num_items: int,
+        num_genres: int,
+        num_ratings: int,
+        user_field_sizes: Sequence[int],
+        user_vector_dim: int | None = None,
+        item_vector_dim: int | None = None,
+        num_experts: int = 3,
+        embedding_dim: int = 32,
+        cross_layers: int = 3,
+        deep_units: Sequence[int] = (200, 80),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.num_users, self.num_items = int(num_users), int(num_items)
         self.num_genres, self.num_ratings = int(num_genres), int(num_ratings)
@@ -127,7 +136,14 @@ class DCNv2Ranker(keras.Model):
         self.logit = keras.layers.Dense(1, name="logit")
 
     @classmethod
-    def from_features(cls, features, tier, user_vectors=None, item_vectors=None, **kwargs):
+    def from_features(
+        cls,
+        features: RankingFeatures,
+        tier: RankerTier,
+        user_vectors: np.ndarray | None = None,
+        item_vectors: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> DCNv2Ranker:
         """A ranker sized for `features` in a tier, with its tables filled.
 
         Args:
@@ -175,7 +191,7 @@ class DCNv2Ranker(keras.Model):
             x = layer(x)
         return self.logit(x)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "num_users": self.num_users,

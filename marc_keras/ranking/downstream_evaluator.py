@@ -1,10 +1,15 @@
 """Downstream CTR evaluation of user/item vectors over seeds and ranker tiers (DESIGN.md Sec. 4)."""
 
+from __future__ import annotations
+
 import dataclasses
 import json
+import os
 import statistics
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -17,6 +22,10 @@ from marc_keras.ranking.two_feature_logistic import TwoFeatureLogistic
 from marc_keras.ranking.validation_auc import ValidationAUC
 from marc_keras.utils.atomic_files import write_json
 from marc_keras.utils.backend_guard import set_random_seed
+
+if TYPE_CHECKING:
+    from marc_keras.config.ranker_tier import RankerTier
+    from marc_keras.ranking.ranking_features import RankingFeatures
 
 BASELINE_ROW = "dcnv2"
 LOGISTIC_ROW = "lr-2"
@@ -53,15 +62,20 @@ class DownstreamEvaluator:
     """
 
     def __init__(
-        self, features, config=None, log=print, progress_path=None, progress_fingerprint=""
-    ):
+        self,
+        features: RankingFeatures,
+        config: DownstreamConfig | None = None,
+        log: Callable[[str], object] = print,
+        progress_path: str | os.PathLike | None = None,
+        progress_fingerprint: str = "",
+    ) -> None:
         self.features = features
         self.config = config or DownstreamConfig()
         self.log = log
         self.progress_path = Path(progress_path) if progress_path else None
         self.progress_fingerprint = str(progress_fingerprint)
 
-    def train_rows(self, seed):
+    def train_rows(self, seed: int) -> np.ndarray:
         """Indices of the training samples a seed trains on (all, or a per-seed subsample)."""
         available = len(self.features.labels["train"])
         wanted = self.config.train_samples
@@ -69,7 +83,14 @@ class DownstreamEvaluator:
             return np.arange(available)
         return np.sort(np.random.default_rng(seed).choice(available, wanted, replace=False))
 
-    def train_one(self, tier, seed, user_vectors=None, item_vectors=None, verbose=0):
+    def train_one(
+        self,
+        tier: str | RankerTier,
+        seed: int,
+        user_vectors: np.ndarray | None = None,
+        item_vectors: np.ndarray | None = None,
+        verbose: int = 0,
+    ) -> tuple[DCNv2Ranker, float, float, int]:
         """Trains one ranker on a tier's features.
 
         Args:
@@ -118,14 +139,18 @@ class DownstreamEvaluator:
         test_logloss = logloss(labels["test"], _sigmoid(logits))
         return ranker, test_auc, test_logloss, len(history.history["loss"])
 
-    def logistic_reference(self, seed):
+    def logistic_reference(self, seed: int) -> tuple[float, float]:
         """The `lr-2` row's test (AUC, logloss) for a seed's training rows."""
         model = TwoFeatureLogistic(self.features).fit(self.train_rows(seed))
         logits = model.scores("test")
         labels = self.features.labels["test"]
         return auc(labels, logits), logloss(labels, _sigmoid(logits))
 
-    def evaluate(self, representations, tiers=None):
+    def evaluate(
+        self,
+        representations: Mapping[str, Callable[[int], tuple] | None],
+        tiers: Iterable[str] | None = None,
+    ) -> list[dict]:
         """Evaluates each representation with every tier and seed.
 
         Args:
@@ -209,7 +234,7 @@ class DownstreamEvaluator:
             return
         write_json(self.progress_path, {"settings": self._settings(), "results": finished})
 
-    def summary_row(self, name, results, tier=None):
+    def summary_row(self, name: str, results: Sequence[dict], tier: str | None = None) -> dict:
         """One table row from per-seed results (dicts with auc, logloss, seconds, epochs)."""
         aucs = [result["auc"] for result in results]
         loglosses = [result["logloss"] for result in results]
@@ -226,7 +251,7 @@ class DownstreamEvaluator:
         }
 
     @staticmethod
-    def add_paired_statistics(row, base_results):
+    def add_paired_statistics(row: dict, base_results: Sequence[dict]) -> None:
         """Adds RelaImpr and the paired AUC delta against the same seeds' dcnv2 results."""
         base_aucs = [result["auc"] for result in base_results]
         deltas = [value - base for value, base in zip(row["aucs"], base_aucs)]

@@ -1,5 +1,10 @@
 """Mixture-of-experts adaptor that turns an LLM vector into a ranker field (KAR, MARC Sec. 4.1)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -29,7 +34,13 @@ class ExpertAdaptor(keras.layers.Layer):
     torch.Size([4, 32])
     """
 
-    def __init__(self, num_experts=3, hidden_units=(128,), output_dim=32, **kwargs):
+    def __init__(
+        self,
+        num_experts: int = 3,
+        hidden_units: Sequence[int] = (128,),
+        output_dim: int = 32,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if int(num_experts) < 1:
             raise ValueError(f"num_experts must be at least 1; got {num_experts}.")
@@ -42,7 +53,7 @@ class ExpertAdaptor(keras.layers.Layer):
         ]
         self.gate = keras.layers.Dense(self.num_experts, activation="softmax", name="gate")
 
-    def build(self, input_shape):
+    def build(self, input_shape) -> None:
         for expert in self.experts:
             shape = input_shape
             for layer in expert:
@@ -61,10 +72,10 @@ class ExpertAdaptor(keras.layers.Layer):
         weights = self.gate(vectors)[:, :, None]  # (B, E, 1)
         return ops.sum(stacked * weights, axis=1)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape) -> tuple:
         return (input_shape[0], self.output_dim)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "num_experts": self.num_experts,

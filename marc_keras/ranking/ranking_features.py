@@ -1,8 +1,18 @@
 """Sparse features of the downstream CTR ranker, as integer numpy arrays (DESIGN.md Sec. 4)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from marc_keras.ranking.vector_centering import center
+
+if TYPE_CHECKING:
+    from marc_keras.config.ranker_tier import RankerTier
+    from marc_keras.data.interaction_data import InteractionData
+    from marc_keras.data.kar_split import KARSplit
 
 SPLITS = ("train", "validation", "test")
 # User columns with more distinct values than this (zip codes, free text) are
@@ -46,7 +56,9 @@ class RankingFeatures:
     (331236, 30)
     """
 
-    def __init__(self, split, data, genre_column="genres"):
+    def __init__(
+        self, split: KARSplit, data: InteractionData, genre_column: str | None = "genres"
+    ) -> None:
         items = data.items
         self.item_vocabulary = _vocabulary(items["item_id"])
         self.user_vocabulary = _vocabulary(user for users in split.users.values() for user in users)
@@ -117,7 +129,7 @@ class RankingFeatures:
                 padded[row, : len(values)] = np.clip(np.rint(values), 1, MAX_RATING)
         return padded
 
-    def item_genre_shares(self, tier):
+    def item_genre_shares(self, tier: RankerTier) -> np.ndarray:
         """Each item's weights over the genre vocabulary, as the tier sees genres.
 
         Args:
@@ -137,7 +149,7 @@ class RankingFeatures:
         shares[0] = 0.0  # the padding item
         return shares / np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
 
-    def tier_inputs(self, tier):
+    def tier_inputs(self, tier: RankerTier) -> dict[str, dict[str, np.ndarray]]:
         """The DCNv2 inputs of every split as a tier sees them (cached per tier).
 
         Per sample: `user`, `item`, `history_items` (N, H) with the tier's
@@ -191,7 +203,9 @@ class RankingFeatures:
         self._tier_inputs[tier.name] = tier_inputs
         return tier_inputs
 
-    def vector_table(self, ids, vectors, tower, allow_missing=False):
+    def vector_table(
+        self, ids: Sequence, vectors: np.ndarray, tower: str, allow_missing: bool = False
+    ) -> np.ndarray:
         """Aligns external vectors with this vocabulary, centered per dimension.
 
         Every dimension gets mean 0 over the training samples' users (items)
@@ -216,7 +230,8 @@ class RankingFeatures:
         vectors = np.asarray(vectors, "float32")
         if vectors.ndim != 2 or len(ids) != len(vectors):
             raise ValueError(
-                f"{tower} vectors must be (len(ids), d); got {len(ids)} ids and shape {vectors.shape}."
+                f"{tower} vectors must be (len(ids), d); "
+                f"got {len(ids)} ids and shape {vectors.shape}."
             )
         table = np.zeros((len(vocabulary) + 1, vectors.shape[1]), "float32")
         position = {str(identifier): row for row, identifier in enumerate(ids)}

@@ -14,6 +14,8 @@ This file therefore has two sides:
 This is the only module of the package that imports TensorFlow.
 """
 
+from __future__ import annotations
+
 import argparse
 import collections
 import importlib.util
@@ -23,12 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from marc_keras.export.embedding_store import load_embedding_table
 from marc_keras.ranking.vector_centering import center
+
+if TYPE_CHECKING:
+    from marc_keras.ranking.ranking_features import RankingFeatures
 
 SPLITS = ("train", "validation", "test")
 TOWERS = ("user", "item")
@@ -40,7 +47,9 @@ MAX_MISSING_FRACTION = 0.01
 STDERR_TAIL_LINES = 25
 
 
-def read_store_vectors(path, column="compressed", expected_dim=None):
+def read_store_vectors(
+    path: str | os.PathLike, column: str = "compressed", expected_dim: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Reads one vector column of an embedding store, ids as strings.
 
     Args:
@@ -81,7 +90,12 @@ def read_store_vectors(path, column="compressed", expected_dim=None):
     return ids, vectors
 
 
-def check_store_coverage(path, store_ids, needed_ids, max_missing_fraction=MAX_MISSING_FRACTION):
+def check_store_coverage(
+    path: str | os.PathLike,
+    store_ids: np.ndarray,
+    needed_ids: Iterable,
+    max_missing_fraction: float = MAX_MISSING_FRACTION,
+) -> list[str]:
     """Finds the ids a split needs that a store has no vector for.
 
     Args:
@@ -171,24 +185,24 @@ class TFRSRanker:
 
     def __init__(
         self,
-        user_store,
-        item_store,
-        column="compressed",
-        user_vector_dim=None,
-        item_vector_dim=None,
-        max_epochs=5,
-        patience=1,
-        batch_size=1024,
-        learning_rate=1e-3,
-        weight_decay=1e-4,
-        embedding_dim=32,
-        cross_layers=3,
-        deep_units=(200, 80),
-        projection_units=(128,),
-        threads=None,
-        max_missing_fraction=MAX_MISSING_FRACTION,
-        log=print,
-    ):
+        user_store: str | os.PathLike,
+        item_store: str | os.PathLike,
+        column: str = "compressed",
+        user_vector_dim: int | None = None,
+        item_vector_dim: int | None = None,
+        max_epochs: int = 5,
+        patience: int = 1,
+        batch_size: int = 1024,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        embedding_dim: int = 32,
+        cross_layers: int = 3,
+        deep_units: Sequence[int] = (200, 80),
+        projection_units: Sequence[int] = (128,),
+        threads: int | None = None,
+        max_missing_fraction: float = MAX_MISSING_FRACTION,
+        log: Callable[[str], object] = print,
+    ) -> None:
         self.paths = {"user": Path(user_store), "item": Path(item_store)}
         self.column = column
         # Read now, so a store that does not fit fails before the split is built.
@@ -211,7 +225,12 @@ class TFRSRanker:
         self.max_missing_fraction = float(max_missing_fraction)
         self.log = log
 
-    def evaluate(self, features, seeds=(0,), train_rows=None):
+    def evaluate(
+        self,
+        features: RankingFeatures,
+        seeds: Iterable[int] = (0,),
+        train_rows: np.ndarray | None = None,
+    ) -> dict:
         """Trains one ranker per seed in a child process and scores test users.
 
         Args:

@@ -1,6 +1,13 @@
 """The `lr-2` reference row: a two-feature logistic regression (downstream v2)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from marc_keras.ranking.ranking_features import RankingFeatures
 
 # Pseudo-count of the item click-rate prior: an item seen n times gets
 # (clicks + 10 * mean rate) / (n + 10), so rare items stay near the mean.
@@ -26,7 +33,7 @@ class TwoFeatureLogistic:
     >>> scores = model.scores("test")  # logits, one per test sample
     """
 
-    def __init__(self, features):
+    def __init__(self, features: RankingFeatures) -> None:
         self.features = features
         self.weights = None
 
@@ -40,7 +47,7 @@ class TwoFeatureLogistic:
         click_rate = self._item_click_rate[inputs["item"]]
         return (np.stack([click_rate, mean_rating], axis=1) - self._center) / self._scale
 
-    def fit(self, train_rows):
+    def fit(self, train_rows: np.ndarray) -> TwoFeatureLogistic:
         """Fits on the training samples at `train_rows`; returns self."""
         inputs, labels = self.features.inputs["train"], self.features.labels["train"]
         items, clicks = inputs["item"][train_rows], labels[train_rows].astype("float64")
@@ -65,7 +72,7 @@ class TwoFeatureLogistic:
         self.weights = weights
         return self
 
-    def scores(self, split):
+    def scores(self, split: str) -> np.ndarray:
         """Logits for every sample of `split` ("train", "validation" or "test")."""
         if self.weights is None:
             raise ValueError("Call fit(train_rows) before scores().")

@@ -1,8 +1,15 @@
 """Exact validation AUC after each epoch, for early stopping of the downstream ranker."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 
 from marc_keras.ranking.ctr_metrics import auc
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class ValidationAUC(keras.callbacks.Callback):
@@ -20,14 +27,19 @@ class ValidationAUC(keras.callbacks.Callback):
         batch_size: samples per prediction step.
 
     Example:
-    >>> callbacks = [ValidationAUC(x_val, y_val), keras.callbacks.EarlyStopping("val_auc", mode="max")]
+    >>> callbacks = [
+    ...     ValidationAUC(x_val, y_val),
+    ...     keras.callbacks.EarlyStopping("val_auc", mode="max"),
+    ... ]
     """
 
-    def __init__(self, inputs, labels, batch_size=4096):
+    def __init__(
+        self, inputs: dict[str, np.ndarray], labels: np.ndarray, batch_size: int = 4096
+    ) -> None:
         super().__init__()
         self.inputs, self.labels, self.batch_size = inputs, labels, int(batch_size)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         scores = self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0)
         if logs is not None:
             logs["val_auc"] = auc(self.labels, scores[:, 0])

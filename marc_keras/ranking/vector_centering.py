@@ -4,6 +4,8 @@ numpy only, so the TFRS child process and the Keras evaluator treat vectors
 the same way without importing each other's framework.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 # A dimension whose std exceeds this multiple of the median dimension's std
@@ -11,7 +13,9 @@ import numpy as np
 MAX_STD_RATIO = 4.0
 
 
-def center(vectors, reference, max_std_ratio=MAX_STD_RATIO):
+def center(
+    vectors: np.ndarray, reference: np.ndarray, max_std_ratio: float = MAX_STD_RATIO
+) -> np.ndarray:
     """Subtracts `reference`'s per-dimension mean and shrinks outlier dimensions.
 
     Pooled decoder states carry a few "massive activation" dimensions: in

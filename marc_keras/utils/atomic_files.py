@@ -4,15 +4,18 @@ Light on purpose (standard library only), so the runtime encoder, the
 embedding store and the ranking code can use it without importing Keras.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def write_atomically(path, write):
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Calls `write(temporary_path)`, then renames it to `path` in one step.
 
     A run killed mid-write leaves the previous file (or none), never half a file.
@@ -31,14 +34,14 @@ def write_atomically(path, write):
             os.remove(temporary)
 
 
-def write_json(path, values):
+def write_json(path: str | os.PathLike, values: object) -> None:
     write_atomically(
         path, lambda temporary: Path(temporary).write_text(json.dumps(values, indent=2) + "\n")
     )
 
 
 @contextlib.contextmanager
-def staged_directory(target):
+def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yields an empty directory beside `target` that replaces it when the block succeeds.
 
     An exception inside the block (a failed check, an interrupt) removes the

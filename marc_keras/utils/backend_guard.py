@@ -10,6 +10,8 @@ to find marc-keras' layers: they register themselves with Keras the moment
 Keras itself is imported (`register_layers_when_keras_loads`).
 """
 
+from __future__ import annotations
+
 import contextlib
 import importlib
 import importlib.abc
@@ -17,11 +19,13 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
+from types import ModuleType
 
 REQUIRED_BACKEND = "torch"
 
 
-def ensure_torch_backend():
+def ensure_torch_backend() -> None:
     """Makes Keras use the torch backend, or says why it cannot.
 
     Raises:
@@ -83,7 +87,7 @@ class _RefuseModules(importlib.abc.MetaPathFinder):
 
 
 @contextlib.contextmanager
-def without_tensorflow():
+def without_tensorflow() -> Iterator[None]:
     if any(name in sys.modules for name in TENSORFLOW_MODULES):
         yield
         return
@@ -95,7 +99,7 @@ def without_tensorflow():
         sys.meta_path.remove(finder)
 
 
-def import_keras_hub():
+def import_keras_hub() -> ModuleType:
     """Imports keras-hub without TensorFlow, unless TensorFlow is already loaded.
 
     keras-hub's backbones run on the torch backend alone; TensorFlow (pulled
@@ -136,7 +140,7 @@ class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
         return spec
 
 
-def register_layers_when_keras_loads():
+def register_layers_when_keras_loads() -> None:
     """Registers marc-keras' Keras classes now if Keras is loaded, else when it is.
 
     After `import marc_keras`, `keras.saving.load_model` reads `model.keras`
@@ -148,7 +152,7 @@ def register_layers_when_keras_loads():
         sys.meta_path.insert(0, _RegisterAfterKeras())
 
 
-def set_random_seed(seed):
+def set_random_seed(seed: int) -> None:
     """`keras.utils.set_random_seed` (Python, numpy, torch) without loading TensorFlow.
 
     Keras also seeds TensorFlow whenever TensorFlow is importable, which
@@ -160,7 +164,7 @@ def set_random_seed(seed):
         keras.utils.set_random_seed(seed)
 
 
-def serialize_keras_object(instance):
+def serialize_keras_object(instance: object) -> dict:
     """`keras.saving.serialize_keras_object` without loading TensorFlow.
 
     Keras' serializer checks for `tf.TensorShape` whenever TensorFlow is

@@ -4,12 +4,21 @@ Shared by the Keras encoder (`MARCEncoder.encode`) and the ONNX Runtime
 encoder (`marc_keras.export.OnnxEncoder`); imports neither Keras nor torch.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
 import numpy as np
 
 
 def encode_in_length_order(
-    tokens, output_dims, run_batch, batch_size=64, sort_by_length=True, on_batch=None
-):
+    tokens: Mapping[str, np.ndarray],
+    output_dims: Mapping[str, int],
+    run_batch: Callable[[dict[str, np.ndarray]], Mapping[str, object]],
+    batch_size: int = 64,
+    sort_by_length: bool = True,
+    on_batch: Callable[[int], object] | None = None,
+) -> dict[str, np.ndarray]:
     """Runs `run_batch` over token rows in batches and returns rows in input order.
 
     Padding is compute thrown away: sorting rows by token count before

@@ -1,12 +1,16 @@
 """Training progress as plain lines, for logs that are files rather than terminals."""
 
+from __future__ import annotations
+
 import sys
 import time
+from collections.abc import Callable
+from typing import TextIO
 
 import keras
 
 
-def progress_is_interactive(stream=None):
+def progress_is_interactive(stream: TextIO | None = None) -> bool:
     """True when `stream` (stdout by default) is a terminal that can redraw a bar."""
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())
@@ -29,7 +33,12 @@ class LineProgress(keras.callbacks.Callback):
     epoch 1 step 40/128 (31%) loss 0.6712 auc 0.5873 | 12.0 s
     """
 
-    def __init__(self, log=print, interval_s=30.0, total_steps=None):
+    def __init__(
+        self,
+        log: Callable[[str], object] = print,
+        interval_s: float = 30.0,
+        total_steps: int | None = None,
+    ) -> None:
         super().__init__()
         self.log = log
         self.interval_s = float(interval_s)
@@ -38,11 +47,11 @@ class LineProgress(keras.callbacks.Callback):
         self._last = 0.0
         self._started = 0.0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
         self._started = self._last = time.perf_counter()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         now = time.perf_counter()
         if now - self._last < self.interval_s:
             return
@@ -55,7 +64,7 @@ class LineProgress(keras.callbacks.Callback):
             f"epoch {self._epoch + 1} step {position} {_format(logs)} | {now - self._started:.1f} s"
         )
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.log(
             f"epoch {epoch + 1} done {_format(logs)} | {time.perf_counter() - self._started:.1f} s"
         )
@@ -65,8 +74,14 @@ def _format(logs):
     return " ".join(f"{name} {float(value):.4f}" for name, value in (logs or {}).items())
 
 
-def count_progress(total, unit="texts", log=None, interval_s=30.0):
-    """A callable `advance(count)` that logs "k/total unit (p%)" every `interval_s` seconds and at the end.
+def count_progress(
+    total: int,
+    unit: str = "texts",
+    log: Callable[[str], object] | None = None,
+    interval_s: float = 30.0,
+) -> Callable[[int], None]:
+    """A callable `advance(count)` that logs "k/total unit (p%)" every `interval_s`
+    seconds and at the end.
 
     The plain-line counterpart of `keras.utils.Progbar` for output that is
     not a terminal; lines go to stderr unless `log` is given.

@@ -1,7 +1,14 @@
 """Markdown tables of downstream results, mean +- std (standard library only)."""
 
+from __future__ import annotations
 
-def downstream_markdown(rows, extra_columns=()):
+from collections.abc import Callable, Iterable, Sequence
+
+
+def downstream_markdown(
+    rows: Iterable[dict],
+    extra_columns: Sequence[tuple[str, Callable[[dict], str]]] = (),
+) -> str:
     """Rows of `DownstreamEvaluator.evaluate` as a Markdown table, mean +- std over seeds.
 
     The paired delta is the row's AUC minus DCNv2 alone's on the same seed;
@@ -43,7 +50,7 @@ def downstream_markdown(rows, extra_columns=()):
     return "\n".join(lines)
 
 
-def mra_markdown(rows, markers=()):
+def mra_markdown(rows: Iterable[dict], markers: Iterable[dict] = ()) -> str:
     """MRA rows (per method and layer) and markers as a Markdown table, mean +- std."""
     lines = [
         "| method | layer | test AUC | test logloss | RelaImpr vs dcnv2 | wall (s) |",
@@ -57,6 +64,7 @@ def mra_markdown(rows, markers=()):
         relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
         lines.append(
             f"| {name} | {layer} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
-            f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} | {row['seconds']:.0f} |"
+            f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} "
+            f"| {row['seconds']:.0f} |"
         )
     return "\n".join(lines)

@@ -55,7 +55,10 @@ def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
         "--set",
         "evaluate.max_epochs=1",
     ]
-    result = CliRunner().invoke(main, ["evaluate", "--run-dir", str(tmp_path / "run"), *small])
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--run-dir", str(tmp_path / "run"), "--tier", "full", "--tier", "kar", *small],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "evaluate.json").read_text())
     names = [
@@ -71,7 +74,7 @@ def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
         "marc-c",
     ]
     assert [(row["tier"], row["name"]) for row in report["rows"]] == [
-        (tier, name) for tier in ("kar", "full") for name in names
+        (tier, name) for tier in ("full", "kar") for name in names
     ]
     by_row = {(row["tier"], row["name"]): row for row in report["rows"]}
     # lr-2 does not depend on the tier; dcnv2 is every row's pair.
@@ -121,3 +124,12 @@ def test_compare_refuses_unknown_methods_before_any_work(tmp_path):
         "Error: Unknown method(s) ['mrl2']; valid methods are: frozen, pca"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_data_dir_with_backslashes_and_quotes_is_taken_as_a_path(tmp_path):
+    strange = tmp_path / 'C:\\data\\"ml-1m"'
+    result = CliRunner().invoke(
+        main, ["fit", "--run-dir", str(tmp_path / "run"), "--data-dir", str(strange)]
+    )
+    assert result.exit_code == 1
+    assert str(strange) in result.stderr and "lacks the MovieLens-1M files" in result.stderr

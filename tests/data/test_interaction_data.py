@@ -181,7 +181,8 @@ def bad_case(tmp_path, interactions=INTERACTIONS, items=ITEMS, users=None, suffi
         ),
         (
             {"items": pd.concat([ITEMS, ITEMS.iloc[[1]]])},
-            r"items\.csv: column 'item_id' has 1 duplicate ids \(e\.g\. \['i2'\]; repeated in rows 5,",
+            r"items\.csv: column 'item_id' has 1 duplicate ids \(e\.g\. \['i2'\]; "
+            r"repeated in rows 5,",
         ),
         (
             {"items": ITEMS.rename(columns={"item_id": "movie"})},
@@ -189,7 +190,8 @@ def bad_case(tmp_path, interactions=INTERACTIONS, items=ITEMS, users=None, suffi
         ),
         (
             {"users": pd.concat([USERS, USERS.iloc[[0]]])},
-            r"users\.csv: column 'user_id' has 1 duplicate ids \(e\.g\. \['u1'\]; repeated in rows 5,",
+            r"users\.csv: column 'user_id' has 1 duplicate ids \(e\.g\. \['u1'\]; "
+            r"repeated in rows 5,",
         ),
         (
             {"users": USERS.iloc[:2]},

@@ -83,7 +83,10 @@ def test_files_that_are_not_stores_give_clear_errors(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "x": [1.0]}), plain)
     with pytest.raises(
         ValueError,
-        match=r"plain\.parquet' has no 'marc_keras' schema metadata; it was not written by marc-keras",
+        match=(
+            r"plain\.parquet' has no 'marc_keras' schema metadata; "
+            r"it was not written by marc-keras"
+        ),
     ):
         load_embedding_table(plain)
     text = tmp_path / "notes.parquet"
@@ -128,9 +131,8 @@ def test_a_staged_store_takes_back_parts_only_for_the_same_key_and_ids(tmp_path)
 
     EmbeddingStore.staged(path, dims, MANIFEST, "string", key).write(["u1", "u2"], rows)
     store = EmbeddingStore.staged(path, dims, MANIFEST, "string", {**key, "chunk_size": 3})
-    assert (
-        store.discarded
-        == f"Discarded the unfinished encode in '{staging}': it was made with a different chunk_size."
+    assert store.discarded == (
+        f"Discarded the unfinished encode in '{staging}': it was made with a different chunk_size."
     )
     assert store.resume(["u1", "u2"]) is None
     (staging / "progress.json").unlink()

@@ -122,7 +122,8 @@ def test_the_parent_side_imports_no_tensorflow():
     code = (
         "import sys\n"
         "import marc_keras.ranking.tfrs_ranker\n"
-        "print(sorted({'tensorflow', 'tf_keras', 'tensorflow_recommenders', 'keras', 'torch'} & set(sys.modules)))\n"
+        "print(sorted({'tensorflow', 'tf_keras', 'tensorflow_recommenders', 'keras', 'torch'}"
+        " & set(sys.modules)))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

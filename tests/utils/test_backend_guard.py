@@ -74,7 +74,8 @@ def test_help_and_the_runtime_encoder_import_neither_keras_nor_tensorflow():
         "assert CliRunner().invoke(main, ['--help']).exit_code == 0\n"
         "assert CliRunner().invoke(main, ['encode', '--help']).exit_code == 0\n"
         "import marc_keras.export.onnx_encoder\n"
-        "print(sorted(m for m in ('keras', 'keras_hub', 'torch', 'tensorflow') if m in sys.modules))"
+        "print(sorted(m for m in ('keras', 'keras_hub', 'torch', 'tensorflow')"
+        " if m in sys.modules))"
     )
     result = _run(code)
     assert result.returncode == 0, result.stderr
