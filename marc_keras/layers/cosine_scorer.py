@@ -41,7 +41,10 @@ class CosineScorer(keras.layers.Layer):
         self.bias = self.add_weight(shape=(), initializer="zeros", name="bias")
 
     def call(self, user_vectors, item_vectors):
-        return (self.scale * cosine_similarity(user_vectors, item_vectors) + self.bias)[:, None]
+        # The cosine is computed in float32 for stability; the logits come out
+        # in the layer's compute dtype, as every other layer's output does.
+        logits = self.scale * cosine_similarity(user_vectors, item_vectors) + self.bias
+        return keras.ops.cast(logits, self.compute_dtype)[:, None]
 
     def compute_output_shape(self, user_vectors_shape, item_vectors_shape) -> tuple:
         return (user_vectors_shape[0], 1)

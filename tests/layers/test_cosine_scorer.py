@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 from helpers import run_layer_test
 
 import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
@@ -33,12 +32,6 @@ def test_layer_checks():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="cosine_similarity casts to float32, so under mixed_bfloat16 the logits come "
-    "out float32, not the layer's compute dtype bfloat16",
-)
-def test_mixed_precision():
+def test_mixed_precision_logits_come_in_the_compute_dtype():
     users, items = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
     run_layer_test(CosineScorer, dict(initial_scale=5.0), (users, items), run_saving_test=False)
