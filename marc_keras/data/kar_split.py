@@ -286,8 +286,9 @@ class KARSplit:
         for user in shortened:
             user_texts[user] = render(user, text_histories[user][: low[user]])
         if shorten:
-            still_long = shortened and ~np.asarray(fits([user_texts[u] for u in shortened]), bool)
-            truncated = int(np.count_nonzero(still_long))
+            refitted = [user_texts[user] for user in shortened]
+            # `fits([])` may come back as a float array; nothing to count then.
+            truncated = int((~np.asarray(fits(refitted), bool)).sum()) if refitted else 0
         else:
             truncated = len(too_long)
         stats = {

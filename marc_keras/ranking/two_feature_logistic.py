@@ -37,7 +37,7 @@ class TwoFeatureLogistic:
         self.features = features
         self.weights = None
 
-    def _columns(self, split):
+    def _raw_columns(self, split):
         inputs = self.features.inputs[split]
         ratings = inputs["history_ratings"].astype("float64")
         counts = np.count_nonzero(ratings, axis=1)
@@ -45,7 +45,10 @@ class TwoFeatureLogistic:
             counts > 0, ratings.sum(axis=1) / np.maximum(counts, 1), self._rating_mean
         )
         click_rate = self._item_click_rate[inputs["item"]]
-        return (np.stack([click_rate, mean_rating], axis=1) - self._center) / self._scale
+        return np.stack([click_rate, mean_rating], axis=1)
+
+    def _columns(self, split):
+        return (self._raw_columns(split) - self._center) / self._scale
 
     def fit(self, train_rows: np.ndarray) -> TwoFeatureLogistic:
         """Fits on the training samples at `train_rows`; returns self."""
@@ -59,8 +62,7 @@ class TwoFeatureLogistic:
         )
         ratings = inputs["history_ratings"][train_rows]
         self._rating_mean = ratings[ratings > 0].mean() if (ratings > 0).any() else 0.0
-        self._center, self._scale = np.zeros(2), np.ones(2)
-        raw = self._columns("train")[train_rows]
+        raw = self._raw_columns("train")[train_rows]
         self._center, self._scale = raw.mean(axis=0), np.maximum(raw.std(axis=0), 1e-12)
         design = np.column_stack([np.ones(len(raw)), (raw - self._center) / self._scale])
         weights = np.zeros(3)
