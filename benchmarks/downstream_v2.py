@@ -8,6 +8,9 @@ Three steps, each adding its figures to results/downstream-v2-ml-1m-half.json:
   python benchmarks/downstream_v2.py grid --learning-rates 1e-3 3e-3 --batch-sizes 1024 4096
       DCNv2 alone on validation users, all training rows, early stopping:
       the learning rate and batch size every row of the table then uses.
+  python benchmarks/downstream_v2.py rank --ranks full 64 32 --tiers kar full
+      DCNv2 alone on validation users at the chosen learning rate and batch size,
+      with full-rank and low-rank cross layers: the rank every row then uses.
   python benchmarks/downstream_v2.py table --run-dir runs/demo-v2 --seeds 0 1 2
       `evaluate_runs` with the protocol's defaults and the chosen settings.
 """
@@ -92,9 +95,15 @@ def _epoch_before(ranker_class, features, rows):
     return time.perf_counter() - started
 
 
-def _epoch_after(features, rows, tier, batch_size):
+def _epoch_after(features, rows, tier, batch_size, cross_projection_dim):
     # One epoch of today's train_one: training, exact validation AUC, test scoring.
-    config = DownstreamConfig(max_epochs=1, batch_size=batch_size, seeds=(0,), tiers=(tier,))
+    config = DownstreamConfig(
+        max_epochs=1,
+        batch_size=batch_size,
+        seeds=(0,),
+        tiers=(tier,),
+        cross_projection_dim=cross_projection_dim,
+    )
     evaluator = DownstreamEvaluator(features, config, log=lambda _: None)
     evaluator.train_rows = lambda seed: rows
     started = time.perf_counter()
@@ -108,11 +117,14 @@ def throughput(args, config):
     ranker_before = _ranker_before()
     for tier in TIERS.values():
         features.tier_inputs(tier)  # built once, outside the timing
-    timings = {"before": [], **{f"after-{tier}": [] for tier in TIERS}}
+    rank = DownstreamConfig().cross_projection_dim
+    settings = {f"after-{tier}": (tier, rank) for tier in TIERS}
+    settings["after-full-full-rank"] = ("full", None)
+    timings = {"before": [], **{name: [] for name in settings}}
     for repeat in range(args.repeats):
         timings["before"].append(_epoch_before(ranker_before, features, rows))
-        for tier in TIERS:
-            timings[f"after-{tier}"].append(_epoch_after(features, rows, tier, args.batch_size))
+        for name, (tier, cross_rank) in settings.items():
+            timings[name].append(_epoch_after(features, rows, tier, args.batch_size, cross_rank))
         print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in timings.items()))
     rates = {name: len(rows) / statistics.median(values) for name, values in timings.items()}
     result = _update(
@@ -120,12 +132,16 @@ def throughput(args, config):
             "ranker_rows_per_s_before": rates["before"],
             "ranker_rows_per_s_after": rates["after-full"],
             "ranker_rows_per_s_after_kar": rates["after-kar"],
+            "ranker_rows_per_s_after_full_rank": rates["after-full-full-rank"],
             "ranker_speedup": rates["after-full"] / rates["before"],
             "ranker_throughput": {
                 "rows": len(rows),
                 "repeats": args.repeats,
                 "before": f"commit {BEFORE_COMMIT}: full features, batch 1024, Keras AUC metric",
-                "after": f"full tier (same features), batch {args.batch_size}, exact val AUC",
+                "after": (
+                    f"full tier (same features), batch {args.batch_size}, exact val AUC, "
+                    f"cross rank {rank or 'full'} (after-full-full-rank: full-rank crosses)"
+                ),
                 "seconds": timings,
                 "note": args.note,
                 "command": " ".join(sys.argv),
@@ -178,6 +194,68 @@ def grid(args, config):
         }
     )
     print(f"chosen: learning rate {best['learning_rate']}, batch size {best['batch_size']}")
+
+
+def _rank_label(rank):
+    return "full" if rank is None else rank
+
+
+def rank(args, config):
+    current = json.loads((RESULTS_DIR / RESULT).read_text())
+    _, features = _features(config)
+    ranks = [None if rank == "full" else int(rank) for rank in args.ranks]
+    results = []
+    for tier in args.tiers:
+        for cross_rank in ranks:
+            settings = DownstreamConfig(
+                batch_size=current["batch_size_chosen"],
+                learning_rate=current["learning_rate_chosen"],
+                cross_projection_dim=cross_rank,
+                seeds=(0,),
+                tiers=(tier,),
+            )
+            evaluator = DownstreamEvaluator(features, settings, log=lambda _: None)
+            started = time.perf_counter()
+            ranker, _, _, epochs = evaluator.train_one(tier, 0)
+            inputs = features.tier_inputs(TIERS[tier])["validation"]
+            scores = ranker.predict(inputs, batch_size=4096, verbose=0)[:, 0]
+            result = {
+                "tier": tier,
+                "cross_projection_dim": _rank_label(cross_rank),
+                "validation_auc": auc(features.labels["validation"], scores),
+                "epochs": epochs,
+                "seconds": time.perf_counter() - started,
+            }
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    best = {
+        tier: max(r["validation_auc"] for r in results if r["tier"] == tier) for tier in args.tiers
+    }
+    # The cheapest rank within the tolerance of the best on every tier.
+    acceptable = [
+        cross_rank
+        for cross_rank in ranks
+        if all(
+            r["validation_auc"] >= best[r["tier"]] - args.tolerance
+            for r in results
+            if r["cross_projection_dim"] == _rank_label(cross_rank)
+        )
+    ]
+    chosen = min(
+        acceptable, key=lambda cross_rank: float("inf") if cross_rank is None else cross_rank
+    )
+    _update(
+        {
+            "cross_rank_grid": {
+                "row": "dcnv2 (no vectors), seed 0, all training rows, validation users",
+                "rule": f"lowest rank within {args.tolerance} val AUC of the best, every tier",
+                "results": results,
+                "command": " ".join(sys.argv),
+            },
+            "cross_projection_dim_chosen": _rank_label(chosen),
+        }
+    )
+    print(f"chosen cross rank: {_rank_label(chosen)}")
 
 
 def plot_paired_deltas(rows, path):
@@ -281,6 +359,10 @@ def main():
     step.add_argument("--tier", default="kar", choices=list(TIERS))
     step.add_argument("--learning-rates", type=float, nargs="+", default=[1e-3, 3e-3])
     step.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
+    step = commands.add_parser("rank")
+    step.add_argument("--ranks", nargs="+", default=["full", "64", "32"])
+    step.add_argument("--tiers", nargs="+", default=list(TIERS), choices=list(TIERS))
+    step.add_argument("--tolerance", type=float, default=0.001)
     step = commands.add_parser("table")
     step.add_argument("--run-dir", type=Path, required=True)
     step.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -289,7 +371,9 @@ def main():
 
     torch.set_num_threads(args.threads)
     config = RunConfig.from_file(args.config)
-    {"throughput": throughput, "grid": grid, "table": table}[args.command](args, config)
+    {"throughput": throughput, "grid": grid, "rank": rank, "table": table}[args.command](
+        args, config
+    )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,16 @@ if TYPE_CHECKING:
 TOWERS = ("user", "item")
 
 
-def _masked_mean(embedded, mask):
-    # embedded (B, L, D), mask (B, L) of 0/1 -> (B, D)
-    mask = ops.cast(mask, embedded.dtype)[..., None]
-    return ops.sum(embedded * mask, axis=-2) / ops.maximum(ops.sum(mask, axis=-2), 1.0)
+def _history_mean(embedding, history):
+    # history (B, H) item indices, 0 = padding -> (B, D) mean over real items.
+    # Summing every slot and taking back the padding row's share is exact and
+    # cheaper on CPU than masking the (B, H, D) gather.
+    embedded = embedding(history)  # (B, H, D)
+    real = ops.sum(ops.cast(history > 0, embedded.dtype), axis=-1, keepdims=True)  # (B, 1)
+    padding = ops.cast(ops.shape(history)[-1], embedded.dtype) - real
+    padding_row = ops.cast(embedding.embeddings[0], embedded.dtype)
+    total = ops.sum(embedded, axis=-2) - padding * padding_row
+    return total / ops.maximum(real, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="marc_keras")
@@ -35,7 +41,10 @@ class DCNv2Ranker(keras.Model):
     categorical user column, and, when configured, the external user and
     item vectors through an `ExpertAdaptor` each. Three full-matrix
     `keras_rs.layers.FeatureCross` layers, then a deep tower [200, 80] and
-    one logit (stacked DCNv2). Which fields exist is the `RankerTier`'s
+    one logit (stacked DCNv2). With `cross_projection_dim` each cross
+    layer's (F*D, F*D) matrix is factored through that rank, DCNv2's
+    low-rank variant (Wang et al. 2021, Sec. 3.2): most of the ranker's
+    multiply-adds sit in the full matrices. Which fields exist is the `RankerTier`'s
     choice, made when `RankingFeatures.tier_inputs` builds the inputs.
 
     Genres and ratings enter as weights over their vocabulary (an item's
@@ -56,6 +65,8 @@ class DCNv2Ranker(keras.Model):
         num_experts: experts per adaptor.
         embedding_dim: field width.
         cross_layers: number of FeatureCross layers.
+        cross_projection_dim: rank of each cross layer's matrix, or `None`
+            for full rank.
         deep_units: sizes of the deep tower.
         **kwargs: base model arguments.
 
@@ -79,6 +90,7 @@ class DCNv2Ranker(keras.Model):
         num_experts: int = 3,
         embedding_dim: int = 32,
         cross_layers: int = 3,
+        cross_projection_dim: int | None = None,
         deep_units: Sequence[int] = (200, 80),
         **kwargs: Any,
     ) -> None:
@@ -90,6 +102,9 @@ class DCNv2Ranker(keras.Model):
         self.num_experts = int(num_experts)
         self.embedding_dim = int(embedding_dim)
         self.cross_layers = int(cross_layers)
+        self.cross_projection_dim = (
+            None if cross_projection_dim is None else int(cross_projection_dim)
+        )
         self.deep_units = tuple(int(units) for units in deep_units)
         self.item_genre_shares = self.add_weight(
             shape=(self.num_items, self.num_genres),
@@ -126,7 +141,9 @@ class DCNv2Ranker(keras.Model):
                 num_experts, output_dim=embedding_dim, name=f"{tower}_adaptor"
             )
         self.crosses = [
-            keras_rs.layers.FeatureCross(name=f"cross_{index}")
+            keras_rs.layers.FeatureCross(
+                projection_dim=self.cross_projection_dim, name=f"cross_{index}"
+            )
             for index in range(self.cross_layers)
         ]
         self.deep = [
@@ -175,7 +192,7 @@ class DCNv2Ranker(keras.Model):
         fields = [
             self.item_embedding(item),
             self.genre_embedding(ops.take(self.item_genre_shares, item, axis=0)),  # (B, V)
-            _masked_mean(self.item_embedding(history), history > 0),
+            _history_mean(self.item_embedding, history),
             self.genre_embedding(inputs["history_genres"]),  # (B, V) shares
             self.rating_embedding(inputs["history_ratings"]),  # (B, R) shares
         ]
@@ -204,5 +221,6 @@ class DCNv2Ranker(keras.Model):
             "num_experts": self.num_experts,
             "embedding_dim": self.embedding_dim,
             "cross_layers": self.cross_layers,
+            "cross_projection_dim": self.cross_projection_dim,
             "deep_units": list(self.deep_units),
         }

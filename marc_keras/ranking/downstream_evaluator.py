@@ -109,7 +109,12 @@ class DownstreamEvaluator:
         labels = self.features.labels
         set_random_seed(seed)
         ranker = DCNv2Ranker.from_features(
-            self.features, tier, user_vectors, item_vectors, num_experts=config.num_experts
+            self.features,
+            tier,
+            user_vectors,
+            item_vectors,
+            num_experts=config.num_experts,
+            cross_projection_dim=config.cross_projection_dim,
         )
         ranker.compile(
             optimizer=keras.optimizers.AdamW(

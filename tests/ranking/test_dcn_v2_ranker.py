@@ -181,7 +181,21 @@ def _fill_tables(ranker):
         table.assign(rng.random(table.shape).astype("float32"))
 
 
-def test_layer_checks():
+def test_history_field_is_the_mean_over_real_items_only():
+    from marc_keras.ranking.dcn_v2_ranker import _history_mean
+
+    embedding = keras.layers.Embedding(5, 2)
+    embedding.build((None,))
+    table = np.array([[9.0, -9.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]], "float32")
+    embedding.embeddings.assign(table)
+    history = np.array([[1, 2, 0, 0], [4, 4, 3, 0], [0, 0, 0, 0]], "int32")
+    expected = [[2.0, 3.0], [19.0 / 3, 22.0 / 3], [0.0, 0.0]]  # padding row 0 never counts
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(_history_mean(embedding, history)), expected, atol=1e-5
+    )
+
+
+def test_layer_checks(cross_projection_dim=None):
     rng = np.random.default_rng(0)
     inputs = {
         "user": rng.integers(1, 6, 4).astype("int32"),
@@ -204,6 +218,7 @@ def test_layer_checks():
             num_experts=2,
             embedding_dim=4,
             cross_layers=2,
+            cross_projection_dim=cross_projection_dim,
             deep_units=(8,),
         ),
         inputs,
@@ -211,6 +226,12 @@ def test_layer_checks():
         expected_output_shape=(4, 1),
         # item, genre, rating, 1 user field embeddings; 2 adaptors x (2 experts x 4
         # + gate 2); 2 crosses x 2; deep 2; logit 2. Frozen: genre shares, 2 vector tables.
-        expected_num_trainable_weights=4 + 20 + 4 + 2 + 2,
+        # A low-rank cross has two kernels (down without bias, up with bias), as a full one
+        # has one kernel and a bias.
+        expected_num_trainable_weights=4 + 20 + 4 + 2 + 2 + (2 if cross_projection_dim else 0),
         expected_num_non_trainable_weights=3,
     )
+
+
+def test_layer_checks_with_low_rank_crosses():
+    test_layer_checks(cross_projection_dim=3)
