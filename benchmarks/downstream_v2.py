@@ -312,9 +312,10 @@ def table(args, config):
             "downstream": report["downstream"],
             "run": str(args.run_dir),
             "marc_config": json.loads((Path(args.run_dir) / "config.json").read_text()),
-            # A re-run that finds every result in the progress file keeps the
-            # first run's wall time.
-            "table_wall_s": max(table_wall_s, current.get("table_wall_s", 0.0)),
+            # The rows' own seconds (every tier, seed and row trained): a re-run
+            # that resumes from the progress file reports the whole table's cost.
+            "table_wall_s": sum(row["seconds"] for row in rows),
+            "table_elapsed_s": table_wall_s,
             "table_command": " ".join(sys.argv),
             "note": args.note,
         }
@@ -333,7 +334,9 @@ def table(args, config):
 Ranker: DCNv2; every row trained on {downstream.train_samples or "all"} training samples per seed,
 learning rate {downstream.learning_rate} and batch {downstream.batch_size} (chosen on validation
 users for DCNv2 alone over learning rates {result["learning_rate_grid"]} x batch sizes
-{result["batch_size_grid"]}), up to {downstream.max_epochs} epochs, patience {downstream.patience}.
+{result["batch_size_grid"]}), up to {downstream.max_epochs} epochs, patience {downstream.patience};
+cross layers of rank {downstream.cross_projection_dim or "full"} (chosen on validation users, see
+`cross_rank_grid`).
 Ranker speed, one epoch: {result["ranker_rows_per_s_before"]:.0f} rows/s before v2,
 {result["ranker_rows_per_s_after"]:.0f} after (full tier, same features;
 {result["ranker_speedup"]:.1f}x). User texts truncated by the tokenizer:

@@ -167,14 +167,15 @@ def evaluate(run_dirs, overrides, tiers):
 @click.option(
     "--user-store",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="Embedding store (.parquet) of user vectors, e.g. from `marc-keras encode`.",
+    type=click.Path(),
+    help="Embedding store of user vectors from `marc-keras encode`: a .parquet file or, with "
+    "--engine, a store directory.",
 )
 @click.option(
     "--item-store",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="Embedding store (.parquet) of item vectors.",
+    type=click.Path(),
+    help="Embedding store of item vectors (a .parquet file or a store directory).",
 )
 @click.option(
     "--column",
@@ -548,6 +549,48 @@ def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
 
 @main.command()
 @click.option(
+    "--run-dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="A run directory; its config.json names the data and the text templates.",
+)
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where users.parquet and items.parquet (id, text) are written.",
+)
+@click.option(
+    "--row-group-rows",
+    type=int,
+    default=50_000,
+    show_default=True,
+    help="Rows per parquet row group: the unit a sharded encode cuts shards on.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="MovieLens-1M directory (default: the run's data.data_dir or MARC_KERAS_ML1M_DIR).",
+)
+@_report_errors
+def texts(run_dir, output_dir, row_group_rows, data_dir):
+    """Write the user and item texts of a run, rendered as its training rendered them.
+
+    The input of `marc-keras encode`: users.parquet and items.parquet with an
+    id and a text column, for the run's data and templates.
+    """
+    from pathlib import Path
+
+    from marc_keras.config import RunConfig
+    from marc_keras.experiments.marc_run import CONFIG_FILE, MARCRun
+
+    config = _with_data_dir(RunConfig.from_file(Path(run_dir) / CONFIG_FILE), data_dir)
+    written = MARCRun(run_dir, config).write_texts(output_dir, row_group_rows=row_group_rows)
+    click.echo(json.dumps(written, indent=2))
+
+
+@main.command()
+@click.option(
     "--bundle-dir",
     required=True,
     type=click.Path(file_okay=False),
@@ -555,17 +598,31 @@ def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
 )
 @click.option(
     "--input",
-    "input_path",
+    "inputs",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="A .parquet or .csv table with an id column and a text column.",
+    multiple=True,
+    help=(
+        "A .parquet or .csv table with an id column and a text column. With --engine: also a "
+        "directory of them or a pyarrow URI (s3://, gs://, hdfs://); repeatable."
+    ),
 )
 @click.option(
     "--output",
     "output_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="The .parquet embedding store to write (replaced atomically).",
+    help=(
+        "Without --engine: the .parquet store to write (replaced atomically). With --engine: "
+        "the store directory (a path or URI)."
+    ),
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help=(
+        "Sharded, resumable encoding into a store directory: local (this process) or ray "
+        "(a Ray cluster, see --ray-address). Without it, one process writes one .parquet file."
+    ),
 )
 @click.option(
     "--id-column", default="id", show_default=True, help="Column of ids in the input table."
@@ -584,13 +641,14 @@ def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
     show_default=True,
-    help="ONNX Runtime provider; cuda fails clearly when it is unavailable.",
+    help="ONNX Runtime provider; cuda fails clearly when unavailable (ray: --gpus-per-worker).",
 )
 @click.option(
     "--threads",
     type=int,
     default=None,
-    help="ONNX Runtime intra-op threads (default: ORT's choice).",
+    help="ONNX Runtime intra-op threads, per worker with --engine ray (default: ORT's choice; "
+    "on Ray the CPUs each worker reserves).",
 )
 @click.option(
     "--batch-size", type=int, default=64, show_default=True, help="Texts per session run."
@@ -600,14 +658,50 @@ def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
     type=int,
     default=8192,
     show_default=True,
-    help="Rows encoded and saved at a time; a killed run loses at most one chunk.",
+    help="Without --engine: rows encoded and saved at a time; a killed run loses at most one.",
 )
-@click.option("--npy", is_flag=True, help="Also write OUTPUT_STEM.<column>.npy beside the store.")
+@click.option("--npy", is_flag=True, help="Without --engine: also write OUTPUT_STEM.<column>.npy.")
+@click.option(
+    "--shard-rows",
+    type=int,
+    default=50_000,
+    show_default=True,
+    help="With --engine: rows per shard (cut on parquet row groups); a killed worker loses one.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="With --engine: replace a store made with another bundle, input or shard size.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --engine ray: an existing cluster ('auto', 'ray://head:10001'); default: start a "
+    "local one.",
+)
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Ray actors, one encoder each."
+)
+@click.option(
+    "--cpus-per-worker",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="CPUs Ray reserves per actor (fractions allowed); at least one CPU must stay free.",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="GPUs per Ray actor; above 0 the actors run ONNX Runtime on CUDA (marc-keras[gpu]).",
+)
 @_report_errors
 def encode(
     bundle_dir,
-    input_path,
+    inputs,
     output_path,
+    engine,
     id_column,
     text_column,
     outputs,
@@ -616,26 +710,72 @@ def encode(
     batch_size,
     chunk_size,
     npy,
+    shard_rows,
+    overwrite,
+    ray_address,
+    workers,
+    cpus_per_worker,
+    gpus_per_worker,
 ):
-    """Encode a table of texts into an embedding store with ONNX Runtime.
+    """Encode tables of texts into an embedding store with ONNX Runtime.
 
-    Checks the whole input first (duplicate or null ids and null texts are
-    refused, naming the rows), then streams it in chunks, sorts each chunk's
-    texts by length for batching, and writes parquet with the id column, one
-    fixed-size float32 list column per output and the bundle manifest in the
-    schema metadata. Texts over the bundle's max length are truncated and
-    counted. Finished chunks are kept in .partial-OUTPUT_NAME/ beside the
-    output: re-running a killed or interrupted command resumes from them.
+    Without --engine: checks the whole input first (duplicate or null ids
+    and null texts are refused, naming the rows), then streams it in chunks,
+    sorts each chunk's texts by length for batching, and writes parquet with
+    the id column, one fixed-size float32 list column per output and the
+    bundle manifest in the schema metadata. Texts over the bundle's max
+    length are truncated and counted. Finished chunks are kept in
+    .partial-OUTPUT_NAME/ beside the output: re-running a killed or
+    interrupted command resumes from them.
+
+    With --engine local or ray: plans shards of the inputs, encodes each
+    shard into OUTPUT/part-SHARD.parquet (one encoder per worker), and
+    finishes OUTPUT with _store.json and _SUCCESS once every row is there
+    and every id appears once. Re-running resumes from the finished shards.
     """
+    output_columns = [name.strip() for name in outputs.split(",") if name.strip()]
+    if engine is not None:
+        from marc_keras.export.sharded_encoder import ShardedEncoder
+
+        job = ShardedEncoder(
+            bundle_dir,
+            output_path,
+            id_column=id_column,
+            text_column=text_column,
+            outputs=output_columns,
+            shard_rows=shard_rows,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            log=lambda line: click.echo(line, err=True),
+        )
+        stats = job.run(
+            list(inputs),
+            engine=engine,
+            provider=provider,
+            threads=threads,
+            ray_address=ray_address,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            threads_per_worker=threads,
+        )
+        click.echo(json.dumps(stats, indent=2))
+        return
+    if len(inputs) != 1:
+        raise click.BadParameter(
+            f"give one input table without --engine (got {len(inputs)}); use --engine local "
+            "or ray to encode several tables or a directory.",
+            param_hint="--input",
+        )
     from marc_keras.export.onnx_encoder import OnnxEncoder
 
     encoder = OnnxEncoder(bundle_dir, provider=provider, threads=threads, batch_size=batch_size)
     stats = encoder.encode_file(
-        input_path,
+        inputs[0],
         output_path,
         id_column=id_column,
         text_column=text_column,
-        outputs=[name.strip() for name in outputs.split(",") if name.strip()],
+        outputs=output_columns,
         chunk_size=chunk_size,
         write_npy=npy,
         verbose=True,

@@ -1,7 +1,8 @@
 """Production side of marc-keras: ONNX export, ONNX Runtime encoding, the embedding store.
 
 Installed as `marc_keras.export`. `OnnxEncoder`, `EmbeddingStore` and
-`load_embedding_table` need only onnxruntime, tokenizers, numpy and pyarrow;
+`load_embedding_table` need only onnxruntime, tokenizers, numpy and pyarrow
+(`ShardedEncoder` too, plus Ray for its ray engine);
 `OnnxExporter` needs Keras and torch, and is imported on first use.
 """
 
@@ -13,6 +14,7 @@ _PUBLIC = {
     "OnnxEncoder": "marc_keras.export.onnx_encoder",
     "OnnxExporter": "marc_keras.export.onnx_exporter",
     "ParityCheck": "marc_keras.export.onnx_exporter",
+    "ShardedEncoder": "marc_keras.export.sharded_encoder",
     "load_embedding_table": "marc_keras.export.embedding_store",
 }
 

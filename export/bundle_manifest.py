@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST_FILE = "manifest.json"
@@ -80,6 +81,18 @@ class BundleManifest:
         values = dataclasses.asdict(self)
         values["inputs"] = list(self.inputs)
         return values
+
+    def output_dims(self, names: Iterable[str] | None = None) -> dict[str, int]:
+        """Widths of the named outputs (all by default), in the order asked.
+
+        Raises:
+            ValueError: a name the bundle has no output for (the message lists them).
+        """
+        names = list(names or self.outputs)
+        unknown = [name for name in names if name not in self.outputs]
+        if unknown:
+            raise ValueError(f"Unknown outputs {unknown}; this bundle has {sorted(self.outputs)}.")
+        return {name: int(self.outputs[name]) for name in names}
 
     def write(self, bundle_dir: str | os.PathLike) -> None:
         Path(bundle_dir, MANIFEST_FILE).write_text(

@@ -23,6 +23,10 @@ ID_COLUMN = "id"
 METADATA_KEY = b"marc_keras"
 PART_METADATA_KEY = b"marc_keras_part"
 PROGRESS_FILE = "progress.json"
+# A sharded store is a directory (written by `ShardedEncoder`): its parts,
+# listed in STORE_FILE, count once SUCCESS_FILE exists.
+STORE_FILE = "_store.json"
+SUCCESS_FILE = "_SUCCESS"
 
 
 def _npy_path(path, column):
@@ -45,6 +49,18 @@ def _schema(dims, manifest, id_type):
     fields = [pa.field(ID_COLUMN, pa.string() if id_type == "string" else pa.int64())]
     fields += [pa.field(name, pa.list_(pa.float32(), dim)) for name, dim in dims.items()]
     return pa.schema(fields, metadata=metadata)
+
+
+def rows_table(
+    ids: np.ndarray,
+    vectors: Mapping[str, np.ndarray],
+    dims: Mapping[str, int],
+    manifest: dict,
+    id_type: str,
+) -> pa.Table:
+    """Rows of a store as an Arrow table: `ids` (n,) and `vectors[name]` (n, dims[name])
+    as fixed-size float32 list columns, with the store's schema metadata."""
+    return _table(_schema(dict(dims), manifest, id_type), dict(dims), ids, vectors)
 
 
 def _table(schema, dims, ids, vectors):
@@ -91,31 +107,65 @@ class EmbeddingStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
+        if self.path.is_dir():
+            self._files, self.metadata = self._open_sharded()
+        else:
+            self._files = [self._open_part(self.path)]
+            self.metadata = self._part_metadata(self.path, self._files[0])
+        self.dims = {name: int(dim) for name, dim in self.metadata["dims"].items()}
+
+    def _open_part(self, path):
+        if not path.is_file():
             raise FileNotFoundError(
-                f"Embedding store '{self.path}' does not exist; write one with `marc-keras encode`."
+                f"Embedding store '{path}' does not exist; write one with `marc-keras encode`."
             )
         try:
-            self._file = pq.ParquetFile(self.path)
+            return pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(
-                f"'{self.path}' is not a readable parquet embedding store: {error}"
+                f"'{path}' is not a readable parquet embedding store: {error}"
             ) from error
-        raw = (self._file.schema_arrow.metadata or {}).get(METADATA_KEY)
+
+    @staticmethod
+    def _part_metadata(path, parquet_file):
+        raw = (parquet_file.schema_arrow.metadata or {}).get(METADATA_KEY)
         if raw is None:
             raise ValueError(
-                f"'{self.path}' has no '{METADATA_KEY.decode()}' schema metadata; it was not "
+                f"'{path}' has no '{METADATA_KEY.decode()}' schema metadata; it was not "
                 "written by marc-keras. Re-encode it with `marc-keras encode`."
             )
-        self.metadata = json.loads(raw)
-        self.dims = {name: int(dim) for name, dim in self.metadata["dims"].items()}
+        return json.loads(raw)
+
+    def _open_sharded(self):
+        if not (self.path / SUCCESS_FILE).is_file():
+            raise ValueError(
+                f"Sharded embedding store '{self.path}' is not finished (no {SUCCESS_FILE}); "
+                "run the same `marc-keras encode` command again to finish it."
+            )
+        store = json.loads((self.path / STORE_FILE).read_text("utf-8"))
+        missing = [part for part in store["parts"] if not (self.path / part).is_file()]
+        if missing:
+            raise ValueError(
+                f"Sharded embedding store '{self.path}' lacks {len(missing)} of its parts "
+                f"({missing[0]}, ...): run the same `marc-keras encode` command again to "
+                "re-encode them."
+            )
+        files = [self._open_part(self.path / part) for part in store["parts"]]
+        rows = sum(parquet_file.metadata.num_rows for parquet_file in files)
+        if rows != store["rows"]:
+            raise ValueError(
+                f"Sharded embedding store '{self.path}' holds {rows} rows in its parts, but its "
+                f"{STORE_FILE} records {store['rows']}: a part was changed after the encode. "
+                "Run the encode again with --overwrite."
+            )
+        return files, {"dims": store["dims"], "manifest": store["manifest"]}
 
     @property
     def num_rows(self) -> int:
-        return self._file.metadata.num_rows
+        return sum(parquet_file.metadata.num_rows for parquet_file in self._files)
 
     def read(self, column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Reads ids and one vector column.
+        """Reads ids and one vector column (of every part, in order, for a sharded store).
 
         Args:
             column: a vector column name; `None` takes `compressed` when present,
@@ -129,7 +179,9 @@ class EmbeddingStore:
             KeyError: the store has no such column (the message lists them).
         """
         column = self._column(column)
-        table = self._file.read(columns=[ID_COLUMN, column])
+        table = pa.concat_tables(
+            [parquet_file.read(columns=[ID_COLUMN, column]) for parquet_file in self._files]
+        )
         ids = table.column(ID_COLUMN).to_numpy(zero_copy_only=False)
         values = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return ids, values.astype("float32", copy=False).reshape(len(ids), self.dims[column])
@@ -367,7 +419,9 @@ def load_embedding_table(
     """Reads a store into numpy: `(ids, vectors, metadata)`.
 
     Args:
-        path: a store written by `EmbeddingStore.writer` / `marc-keras encode`.
+        path: a store written by `EmbeddingStore.writer` / `marc-keras encode`
+            (a `.parquet` file), or a sharded store directory written by
+            `ShardedEncoder` / `marc-keras encode --engine`.
         column: vector column (`compressed` by default when present).
 
     Returns:

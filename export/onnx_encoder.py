@@ -236,12 +236,7 @@ class OnnxEncoder:
         (100000, 36864)
         """
         input_path, output_path = Path(input_path), Path(output_path)
-        outputs = list(outputs or self.output_dims)
-        unknown = [name for name in outputs if name not in self.output_dims]
-        if unknown:
-            raise ValueError(
-                f"Unknown outputs {unknown}; this bundle has {sorted(self.output_dims)}."
-            )
+        outputs = list(self.manifest.output_dims(outputs))
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be at least 1; got {chunk_size}.")
         chunk_size = int(chunk_size)

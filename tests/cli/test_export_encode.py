@@ -84,6 +84,57 @@ def test_export_then_encode_a_csv_into_a_store(tiny_run, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "items.compressed.npy"), vectors)
 
 
+def test_texts_then_a_sharded_encode_feed_rank_from_the_shell(tiny_run, tmp_path):
+    """The production walk-through: export -> texts -> encode --engine local -> rank."""
+    bundle, texts = tmp_path / "bundle", tmp_path / "texts"
+    invoke = CliRunner().invoke
+    assert (
+        invoke(main, ["export", "--run-dir", str(tiny_run), "--bundle-dir", str(bundle)]).exit_code
+        == 0
+    )
+    result = invoke(
+        main,
+        [
+            "texts",
+            "--run-dir",
+            str(tiny_run),
+            "--output-dir",
+            str(texts),
+            "--row-group-rows",
+            "1000",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.stdout)
+    stores = {}
+    for name in ("users", "items"):
+        table = pd.read_parquet(texts / f"{name}.parquet")
+        assert len(table) == written[name]["rows"] and table["id"].is_unique
+        stores[name] = tmp_path / f"{name}-store"
+        args = ["encode", "--bundle-dir", str(bundle), "--input", str(texts / f"{name}.parquet")]
+        args += ["--output", str(stores[name]), "--engine", "local", "--shard-rows", "1500"]
+        result = invoke(main, args + ["--threads", "1", "--provider", "cpu"])
+        assert result.exit_code == 0, result.output
+        stats = json.loads(result.stdout[result.stdout.index("{") :])
+        assert stats["rows"] == len(table) and stats["shards"] == -(-len(table) // 1000)
+        ids, vectors, _ = load_embedding_table(stores[name], "original")
+        assert ids.tolist() == table["id"].tolist()
+        sample = OnnxEncoder(bundle, provider="cpu").encode(table["text"].tolist()[:5])
+        np.testing.assert_allclose(vectors[:5], sample["original"], atol=1e-5)
+    result = invoke(
+        main,
+        [
+            "rank", "--run-dir", str(tiny_run), "--user-store", str(stores["users"]),
+            "--item-store", str(stores["items"]), "--seeds", "0",
+            "--set", "evaluate.train_samples=2000", "--set", "evaluate.max_epochs=1",
+            "--set", 'evaluate.tiers=["kar"]',
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tiny_run / "rank-keras.json").read_text())
+    assert report["missing"] == {"user": 0, "item": 0}
+
+
 def test_export_and_encode_errors_are_one_line(tiny_run, tmp_path):
     result = CliRunner().invoke(
         main, ["export", "--run-dir", str(tmp_path), "--bundle-dir", str(tmp_path / "b")]

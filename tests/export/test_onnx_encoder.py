@@ -138,10 +138,11 @@ def test_encode_file_names_the_bad_row_and_writes_nothing(tiny_bundle, tmp_path)
         encoder.encode_file(tmp_path / "in.json", tmp_path / "out.parquet")
 
 
-def test_the_runtime_imports_neither_keras_torch_nor_tensorflow():
+def test_the_runtime_imports_neither_keras_torch_tensorflow_nor_ray():
+    # The sharded encoder imports Ray only inside its ray engine.
     code = (
-        "import sys; import marc_keras.export.onnx_encoder; "
-        "print(sorted(m for m in ('keras', 'torch', 'tensorflow') if m in sys.modules))"
+        "import sys; import marc_keras.export.onnx_encoder, marc_keras.export.sharded_encoder; "
+        "print(sorted(m for m in ('keras', 'torch', 'tensorflow', 'ray') if m in sys.modules))"
     )
     output = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
