@@ -151,30 +151,33 @@ def throughput(args, config):
     print(json.dumps({k: v for k, v in result.items() if k.startswith("ranker_")}, indent=2))
 
 
+def _validation_run(features, tier, **settings):
+    """DCNv2 alone on a tier (seed 0, protocol defaults but `settings`): validation AUC."""
+    config = dataclasses.replace(DownstreamConfig(), seeds=(0,), tiers=(tier,), **settings)
+    evaluator = DownstreamEvaluator(features, config, log=lambda _: None)
+    started = time.perf_counter()
+    ranker, _, _, epochs = evaluator.train_one(tier, 0)
+    inputs = features.tier_inputs(TIERS[tier])["validation"]
+    scores = ranker.predict(inputs, batch_size=4096, verbose=0)[:, 0]
+    return {
+        "validation_auc": auc(features.labels["validation"], scores),
+        "epochs": epochs,
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def grid(args, config):
     _, features = _features(config)
     tier = args.tier
     results = []
     for batch_size in args.batch_sizes:
         for learning_rate in args.learning_rates:
-            settings = dataclasses.replace(
-                DownstreamConfig(),
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seeds=(0,),
-                tiers=(tier,),
-            )
-            evaluator = DownstreamEvaluator(features, settings, log=lambda _: None)
-            started = time.perf_counter()
-            ranker, _, _, epochs = evaluator.train_one(tier, 0)
-            inputs = features.tier_inputs(TIERS[tier])["validation"]
-            scores = ranker.predict(inputs, batch_size=4096, verbose=0)[:, 0]
             result = {
                 "batch_size": batch_size,
                 "learning_rate": learning_rate,
-                "validation_auc": auc(features.labels["validation"], scores),
-                "epochs": epochs,
-                "seconds": time.perf_counter() - started,
+                **_validation_run(
+                    features, tier, batch_size=batch_size, learning_rate=learning_rate
+                ),
             }
             results.append(result)
             print(json.dumps(result), flush=True)
@@ -207,24 +210,16 @@ def rank(args, config):
     results = []
     for tier in args.tiers:
         for cross_rank in ranks:
-            settings = DownstreamConfig(
-                batch_size=current["batch_size_chosen"],
-                learning_rate=current["learning_rate_chosen"],
-                cross_projection_dim=cross_rank,
-                seeds=(0,),
-                tiers=(tier,),
-            )
-            evaluator = DownstreamEvaluator(features, settings, log=lambda _: None)
-            started = time.perf_counter()
-            ranker, _, _, epochs = evaluator.train_one(tier, 0)
-            inputs = features.tier_inputs(TIERS[tier])["validation"]
-            scores = ranker.predict(inputs, batch_size=4096, verbose=0)[:, 0]
             result = {
                 "tier": tier,
                 "cross_projection_dim": _rank_label(cross_rank),
-                "validation_auc": auc(features.labels["validation"], scores),
-                "epochs": epochs,
-                "seconds": time.perf_counter() - started,
+                **_validation_run(
+                    features,
+                    tier,
+                    batch_size=current["batch_size_chosen"],
+                    learning_rate=current["learning_rate_chosen"],
+                    cross_projection_dim=cross_rank,
+                ),
             }
             results.append(result)
             print(json.dumps(result), flush=True)
