@@ -2,7 +2,8 @@
 
 The texts are MovieLens users' histories rendered with the run's templates at
 successive points in time (every `--stride` ratings of each user, the most
-recent 3-20 titles newest first), so their lengths vary as real user texts do.
+recent `--titles` titles newest first, 3-20 by default), so their lengths vary as real user
+texts do.
 Each engine encodes the same parquet file into its own store directory with
 the same bundle, batch size and shard size; rows:
 
@@ -37,8 +38,9 @@ from marc_keras.export.sharded_encoder import ShardedEncoder
 RESULT = "encode-ray.json"
 
 
-def history_texts(config, count, stride, seed=0):
-    """`count` user texts of real ML-1M histories at successive cut-off points."""
+def history_texts(config, count, stride, titles=(3, 20), seed=0):
+    """`count` user texts of real ML-1M histories at successive cut-off points, each
+    with the most recent `titles[0]`-`titles[1]` titles."""
     interactions, templates = load_dataset(config.data)
     rng = np.random.default_rng(seed)
     items = dict(zip(interactions.items["item_id"], interactions.items.to_dict("records")))
@@ -52,7 +54,8 @@ def history_texts(config, count, stride, seed=0):
         ]
         user_row = users[user_id]
         for end in range(stride, len(rows) + 1, stride):
-            window = rows[max(0, end - int(rng.integers(3, 21))) : end][::-1]
+            shown = int(rng.integers(titles[0], titles[1] + 1))
+            window = rows[max(0, end - shown) : end][::-1]
             ids.append(f"{user_id}@{end}")
             texts.append(templates.render_user(user_row, window))
             if len(ids) == count:
@@ -66,6 +69,9 @@ def main():
     parser.add_argument("--config", default="configs/demo.toml")
     parser.add_argument("--texts", type=int, default=50_000)
     parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument(
+        "--titles", type=int, nargs=2, default=[3, 20], help="titles per text, fewest and most"
+    )
     parser.add_argument("--shard-rows", type=int, default=5_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -75,7 +81,7 @@ def main():
 
     config = RunConfig.from_file(args.config)
     work = Path(tempfile.mkdtemp(prefix="encode-ray-"))
-    ids, texts = history_texts(config, args.texts, args.stride)
+    ids, texts = history_texts(config, args.texts, args.stride, tuple(args.titles))
     source = work / "texts.parquet"
     pq.write_table(pa.table({"id": ids, "text": texts}), source, row_group_size=args.shard_rows)
     layouts = {
@@ -142,7 +148,8 @@ def main():
 |---|---|---|---|---|---|
 {table}
 
-Bundle `{args.bundle_dir}` (fp32), batch {args.batch_size}, shards of {args.shard_rows} rows.
+Bundle `{args.bundle_dir}` (fp32), batch {args.batch_size}, shards of {args.shard_rows} rows,
+{args.titles[0]}-{args.titles[1]} titles per text.
 Machine: {result["machine"]["cpu"]}, cpu_flags {result["machine"]["cpu_flags"]},
 {result["machine"]["cores"]} cores. Command: `{result["command"]}`. {args.note}
 """,
