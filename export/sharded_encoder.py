@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from marc_keras.export.bundle_manifest import MANIFEST_FILE, BundleManifest, file_sha256
-from marc_keras.export.embedding_store import STORE_FILE, SUCCESS_FILE
+from marc_keras.export.embedding_store import ID_COLUMN, STORE_FILE, SUCCESS_FILE
 from marc_keras.export.encode_plan import PLAN_FILE, EncodePlan, resolve_filesystem
 from marc_keras.export.shard_writer import (
     DONE_DIR,
@@ -150,19 +150,19 @@ class ShardedEncoder:
             return False
         return bool(self.filesystem.get_file_info(fs.FileSelector(self.directory)))
 
+    def _finished_marker(self, shard):
+        """The shard's marker when it and its part are there and the rows agree, else `None`."""
+        marker = self._read_json(marker_name(shard["id"]))
+        done = (
+            marker is not None
+            and self._is_file(part_name(shard["id"]))
+            and (shard["rows"] is None or marker.get("rows") == shard["rows"])
+        )
+        return marker if done else None
+
     def pending(self, plan: EncodePlan) -> list[dict]:
         """Shards of `plan` without both a readable marker and its part."""
-        waiting = []
-        for shard in plan.shards:
-            marker = self._read_json(marker_name(shard["id"]))
-            done = (
-                marker is not None
-                and self._is_file(part_name(shard["id"]))
-                and (shard["rows"] is None or marker.get("rows") == shard["rows"])
-            )
-            if not done:
-                waiting.append(shard)
-        return waiting
+        return [shard for shard in plan.shards if self._finished_marker(shard) is None]
 
     def run(
         self,
@@ -336,7 +336,8 @@ class ShardedEncoder:
         import pyarrow.parquet as pq
         from pyarrow import fs
 
-        missing = self.pending(plan)
+        markers = {shard["id"]: self._finished_marker(shard) for shard in plan.shards}
+        missing = [shard for shard in plan.shards if markers[shard["id"]] is None]
         if missing:
             raise ValueError(
                 f"{len(missing)} shard(s) of '{self.output_dir}' are not encoded (first: "
@@ -344,9 +345,9 @@ class ShardedEncoder:
             )
         id_chunks, shard_rows, truncated, id_types = [], {}, 0, set()
         for shard in plan.shards:
-            marker = self._read_json(marker_name(shard["id"]))
+            marker = markers[shard["id"]]
             with self.filesystem.open_input_file(self._path(part_name(shard["id"]))) as handle:
-                ids = pq.read_table(handle, columns=["id"]).column("id")
+                ids = pq.read_table(handle, columns=[ID_COLUMN]).column(ID_COLUMN)
             if len(ids) != marker["rows"]:
                 raise ValueError(
                     f"Part {part_name(shard['id'])} holds {len(ids)} rows, its marker "
