@@ -436,10 +436,7 @@ class MARCRun:
         if StepCheckpoint.read_state(self.checkpoint_dir) is None:
             return dict(START)
         # Variables exist only once the model has seen a batch.
-        first = PairBatches(
-            train_x, train_y, self.config.training.batch_size, self.config.training.seed
-        )
-        model(first[0][0], training=False)
+        model(self._batches(train_x, train_y)[0][0], training=False)
         state = StepCheckpoint.restore(model, self.checkpoint_dir)
         log(
             f"resuming from {self.checkpoint_dir / state['weights']}: epoch {state['epoch'] + 1}, "
@@ -482,6 +479,19 @@ class MARCRun:
             arrays[f"{name}/label"] = samples["label"].to_numpy("float32")
         write_atomically(cache, lambda temporary: np.savez(temporary, **arrays))
         return arrays
+
+    def _batches(self, x, y, epoch=0, start_step=0):
+        """The run's batches of pairs: distinct texts once each, grouped by user if set."""
+        training = self.config.training
+        return PairBatches(
+            x,
+            y,
+            training.batch_size,
+            training.seed,
+            epoch=epoch,
+            start_step=start_step,
+            items_per_user=training.items_per_user,
+        )
 
     def _build_model(self, lora_rank=None):
         settings = self.config.model
@@ -556,20 +566,12 @@ class MARCRun:
         ]
 
         def fit_epochs(first_epoch, last_epoch, start_step):
-            batches = PairBatches(
-                train_x,
-                train_y,
-                training.batch_size,
-                training.seed,
-                epoch=first_epoch,
-                start_step=start_step,
-            )
+            batches = self._batches(train_x, train_y, epoch=first_epoch, start_step=start_step)
             model.fit(
                 batches,
                 initial_epoch=first_epoch,
                 epochs=last_epoch,
-                validation_data=part("validation"),
-                validation_batch_size=training.batch_size,
+                validation_data=self._batches(*part("validation")),
                 # PairBatches shuffles, reproducibly per epoch; Keras' own
                 # shuffle of batch indices could not be replayed on resume.
                 shuffle=False,
@@ -595,7 +597,7 @@ class MARCRun:
         objective_loss = model.objective_tracker.name
         for name in ("validation", "test"):
             x, y = part(name)
-            logs = model.evaluate(x, y, batch_size=training.batch_size, verbose=0, return_dict=True)
+            logs = model.evaluate(self._batches(x, y), verbose=0, return_dict=True)
             metrics[name] = {
                 "auc": logs["auc"],
                 objective_loss: logs[objective_loss],

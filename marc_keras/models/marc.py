@@ -54,8 +54,10 @@ class MARC(keras.Model):
     `hsic_item` (when `hsic_weight > 0`) and `auc`.
 
     Inputs are a dict of int arrays `user_token_ids`, `user_padding_mask`,
-    `item_token_ids`, `item_padding_mask` (see `tokenize`); labels are 0/1
-    of shape (B,) or (B, 1).
+    `item_token_ids`, `item_padding_mask` (see `tokenize`), one row per pair,
+    or `PairBatches`' batches, which hold each distinct text once (in length
+    buckets) with `user_index`, `item_index` (B,) naming each pair's row;
+    labels are 0/1 of shape (B,) or (B, 1).
 
     Args:
         backbone: a `LoRABackbone`.
@@ -279,10 +281,35 @@ class MARC(keras.Model):
             )
         return {field: inputs[f"{tower}_{field}"] for field in TOKEN_FIELDS}
 
+    def _encode_tower(self, inputs, tower, training):
+        """The backbone's (B, d) vectors of each pair's `tower` text.
+
+        Inputs from `PairBatches(distinct_texts=True)` hold each distinct text
+        once, as a tuple of length buckets, and `{tower}_index` (B,) gathers
+        the pairs' rows from them; otherwise each pair's text is a row.
+        """
+        tokens = self._tower_inputs(inputs, tower)
+        index = inputs.get(f"{tower}_index")
+        if index is None:
+            return self.backbone(tokens, training=training)
+        buckets = tokens["token_ids"]
+        if not isinstance(buckets, (tuple, list)):
+            buckets, masks = (buckets,), (tokens["padding_mask"],)
+        else:
+            masks = tokens["padding_mask"]
+        distinct = ops.concatenate(
+            [
+                self.backbone({"token_ids": ids, "padding_mask": mask}, training=training)
+                for ids, mask in zip(buckets, masks)
+            ],
+            axis=0,
+        )  # (D, d): one row per distinct text
+        return ops.take(distinct, ops.cast(index, "int32"), axis=0)  # (B, d)
+
     def call(self, inputs, training=None):
         outputs = {}
         for tower in TOWERS:
-            original = self.backbone(self._tower_inputs(inputs, tower), training=training)
+            original = self._encode_tower(inputs, tower, training)
             outputs[f"{tower}_original"] = original  # (B, d)
             outputs[f"{tower}_compressed"] = self.tower_compression(tower)(
                 original, training=training

@@ -149,3 +149,56 @@ def test_mixed_precision_keeps_lora_and_optimizer_state_float32(make_tiny_marc):
     lora = [v for v in model.trainable_weights if v.name.startswith("lora_kernel")]
     assert lora and all(v.dtype == "float32" for v in lora)
     assert all(v.dtype == "float32" for v in model.optimizer.variables if v.name != "iteration")
+
+
+def _loss_and_gradients(model, x, y):
+    import torch
+
+    model.zero_grad()
+    # training=False: dropout would draw different masks for the two layouts.
+    y_pred = model(x, training=False)
+    loss = model.compute_loss(x, keras.ops.convert_to_tensor(y), y_pred)
+    loss.backward()
+    gradients = {v.path: v.value.grad.numpy().copy() for v in model.trainable_weights}
+    with torch.no_grad():
+        return float(loss), gradients
+
+
+def test_distinct_texts_in_length_buckets_give_the_per_pair_loss_and_gradients(make_tiny_marc):
+    from marc_keras.pair_batches import PairBatches
+
+    model = make_tiny_marc(hsic_weight=0.5)
+    users, items, labels = genre_match_task(48, seed=3)
+    # Varied lengths, so the buckets have different widths and texts repeat.
+    items = [text + " film" * (row % 3) for row, text in enumerate(items)]
+    x = model.tokenize(users, items, pad_to_max_length=False)
+    distinct = PairBatches(x, labels, 24, seed=0, items_per_user=3, bucket_rows=4)
+    per_pair = PairBatches(x, labels, 24, seed=0, items_per_user=3, distinct_texts=False)
+    batch, batch_labels = distinct[0]
+    assert isinstance(batch["item_token_ids"], tuple) and len(batch["item_token_ids"]) > 1
+    assert len({ids.shape[1] for ids in batch["item_token_ids"]}) > 1
+    assert sum(len(ids) for ids in batch["user_token_ids"]) < len(batch_labels)
+    loss, gradients = _loss_and_gradients(model, batch, batch_labels)
+    expected_loss, expected_gradients = _loss_and_gradients(model, *per_pair[0])
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert gradients.keys() == expected_gradients.keys()
+    for path, gradient in gradients.items():
+        np.testing.assert_allclose(gradient, expected_gradients[path], rtol=1e-4, atol=1e-6)
+
+
+def test_fit_and_evaluate_take_user_grouped_batches(make_tiny_marc):
+    from marc_keras.pair_batches import PairBatches
+
+    model = make_tiny_marc()
+    users, items, labels = genre_match_task(64)
+    x = model.tokenize(users, items, pad_to_max_length=False)
+    batches = PairBatches(x, labels, 16, seed=0, items_per_user=4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = _snapshot(model)
+    history = model.fit(batches, epochs=1, verbose=0, callbacks=[batches.epoch_callback()])
+    changed = {path for path, value in _snapshot(model).items() if not np.array_equal(value, before[path])}
+    assert changed == {v.path for v in model.trainable_weights}
+    assert np.isfinite(history.history["loss"][0])
+    logs = model.evaluate(PairBatches(x, labels, 16, seed=0), verbose=0, return_dict=True)
+    per_pair = model.evaluate(x, labels, batch_size=16, verbose=0, return_dict=True)
+    assert logs["auc"] == pytest.approx(per_pair["auc"], abs=1e-6)
