@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
@@ -59,6 +58,11 @@ class PairBatches(keras.utils.PyDataset):
         distinct_texts: encode each distinct text of a batch once, in length
             buckets (otherwise every pair's texts, as plain (B, t) arrays).
         bucket_rows: most texts per length bucket.
+        prefix_encoder: with `distinct_texts`, a callable mapping a tower's
+            distinct texts' tokens (dict of (D, T) arrays) to the hidden
+            states after a frozen prefix, (D, T, d), such as
+            `LoRABackbone.prefix_states`: it runs once here, and batches hold
+            `{tower}_prefix_states` buckets instead of token ids.
 
     Example:
     >>> batches = PairBatches(inputs, labels, batch_size=64, seed=0, items_per_user=16)
@@ -76,6 +80,7 @@ class PairBatches(keras.utils.PyDataset):
         items_per_user: int | None = None,
         distinct_texts: bool = True,
         bucket_rows: int = 32,
+        prefix_encoder: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         self.inputs = inputs
@@ -92,13 +97,21 @@ class PairBatches(keras.utils.PyDataset):
             )
         if self.bucket_rows < 1:
             raise ValueError(f"bucket_rows must be >= 1; got {bucket_rows}.")
+        if prefix_encoder is not None and not self.distinct_texts:
+            raise ValueError("prefix_encoder caches distinct texts; it needs distinct_texts=True.")
         self.lengths = {}
         self.text_of_pair = {}
+        self.prefix_states = {}
         for tower in TOWERS:
-            mask = inputs[f"{tower}_padding_mask"]
+            token_ids, mask = inputs[f"{tower}_token_ids"], inputs[f"{tower}_padding_mask"]
             self.lengths[tower] = mask.sum(axis=1)
             if self.distinct_texts or (tower == "user" and self.items_per_user):
-                _, self.text_of_pair[tower] = _distinct_rows(inputs[f"{tower}_token_ids"], mask)
+                first, self.text_of_pair[tower] = _distinct_rows(token_ids, mask)
+                if prefix_encoder is not None:
+                    # (D, T, d), row j = distinct text j
+                    self.prefix_states[tower] = prefix_encoder(
+                        {"token_ids": token_ids[first], "padding_mask": mask[first]}
+                    )
         if self.items_per_user:
             # Pair rows of each user, in row order: user u's pairs are
             # rows_by_user[starts[u]:starts[u + 1]].
@@ -161,14 +174,20 @@ class PairBatches(keras.utils.PyDataset):
         by_length = np.argsort(lengths[text_rows], kind="stable")
         position = np.empty(len(texts), "int32")
         position[by_length] = np.arange(len(texts), dtype="int32")
-        ids, masks = [], []
+        states = self.prefix_states.get(tower)
+        field = "token_ids" if states is None else "prefix_states"
+        values, masks = [], []
         for start in range(0, len(texts), self.bucket_rows):
-            bucket = text_rows[by_length[start : start + self.bucket_rows]]
+            in_bucket = by_length[start : start + self.bucket_rows]
+            bucket = text_rows[in_bucket]
             width = max(int(lengths[bucket].max()), 1)
-            ids.append(token_ids[bucket, :width])  # (n_b, t_b)
+            if states is None:
+                values.append(token_ids[bucket, :width])  # (n_b, t_b)
+            else:
+                values.append(states[texts[in_bucket], :width])  # (n_b, t_b, d)
             masks.append(mask[bucket, :width])
         return {
-            f"{tower}_token_ids": tuple(ids),
+            f"{tower}_{field}": tuple(values),
             f"{tower}_padding_mask": tuple(masks),
             f"{tower}_index": position[index.ravel()],  # (B,) rows of the buckets' concatenation
         }

@@ -46,7 +46,8 @@ def test_starting_mid_epoch_serves_exactly_the_batches_not_yet_trained():
     rest.set_epoch(3)
     assert rest.epoch == 3 and rest.start_step == 0
     np.testing.assert_array_equal(
-        _rows(rest[0]), _rows(PairBatches(inputs, labels, 4, seed=0, epoch=3, distinct_texts=False)[0])
+        _rows(rest[0]),
+        _rows(PairBatches(inputs, labels, 4, seed=0, epoch=3, distinct_texts=False)[0]),
     )
 
 

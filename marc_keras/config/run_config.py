@@ -103,6 +103,10 @@ class ModelSection:
             ("bce" is MARC; the rest serve baselines and ablations).
         mrl_prefixes: nested prefix widths, for objective "mrl".
         reconstruction_weight: weight of reconstructing r from c (ESE).
+        frozen_prefix_layers: k > 0 trains LoRA only above the first k
+            blocks and caches each training text's hidden states after
+            them once, so training runs only the blocks above. A deviation
+            from MARC (the lower layers cannot adapt); off (0) by default.
     """
 
     preset: str | None = None
@@ -118,9 +122,11 @@ class ModelSection:
     objective: str = "bce"
     mrl_prefixes: tuple[int, ...] = (16, 32, 64)
     reconstruction_weight: float = 0.0
+    frozen_prefix_layers: int = 0
 
     def __post_init__(self):
         check.whole_number("model.lora_rank", self.lora_rank, minimum=0)
+        check.whole_number("model.frozen_prefix_layers", self.frozen_prefix_layers, minimum=0)
         check.choice("model.pooling", self.pooling, POOLING_MODES)
         check.whole_number("model.max_length", self.max_length, minimum=1)
         check.whole_number("model.compressed_dim", self.compressed_dim, minimum=1)

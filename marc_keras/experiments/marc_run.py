@@ -468,19 +468,21 @@ class MARCRun:
         for name in SPLITS:
             samples = split.sample(name, sizes[name], seed=training.seed)
             log(f"tokenizing {len(samples)} {name} pairs")
-            # Padded to the longest text of the split, not to max_length: item
-            # texts are a fifth as long as user texts, and padding costs compute.
-            tokens = model.tokenize(
-                [split.user_texts[user] for user in samples["user_id"]],
-                [split.item_texts[item] for item in samples["item_id"]],
-                pad_to_max_length=False,
-            )
-            arrays.update({f"{name}/{key}": value for key, value in tokens.items()})
+            for tower, texts in (("user", split.user_texts), ("item", split.item_texts)):
+                # Each distinct text once (pairs repeat them), padded to the
+                # longest text of the split, not to max_length: item texts are
+                # a fifth as long as user texts, and padding costs compute.
+                keys, row_of_pair = np.unique(samples[f"{tower}_id"], return_inverse=True)
+                tokens = model.backbone.tokenize(
+                    [texts[key] for key in keys], pad_to_max_length=False
+                )
+                for field, value in tokens.items():
+                    arrays[f"{name}/{tower}_{field}"] = value[row_of_pair.ravel()]
             arrays[f"{name}/label"] = samples["label"].to_numpy("float32")
         write_atomically(cache, lambda temporary: np.savez(temporary, **arrays))
         return arrays
 
-    def _batches(self, x, y, epoch=0, start_step=0):
+    def _batches(self, x, y, epoch=0, start_step=0, prefix_encoder=None):
         """The run's batches of pairs: distinct texts once each, grouped by user if set."""
         training = self.config.training
         return PairBatches(
@@ -491,6 +493,7 @@ class MARCRun:
             epoch=epoch,
             start_step=start_step,
             items_per_user=training.items_per_user,
+            prefix_encoder=prefix_encoder,
         )
 
     def _build_model(self, lora_rank=None):
@@ -509,6 +512,7 @@ class MARCRun:
             objective=settings.objective,
             mrl_prefixes=settings.mrl_prefixes,
             reconstruction_weight=settings.reconstruction_weight,
+            frozen_prefix_layers=settings.frozen_prefix_layers,
         )
 
     def fit(self, log: Callable[[str], object] = print, verbose: int = 1) -> dict:
@@ -565,13 +569,32 @@ class MARCRun:
             *progress,
         ]
 
-        def fit_epochs(first_epoch, last_epoch, start_step):
-            batches = self._batches(train_x, train_y, epoch=first_epoch, start_step=start_step)
+        started = time.perf_counter()
+        prefix_encoder = None
+        if self.config.model.frozen_prefix_layers:
+            log(
+                "caching every training text's hidden states after the "
+                f"{self.config.model.frozen_prefix_layers} frozen blocks"
+            )
+            prefix_encoder = model.backbone.prefix_states
+        batches = self._batches(
+            train_x,
+            train_y,
+            epoch=state["epoch"],
+            start_step=state["step"],
+            prefix_encoder=prefix_encoder,
+        )
+        timings["prefix_cache_s"] = time.perf_counter() - started
+        validation = self._batches(*part("validation"))
+
+        def fit_epochs(first_epoch, last_epoch):
+            # Only the interrupted epoch starts past its first batch.
+            batches.set_epoch(first_epoch)
             model.fit(
                 batches,
                 initial_epoch=first_epoch,
                 epochs=last_epoch,
-                validation_data=self._batches(*part("validation")),
+                validation_data=validation,
                 # PairBatches shuffles, reproducibly per epoch; Keras' own
                 # shuffle of batch indices could not be replayed on resume.
                 shuffle=False,
@@ -583,10 +606,10 @@ class MARCRun:
         epoch = state["epoch"]
         if state["step"]:
             # The interrupted epoch's remaining batches, then whole epochs.
-            fit_epochs(epoch, epoch + 1, state["step"])
+            fit_epochs(epoch, epoch + 1)
             epoch += 1
         if epoch < training.epochs and not model.stop_training:
-            fit_epochs(epoch, training.epochs, 0)
+            fit_epochs(epoch, training.epochs)
         elif state.get("best_weights") is not None and not state["step"]:
             # Killed after the last epoch, before the model was written.
             model.set_weights(state["best_weights"])

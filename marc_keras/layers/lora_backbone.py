@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from marc_keras.layers.token_pooling import TokenPooling
@@ -17,9 +18,6 @@ from marc_keras.utils.backend_guard import (
     serialize_keras_object,
     without_tensorflow,
 )
-
-if TYPE_CHECKING:
-    import numpy as np
 
 keras_hub = import_keras_hub()
 LORA_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")
@@ -74,6 +72,23 @@ def _load_keras_hub_backbone(path, dtype):
         ) from error
 
 
+def _check_frozen_prefix(backbone, layers, lora_rank):
+    if layers == 0:
+        return
+    blocks = getattr(backbone, "transformer_layers", [])
+    if not 0 < layers < len(blocks) or lora_rank == 0:
+        raise ValueError(
+            f"frozen_prefix_layers must be between 1 and {len(blocks) - 1} (the backbone has "
+            f"{len(blocks)} blocks) with lora_rank > 0; got {layers} with lora_rank {lora_rank}."
+        )
+    if blocks[-1].output is not _sequence_output(backbone):
+        raise ValueError(
+            f"frozen_prefix_layers runs the blocks above the prefix by hand, which is exact "
+            f"only when the last block gives the output; {type(backbone).__name__} applies more "
+            "after it (a final norm). Use an encoder backbone (BERT family) or 0."
+        )
+
+
 @keras.saving.register_keras_serializable(package="marc_keras")
 class LoRABackbone(keras.layers.Layer):
     """A LoRA-tuned keras-hub backbone that pools texts into vectors.
@@ -97,6 +112,12 @@ class LoRABackbone(keras.layers.Layer):
             decoders) or "cls".
         max_length: maximum tokens per text; taken from `tokenizer` when one
             is given (this argument restores it when loading a saved layer).
+        frozen_prefix_layers: k > 0 trains LoRA only in the blocks above the
+            first k, so the hidden states after block k are fixed per text:
+            `prefix_states` computes them once and the layer can then be
+            called on `{"prefix_states", "padding_mask"}` to run only the
+            blocks above. A deviation from MARC (its lower layers cannot
+            adapt); encoder backbones (BERT family) only. Default 0.
         **kwargs: base layer arguments.
 
     Returns:
@@ -119,6 +140,7 @@ class LoRABackbone(keras.layers.Layer):
         lora_rank: int = 8,
         pooling: str = "mean",
         max_length: int | None = None,
+        frozen_prefix_layers: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -126,6 +148,8 @@ class LoRABackbone(keras.layers.Layer):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if int(lora_rank) < 0:
             raise ValueError(f"lora_rank must be 0 (frozen) or positive; got {lora_rank}.")
+        self.frozen_prefix_layers = int(frozen_prefix_layers)
+        _check_frozen_prefix(backbone, self.frozen_prefix_layers, int(lora_rank))
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.max_length = tokenizer.max_length if tokenizer is not None else max_length
@@ -139,7 +163,7 @@ class LoRABackbone(keras.layers.Layer):
     def __setattr__(self, name, value):
         # The hidden-states view shares every layer with `backbone`; keeping it
         # out of Keras' tracking stores each weight once in saved files.
-        if name == "_hidden_states":
+        if name in ("_hidden_states", "_prefix_model"):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -151,6 +175,9 @@ class LoRABackbone(keras.layers.Layer):
         self.backbone.enable_lora(self.lora_rank)
         for variable in self.backbone.weights:
             variable.trainable = _is_lora_variable(variable)
+        for block in self.backbone.transformer_layers[: self.frozen_prefix_layers]:
+            for variable in block.weights:
+                variable.trainable = False
         if not self.trainable:
             # enable_lora switches the backbone on; a frozen wrapper (a loaded
             # frozen encoder) keeps it off.
@@ -223,6 +250,13 @@ class LoRABackbone(keras.layers.Layer):
 
     def call(self, inputs, return_all_layers=False, training=None):
         padding_mask = inputs["padding_mask"]
+        if "prefix_states" in inputs:
+            if return_all_layers:
+                raise ValueError("return_all_layers needs token_ids, not prefix_states.")
+            states = inputs["prefix_states"]  # (B, T, d) after the frozen blocks
+            for block in self.backbone.transformer_layers[self.frozen_prefix_layers :]:
+                states = block(states, padding_mask=padding_mask, training=training)
+            return self.pooling(states, padding_mask)
         backbone_inputs = {"token_ids": inputs["token_ids"], "padding_mask": padding_mask}
         if self._segment_input:
             backbone_inputs["segment_ids"] = ops.zeros_like(inputs["token_ids"])
@@ -232,6 +266,44 @@ class LoRABackbone(keras.layers.Layer):
             return pooled
         layers = [self.pooling(state, padding_mask) for state in states[:-1]]
         return {"pooled": pooled, "layers": ops.stack(layers + [pooled], axis=1)}
+
+    def prefix_states(self, tokens: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Hidden states after the frozen blocks, for caching during training.
+
+        Args:
+            tokens: dict of int arrays `token_ids`, `padding_mask` (N, T),
+                right-padded.
+            batch_size: texts per forward pass (in length order).
+
+        Returns:
+            float32 (N, T, d); positions past a text's end are zeros.
+
+        Example:
+        >>> backbone = LoRABackbone.from_preset(minilm_path, frozen_prefix_layers=3)
+        >>> tokens = backbone.tokenize(texts)
+        >>> states = backbone.prefix_states(tokens)
+        >>> vectors = backbone({"prefix_states": states, "padding_mask": tokens["padding_mask"]})
+        """
+        if not self.frozen_prefix_layers:
+            raise ValueError("prefix_states needs frozen_prefix_layers > 0.")
+        if getattr(self, "_prefix_model", None) is None:
+            self._prefix_model = keras.Model(
+                self._hidden_states.inputs,
+                self._hidden_states.outputs[self.frozen_prefix_layers],
+            )
+        token_ids, mask = tokens["token_ids"], tokens["padding_mask"]
+        lengths = mask.sum(axis=1)
+        states = np.zeros((*token_ids.shape, self.hidden_dim), "float32")
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(int(lengths[rows].max()), 1)
+            inputs = {"token_ids": token_ids[rows, :width], "padding_mask": mask[rows, :width]}
+            if self._segment_input:
+                inputs["segment_ids"] = np.zeros_like(inputs["token_ids"])
+            batch = ops.convert_to_numpy(self._prefix_model(inputs, training=False))
+            states[rows, :width] = batch * mask[rows, :width, None]
+        return states
 
     def compute_output_spec(self, inputs, return_all_layers=False, training=None):
         batch = inputs["token_ids"].shape[0]
@@ -278,4 +350,5 @@ class LoRABackbone(keras.layers.Layer):
             "lora_rank": self.lora_rank,
             "pooling": self.pooling.mode,
             "max_length": self.max_length,
+            "frozen_prefix_layers": self.frozen_prefix_layers,
         }

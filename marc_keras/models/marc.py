@@ -197,6 +197,7 @@ class MARC(keras.Model):
         hsic_weight: float = 0.01,
         explicit_interactions: bool = True,
         dtype: str | keras.DTypePolicy | None = None,
+        frozen_prefix_layers: int = 0,
         **kwargs: Any,
     ) -> MARC:
         """Builds MARC around a backbone checkpoint directory.
@@ -213,6 +214,8 @@ class MARC(keras.Model):
             hsic_weight: lambda.
             explicit_interactions: feed c_u * c_i to the matching network.
             dtype: backbone dtype or policy, `None` for the global policy.
+            frozen_prefix_layers: train LoRA only above this many blocks
+                (see `LoRABackbone`; a deviation from MARC, off by default).
             **kwargs: `MARC` arguments (`objective`, `mrl_prefixes`,
                 `reconstruction_weight`) and base model arguments.
 
@@ -220,7 +223,12 @@ class MARC(keras.Model):
             A `MARC` model, built, with the checkpoint's tokenizer.
         """
         backbone = LoRABackbone.from_preset(
-            path, lora_rank=lora_rank, pooling=pooling, max_length=max_length, dtype=dtype
+            path,
+            lora_rank=lora_rank,
+            pooling=pooling,
+            max_length=max_length,
+            dtype=dtype,
+            frozen_prefix_layers=frozen_prefix_layers,
         )
 
         def compression(name):
@@ -285,22 +293,21 @@ class MARC(keras.Model):
         """The backbone's (B, d) vectors of each pair's `tower` text.
 
         Inputs from `PairBatches(distinct_texts=True)` hold each distinct text
-        once, as a tuple of length buckets, and `{tower}_index` (B,) gathers
-        the pairs' rows from them; otherwise each pair's text is a row.
+        once, as a tuple of length buckets (token ids, or the frozen prefix's
+        hidden states as `{tower}_prefix_states`), and `{tower}_index` (B,)
+        gathers the pairs' rows from them; otherwise each pair's text is a row.
         """
-        tokens = self._tower_inputs(inputs, tower)
         index = inputs.get(f"{tower}_index")
         if index is None:
-            return self.backbone(tokens, training=training)
-        buckets = tokens["token_ids"]
+            return self.backbone(self._tower_inputs(inputs, tower), training=training)
+        field = "prefix_states" if f"{tower}_prefix_states" in inputs else "token_ids"
+        buckets, masks = inputs[f"{tower}_{field}"], inputs[f"{tower}_padding_mask"]
         if not isinstance(buckets, (tuple, list)):
-            buckets, masks = (buckets,), (tokens["padding_mask"],)
-        else:
-            masks = tokens["padding_mask"]
+            buckets, masks = (buckets,), (masks,)
         distinct = ops.concatenate(
             [
-                self.backbone({"token_ids": ids, "padding_mask": mask}, training=training)
-                for ids, mask in zip(buckets, masks)
+                self.backbone({field: values, "padding_mask": mask}, training=training)
+                for values, mask in zip(buckets, masks)
             ],
             axis=0,
         )  # (D, d): one row per distinct text

@@ -224,3 +224,77 @@ def test_pooled_output_matches_numpy_pooling_of_the_backbone(tiny_tokenizer, arc
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(layer(inputs)), expected, rtol=1e-5, atol=1e-5
     )
+
+
+def _frozen_prefix_backbone(tiny_tokenizer, layers=1, architecture="bert", num_layers=2):
+    return marc_keras.LoRABackbone(
+        tiny_hub_backbone(tiny_tokenizer.vocabulary_size, architecture, num_layers=num_layers),
+        tokenizer=tiny_tokenizer,
+        lora_rank=2,
+        frozen_prefix_layers=layers,
+    )
+
+
+def test_a_frozen_prefix_trains_lora_only_above_it_and_its_states_give_the_same_vectors(
+    tiny_tokenizer,
+):
+    layer = _frozen_prefix_backbone(tiny_tokenizer, layers=2, num_layers=3)
+    _perturb_lora(layer)
+    trainable = {v.path for v in layer.trainable_weights}
+    # query and value of the third block only, two factors each
+    assert len(trainable) == 4 and all("transformer_layer_2" in path for path in trainable)
+    tokens = tiny_tokenizer(["the action movie", "user likes drama film a", "a"])
+    states = layer.prefix_states(tokens, batch_size=2)
+    assert states.shape == (3, *tokens["token_ids"].shape[1:], 16)
+    # Past a text's end the states are zeros, and trimming them changes nothing.
+    assert not states[2, 3:].any()
+    expected = keras.ops.convert_to_numpy(layer(tokens))
+    got = layer({"prefix_states": states, "padding_mask": tokens["padding_mask"]})
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, rtol=1e-5, atol=1e-6)
+    # The cached states are those of the first two blocks of the full forward pass.
+    all_layers = layer(tokens, return_all_layers=True)["layers"]
+    np.testing.assert_allclose(
+        layer.pooling(states, tokens["padding_mask"]),
+        keras.ops.convert_to_numpy(all_layers[:, 2]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_gradients_through_prefix_states_reach_exactly_the_lora_above_the_prefix(tiny_tokenizer):
+    layer = _frozen_prefix_backbone(tiny_tokenizer, layers=1)
+    _perturb_lora(layer)
+    tokens = tiny_tokenizer(["the action movie", "user likes drama film a"])
+    states = layer.prefix_states(tokens)
+    output = layer({"prefix_states": states, "padding_mask": tokens["padding_mask"]})
+    torch.sum(output**2).backward()
+    with_gradient = {v.path for v in layer.weights if v.value.grad is not None}
+    assert with_gradient == {v.path for v in layer.trainable_weights}
+    assert len(with_gradient) == 4
+
+
+def test_bad_frozen_prefixes_are_explained(tiny_tokenizer):
+    with pytest.raises(ValueError, match="between 1 and 1 .*2 blocks"):
+        _frozen_prefix_backbone(tiny_tokenizer, layers=2)
+    with pytest.raises(ValueError, match="final norm"):
+        _frozen_prefix_backbone(tiny_tokenizer, layers=1, architecture="llama")
+    layer = _frozen_prefix_backbone(tiny_tokenizer, layers=0)
+    with pytest.raises(ValueError, match="frozen_prefix_layers > 0"):
+        layer.prefix_states(tiny_tokenizer(["a"]))
+
+
+def test_a_frozen_prefix_passes_layer_checks(tiny_tokenizer):
+    run_layer_test(
+        marc_keras.LoRABackbone,
+        lambda: dict(
+            backbone=tiny_hub_backbone(tiny_tokenizer.vocabulary_size, "bert"),
+            tokenizer=tiny_tokenizer,
+            lora_rank=2,
+            frozen_prefix_layers=1,
+        ),
+        tiny_tokenizer(["the action movie", "a film"]),
+        prepare=_perturb_lora,
+        expected_output_shape=(2, 16),
+        expected_num_trainable_weights=4,
+        expected_num_non_trainable_weights=43,
+    )

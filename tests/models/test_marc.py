@@ -196,9 +196,54 @@ def test_fit_and_evaluate_take_user_grouped_batches(make_tiny_marc):
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     before = _snapshot(model)
     history = model.fit(batches, epochs=1, verbose=0, callbacks=[batches.epoch_callback()])
-    changed = {path for path, value in _snapshot(model).items() if not np.array_equal(value, before[path])}
+    changed = {
+        path for path, value in _snapshot(model).items() if not np.array_equal(value, before[path])
+    }
     assert changed == {v.path for v in model.trainable_weights}
     assert np.isfinite(history.history["loss"][0])
     logs = model.evaluate(PairBatches(x, labels, 16, seed=0), verbose=0, return_dict=True)
     per_pair = model.evaluate(x, labels, batch_size=16, verbose=0, return_dict=True)
     assert logs["auc"] == pytest.approx(per_pair["auc"], abs=1e-6)
+
+
+def test_a_frozen_prefix_cache_gives_the_token_path_loss_and_trains_only_above_it(
+    make_tiny_backbone, tiny_tokenizer
+):
+    from helpers import tiny_hub_backbone
+
+    from marc_keras.pair_batches import PairBatches
+
+    backbone = marc_keras.LoRABackbone(
+        tiny_hub_backbone(tiny_tokenizer.vocabulary_size, "bert"),
+        tokenizer=tiny_tokenizer,
+        lora_rank=2,
+        frozen_prefix_layers=1,
+    )
+    model = marc_keras.MARC(
+        backbone,
+        compression=marc_keras.CompressionNetwork((16,), 8, name="compression"),
+        matching=marc_keras.MatchingNetwork((16,), name="matching"),
+        hsic_weight=0.5,
+    )
+    users, items, labels = genre_match_task(48, seed=4)
+    x = model.tokenize(users, items, pad_to_max_length=False)
+    cached = PairBatches(
+        x, labels, 16, seed=0, items_per_user=4, prefix_encoder=backbone.prefix_states
+    )
+    tokens = PairBatches(x, labels, 16, seed=0, items_per_user=4)
+    batch, batch_labels = cached[0]
+    assert "item_prefix_states" in batch and "item_token_ids" not in batch
+    loss, gradients = _loss_and_gradients(model, batch, batch_labels)
+    expected_loss, expected_gradients = _loss_and_gradients(model, *tokens[0])
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for path, gradient in gradients.items():
+        np.testing.assert_allclose(gradient, expected_gradients[path], rtol=1e-4, atol=1e-6)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = _snapshot(model)
+    model.fit(cached, epochs=1, verbose=0, callbacks=[cached.epoch_callback()])
+    changed = {
+        path for path, value in _snapshot(model).items() if not np.array_equal(value, before[path])
+    }
+    lora = {path for path in changed if "lora_kernel" in path}
+    assert changed == {v.path for v in model.trainable_weights}
+    assert len(lora) == 4 and all("transformer_layer_1" in path for path in lora)

@@ -1,0 +1,128 @@
+"""MARC trained at scale on a 2-core CPU: a small grid on validation users, then one long run.
+
+  grid   trains one short run per setting (--pairs each) from configs/marc-scale.toml
+         and ranks them by MARC's own click AUC on validation users; test users
+         are never looked at for the choice.
+  final  trains configs/marc-scale.toml (with the chosen settings written into it
+         by hand) and reports its own click AUC on test pairs and the wall time.
+
+Every run is a `MARCRun` directory under --runs-dir: a killed run resumes from
+its last step checkpoint when the command is repeated. Results accumulate in
+benchmarks/results/marc-scale.json and its RESULTS.md section.
+
+Usage:
+  python benchmarks/marc_at_scale.py grid --pairs 6000 \
+      --setting lr3e-4 training.learning_rate=3e-4 --setting lr1e-3 training.learning_rate=1e-3
+  python benchmarks/marc_at_scale.py final
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from marc_keras.config import RunConfig
+from marc_keras.experiments.marc_run import MARCRun
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import RESULTS_DIR, machine_facts, update_results_section, write_json
+
+RESULT = "marc-scale.json"
+
+
+def load_result():
+    path = RESULTS_DIR / RESULT
+    return json.loads(path.read_text()) if path.is_file() else {"grid": {}, "final": None}
+
+
+def train(config, run_dir):
+    started = time.perf_counter()
+    run = MARCRun.open(run_dir, config)
+    metrics = run.fit(verbose=2)
+    training = config.training
+    return {
+        "validation_auc": metrics["validation"]["auc"],
+        "test_auc": metrics["test"]["auc"],
+        "train_pairs": training.train_samples * training.epochs,
+        "wall_minutes": (time.perf_counter() - started) / 60,
+        "fit_minutes": metrics["timings"]["fit_s"] / 60,
+        "resumed_from_step": metrics["resumed_from_step"],
+        "run_dir": str(run_dir),
+    }
+
+
+def report(result):
+    grid = sorted(result["grid"].items(), key=lambda item: -item[1]["validation_auc"])
+    lines = [
+        "## MARC at scale: settings chosen on validation users, then one long run (issue 12)",
+        "",
+        "| grid setting | overrides | train pairs | fit min | validation AUC |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | `{' '.join(row['overrides'])}` | {row['train_pairs']:,} | "
+            f"{row['fit_minutes']:.1f} | {row['validation_auc']:.4f} |"
+            for name, row in grid
+        ),
+    ]
+    final = result.get("final")
+    if final:
+        lines += [
+            "",
+            f"**Final run** (`{final['config']}`): {final['train_pairs']:,} training pairs in "
+            f"{final['wall_minutes']:.1f} min wall ({final['fit_minutes']:.1f} min in `fit`); "
+            f"MARC's own click AUC: validation {final['validation_auc']:.4f}, "
+            f"**test {final['test_auc']:.4f}**.",
+        ]
+    facts = result["machine"]
+    lines += [
+        "",
+        f"Machine: {facts['cpu']}, {facts['cores']} cores, flags {facts['cpu_flags']}; "
+        f"versions {facts['versions']}. Also running: {result.get('note') or 'nothing recorded'}. "
+        f"Commands: {'; '.join(f'`{command}`' for command in result['commands'])}.",
+    ]
+    update_results_section("marc-scale", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["grid", "final"])
+    parser.add_argument("--config", default="configs/marc-scale.toml")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/marc-scale"))
+    parser.add_argument("--pairs", type=int, default=6000, help="training pairs per grid run")
+    parser.add_argument(
+        "--setting",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "KEY=VALUE"),
+        help="a grid setting: its name, then config overrides",
+    )
+    parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    args = parser.parse_args()
+    result = load_result()
+    result["machine"] = machine_facts()
+    result["note"] = args.note
+    command = "python benchmarks/marc_at_scale.py " + " ".join(sys.argv[1:])
+    result["commands"] = [*result.get("commands", []), command]
+    if args.stage == "grid":
+        if not args.setting:
+            parser.error("grid needs at least one --setting NAME KEY=VALUE ...")
+        for name, *overrides in args.setting:
+            overrides = [f"training.train_samples={args.pairs}", *overrides]
+            config = RunConfig.from_file(args.config, overrides)
+            row = train(config, args.runs_dir / "grid" / name)
+            result["grid"][name] = {"overrides": overrides, **row}
+            print(f"{name}: validation AUC {row['validation_auc']:.4f}", flush=True)
+            write_json(RESULT, result)
+    else:
+        config = RunConfig.from_file(args.config)
+        row = train(config, args.runs_dir / "final")
+        result["final"] = {"config": args.config, **row}
+        write_json(RESULT, result)
+    report(result)
+
+
+if __name__ == "__main__":
+    main()
