@@ -36,6 +36,9 @@ def test_json_config_round_trips(tmp_path):
         ("model.share_compression=1", "takes true or false"),
         ("model.compression_hidden_units=64", "takes a list"),
         ("epochs", "must look like section.key=value"),
+        ("training.items_per_user=0", "training.items_per_user must be >= 1"),
+        ("training.items_per_user=64", "items_per_user \\(64\\) exceeds training.batch_size"),
+        ("model.frozen_prefix_layers=-1", "model.frozen_prefix_layers must be >= 0"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):

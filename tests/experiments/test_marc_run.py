@@ -160,3 +160,46 @@ def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninter
         np.testing.assert_allclose(resumed, whole, atol=1e-5)
     history = (run_dir / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
+
+
+def test_user_grouped_training_on_a_frozen_prefix_resumes_like_an_uninterrupted_fit(
+    tiny_config, tmp_path, monkeypatch
+):
+    from marc_keras.step_checkpoint import StepCheckpoint
+
+    # Chunks of up to 4 of a user's pairs, 4 chunks a batch; LoRA trains only
+    # in the tiny backbone's second block, on cached first-block states.
+    config = tiny_config.replace(
+        model=dataclasses.replace(tiny_config.model, frozen_prefix_layers=1),
+        training=dataclasses.replace(
+            tiny_config.training,
+            epochs=2,
+            checkpoint_steps=3,
+            items_per_user=4,
+            train_samples=256,
+        ),
+    )
+    lines = []
+    whole = MARCRun.open(tmp_path / "whole", config).fit(log=lines.append, verbose=0)
+    assert any("caching every training text's hidden states" in line for line in lines)
+    assert whole["timings"]["prefix_cache_s"] > 0
+
+    step_end = StepCheckpoint.on_train_batch_end
+
+    def killed_after_step_seven(self, batch, logs=None):
+        step_end(self, batch, logs)
+        if self.global_step == 7:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", killed_after_step_seven)
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", step_end)
+    metrics = MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
+    assert metrics["resumed_from_step"] == 6
+    assert metrics["test"]["auc"] == pytest.approx(whole["test"]["auc"], abs=1e-5)
+    for resumed, uninterrupted in zip(
+        _trained_weights(run_dir), _trained_weights(tmp_path / "whole"), strict=True
+    ):
+        np.testing.assert_allclose(resumed, uninterrupted, atol=1e-5)
