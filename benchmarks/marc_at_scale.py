@@ -1,6 +1,7 @@
 """MARC trained at scale on a 2-core CPU: a small grid on validation users, then one long run.
 
-  grid   trains one short run per setting (--pairs each) from configs/marc-scale.toml
+  grid   trains one short run per setting (--steps steps of the config's pair sample) from
+         configs/marc-scale.toml
          and ranks them by MARC's own click AUC on validation users; test users
          are never looked at for the choice.
   final  trains configs/marc-scale.toml (with the chosen settings written into it
@@ -11,7 +12,7 @@ its last step checkpoint when the command is repeated. Results accumulate in
 benchmarks/results/marc-scale.json and its RESULTS.md section.
 
 Usage:
-  python benchmarks/marc_at_scale.py grid --pairs 6000 \
+  python benchmarks/marc_at_scale.py grid --steps 100 \
       --setting lr3e-4 training.learning_rate=3e-4 --setting lr1e-3 training.learning_rate=1e-3
   python benchmarks/marc_at_scale.py final
 """
@@ -41,10 +42,15 @@ def train(config, run_dir):
     run = MARCRun.open(run_dir, config)
     metrics = run.fit(verbose=2)
     training = config.training
+    epochs_trained = len((Path(run_dir) / "history.csv").read_text().splitlines()) - 1
+    pairs_per_epoch = min(
+        training.train_samples, (training.steps_per_epoch or 10**12) * training.batch_size
+    )
     return {
         "validation_auc": metrics["validation"]["auc"],
         "test_auc": metrics["test"]["auc"],
-        "train_pairs": training.train_samples * training.epochs,
+        "epochs_trained": epochs_trained,
+        "train_pairs": pairs_per_epoch * epochs_trained,
         "wall_minutes": (time.perf_counter() - started) / 60,
         "fit_minutes": metrics["timings"]["fit_s"] / 60,
         "resumed_from_step": metrics["resumed_from_step"],
@@ -90,7 +96,7 @@ def main():
     parser.add_argument("stage", choices=["grid", "final"])
     parser.add_argument("--config", default="configs/marc-scale.toml")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/marc-scale"))
-    parser.add_argument("--pairs", type=int, default=6000, help="training pairs per grid run")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per grid run")
     parser.add_argument(
         "--setting",
         nargs="+",
@@ -110,7 +116,7 @@ def main():
         if not args.setting:
             parser.error("grid needs at least one --setting NAME KEY=VALUE ...")
         for name, *overrides in args.setting:
-            overrides = [f"training.train_samples={args.pairs}", *overrides]
+            overrides = [f"training.steps_per_epoch={args.steps}", "training.epochs=1", *overrides]
             config = RunConfig.from_file(args.config, overrides)
             row = train(config, args.runs_dir / "grid" / name)
             result["grid"][name] = {"overrides": overrides, **row}

@@ -32,10 +32,12 @@ class PairBatches(keras.utils.PyDataset):
       `bucket_rows` texts, each padded only to its own longest text:
       `{tower}_token_ids` is then a tuple of (n_b, t_b) arrays, and
       `{tower}_index` points into their concatenation.
-    - with `items_per_user=K`, holds `batch_size // K` users with K of their
-      labelled items each (the last chunk of a user may be shorter), so a
-      user text is encoded once per K pairs. The HSIC terms then see only
-      that many distinct users: keep it at several.
+    - with `items_per_user=K`, holds chunks of up to K labelled items of one
+      user each (a user's pairs are cut into chunks of K, the last shorter),
+      laid end to end in shuffled order and cut every `batch_size` pairs: a
+      batch of 64 with K = 16 holds about 4 users when users have many pairs,
+      more when they have few, and a user text is encoded once per up to K
+      pairs. The HSIC terms then see fewer distinct users: keep several.
 
     Epoch e visits the pairs in an order drawn from `default_rng((seed, e))`,
     so the order of every epoch is known in advance: a run resumed from a
@@ -58,6 +60,9 @@ class PairBatches(keras.utils.PyDataset):
         distinct_texts: encode each distinct text of a batch once, in length
             buckets (otherwise every pair's texts, as plain (B, t) arrays).
         bucket_rows: most texts per length bucket.
+        steps_per_epoch: serve only the first this many batches of each
+            epoch's order (`None`: all): long training on a large pair
+            sample in epochs short enough to validate and checkpoint often.
         prefix_encoder: with `distinct_texts`, a callable mapping a tower's
             distinct texts' tokens (dict of (D, T) arrays) to the hidden
             states after a frozen prefix, (D, T, d), such as
@@ -81,6 +86,7 @@ class PairBatches(keras.utils.PyDataset):
         distinct_texts: bool = True,
         bucket_rows: int = 32,
         prefix_encoder: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.inputs = inputs
@@ -121,7 +127,9 @@ class PairBatches(keras.utils.PyDataset):
         self.first_epoch = self.epoch = int(epoch)
         self.first_step = self.start_step = int(start_step)
         self._batches = self._epoch_batches(self.epoch)
-        self.steps_per_epoch = len(self._batches)
+        if steps_per_epoch is not None and int(steps_per_epoch) < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or None; got {steps_per_epoch}.")
+        self.steps_per_epoch = min(len(self._batches), int(steps_per_epoch or len(self._batches)))
         if not 0 <= self.start_step < self.steps_per_epoch:
             raise ValueError(
                 f"start_step must be in [0, {self.steps_per_epoch}) for {len(self.labels)} pairs "
@@ -146,11 +154,12 @@ class PairBatches(keras.utils.PyDataset):
                 rows[start : start + self.items_per_user]
                 for start in range(0, len(rows), self.items_per_user)
             ]
-        chunks = [chunks[index] for index in rng.permutation(len(chunks))]
-        users_per_batch = max(self.batch_size // self.items_per_user, 1)
+        # Shuffled chunks laid end to end and cut every batch_size pairs: every
+        # batch is full, and users with few pairs simply share a batch with more.
+        order = np.concatenate([chunks[index] for index in rng.permutation(len(chunks))])
         return [
-            np.concatenate(chunks[start : start + users_per_batch])
-            for start in range(0, len(chunks), users_per_batch)
+            order[start : start + self.batch_size]
+            for start in range(0, len(order), self.batch_size)
         ]
 
     def __len__(self):
@@ -209,7 +218,6 @@ class PairBatches(keras.utils.PyDataset):
             self.epoch = int(epoch)
             self.start_step = self.first_step if epoch == self.first_epoch else 0
             self._batches = self._epoch_batches(self.epoch)
-            self.steps_per_epoch = len(self._batches)
 
     def epoch_callback(self) -> keras.callbacks.Callback:
         """A Keras callback that calls `set_epoch` at the start of every epoch."""

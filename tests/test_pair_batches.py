@@ -99,28 +99,39 @@ def _gathered(batch, tower):
 def test_grouped_batches_hold_few_users_each_and_every_pair_once_per_epoch():
     inputs, labels, user_of_pair = _user_pairs()
     batches = PairBatches(inputs, labels, batch_size=4, seed=0, items_per_user=2)
-    # Chunks of at most 2 pairs per user: 3 + 2 + 4 + 1 = 10 chunks, 2 per batch.
+    # 17 pairs in chunks of at most 2 pairs of one user: 3 + 2 + 4 + 1 = 10
+    # chunks, laid end to end and cut every 4 pairs.
     assert len(batches) == 5
     for epoch in (0, 1):
         batches.set_epoch(epoch)
-        seen = []
+        seen, user_encodings = [], 0
         for index in range(len(batches)):
             rows = batches.pair_rows(index)
+            assert len(rows) == (4 if index < 4 else 1)
             seen += list(rows)
-            assert len(np.unique(user_of_pair[rows])) <= 2
             batch, batch_labels = batches[index]
             np.testing.assert_array_equal(batch_labels[:, 0], labels[rows])
             for tower in ("user", "item"):
                 texts = _gathered(batch, tower)
                 expected = inputs[f"{tower}_token_ids"][rows, : texts.shape[1]]
                 np.testing.assert_array_equal(texts, expected)
-            # Each distinct user text is encoded once.
-            assert sum(len(part) for part in batch["user_token_ids"]) == len(
-                np.unique(user_of_pair[rows])
-            )
+            # Each distinct user text of a batch is encoded once.
+            users = len(np.unique(user_of_pair[rows]))
+            assert sum(len(part) for part in batch["user_token_ids"]) == users
+            user_encodings += users
         assert sorted(seen) == list(range(len(labels)))
+        # A user is encoded once per chunk at most, plus once per chunk a batch cut splits.
+        assert user_encodings <= 10 + len(batches) - 1
+        # Chunks stay together: no more runs of one user than chunks.
+        order = user_of_pair[np.concatenate(seen_batches(batches))]
+        runs = np.split(order, np.flatnonzero(np.diff(order)) + 1)
+        assert len(runs) <= 10
     resumed = PairBatches(inputs, labels, 4, seed=0, epoch=1, start_step=2, items_per_user=2)
     np.testing.assert_array_equal(resumed.pair_rows(0), batches.pair_rows(2))
+
+
+def seen_batches(batches):
+    return [batches.pair_rows(index) for index in range(len(batches))]
 
 
 def test_distinct_texts_are_bucketed_by_length_each_bucket_padded_to_its_longest():
@@ -140,3 +151,19 @@ def test_bad_grouping_settings_are_explained():
         PairBatches(inputs, labels, batch_size=4, seed=0, items_per_user=5)
     with pytest.raises(ValueError, match="bucket_rows must be >= 1"):
         PairBatches(inputs, labels, batch_size=4, seed=0, bucket_rows=0)
+
+
+def test_steps_per_epoch_serves_the_start_of_each_epochs_own_order():
+    inputs, labels, _ = _user_pairs()
+    whole = PairBatches(inputs, labels, batch_size=4, seed=0, items_per_user=2)
+    capped = PairBatches(inputs, labels, batch_size=4, seed=0, items_per_user=2, steps_per_epoch=2)
+    assert len(capped) == 2
+    for epoch in (0, 1):
+        whole.set_epoch(epoch)
+        capped.set_epoch(epoch)
+        for index in range(2):
+            np.testing.assert_array_equal(capped.pair_rows(index), whole.pair_rows(index))
+    resumed = PairBatches(inputs, labels, 4, seed=0, epoch=1, start_step=1, steps_per_epoch=2)
+    assert len(resumed) == 1
+    with pytest.raises(ValueError, match="steps_per_epoch must be >= 1"):
+        PairBatches(inputs, labels, 4, seed=0, steps_per_epoch=0)

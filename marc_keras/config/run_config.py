@@ -165,10 +165,10 @@ class TrainingSection:
         checkpoint_steps: steps between mid-epoch checkpoints; a killed
             `fit` loses at most this many steps (100 steps of 32 MiniLM
             pairs are about five minutes on a 2-core CPU).
-        items_per_user: group each batch as `batch_size // items_per_user`
-            users with this many of their labelled items each, so a long
-            user text is encoded once per that many pairs; `None` draws
-            batches of pairs at random. Either way each distinct text of a
+        items_per_user: fill batches with chunks of up to this many
+            labelled items of one user, so a long user text is encoded once
+            per that many pairs (about `batch_size // items_per_user` users
+            a batch); `None` draws batches of pairs at random. Either way each distinct text of a
             batch is encoded once (see `marc_keras.pair_batches`).
     """
 
@@ -183,6 +183,7 @@ class TrainingSection:
     threads: int | None = None
     checkpoint_steps: int = 100
     items_per_user: int | None = None
+    steps_per_epoch: int | None = None
 
     def __post_init__(self):
         for name in ("train_samples", "validation_samples", "test_samples", "epochs"):
@@ -199,11 +200,14 @@ class TrainingSection:
         check.whole_number("training.threads", self.threads, minimum=1, optional=True)
         check.whole_number("training.checkpoint_steps", self.checkpoint_steps, minimum=1)
         check.whole_number("training.items_per_user", self.items_per_user, minimum=1, optional=True)
+        check.whole_number(
+            "training.steps_per_epoch", self.steps_per_epoch, minimum=1, optional=True
+        )
         if self.items_per_user is not None and self.items_per_user > self.batch_size:
             raise ValueError(
                 f"training.items_per_user ({self.items_per_user}) exceeds training.batch_size "
-                f"({self.batch_size}): a batch holds batch_size // items_per_user users; "
-                "lower items_per_user or raise batch_size."
+                f"({self.batch_size}): a batch holds chunks of up to items_per_user pairs of "
+                "one user; lower items_per_user or raise batch_size."
             )
 
 

@@ -482,7 +482,7 @@ class MARCRun:
         write_atomically(cache, lambda temporary: np.savez(temporary, **arrays))
         return arrays
 
-    def _batches(self, x, y, epoch=0, start_step=0, prefix_encoder=None):
+    def _batches(self, x, y, epoch=0, start_step=0, prefix_encoder=None, steps_per_epoch=None):
         """The run's batches of pairs: distinct texts once each, grouped by user if set."""
         training = self.config.training
         return PairBatches(
@@ -494,6 +494,7 @@ class MARCRun:
             start_step=start_step,
             items_per_user=training.items_per_user,
             prefix_encoder=prefix_encoder,
+            steps_per_epoch=steps_per_epoch,
         )
 
     def _build_model(self, lora_rank=None):
@@ -583,6 +584,7 @@ class MARCRun:
             epoch=state["epoch"],
             start_step=state["step"],
             prefix_encoder=prefix_encoder,
+            steps_per_epoch=training.steps_per_epoch,
         )
         timings["prefix_cache_s"] = time.perf_counter() - started
         validation = self._batches(*part("validation"))
