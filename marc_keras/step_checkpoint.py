@@ -151,6 +151,9 @@ class StepCheckpoint(keras.callbacks.Callback):
                 "best_epoch": int(early.best_epoch),
                 "wait": int(early.wait),
             }
+            # A later `fit` call of the same run (after a resumed epoch) starts
+            # from this memory: its best weights must come with it.
+            self._best_weights = early.best_weights
             state["early_stopping"] = self._early_memory
             state["best_weights"] = f"best-{early.best_epoch:05d}.npz"
             if not (self.directory / state["best_weights"]).is_file():

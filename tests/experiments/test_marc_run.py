@@ -167,8 +167,9 @@ def test_user_grouped_training_on_a_frozen_prefix_resumes_like_an_uninterrupted_
 ):
     from marc_keras.step_checkpoint import StepCheckpoint
 
-    # Chunks of up to 4 of a user's pairs, 4 chunks a batch; LoRA trains only
-    # in the tiny backbone's second block, on cached first-block states.
+    # Chunks of up to 4 of a user's pairs; LoRA trains only in the tiny
+    # backbone's second block, on cached first-block states. Killed in the
+    # first of two epochs, so the resumed run needs two `fit` calls.
     config = tiny_config.replace(
         model=dataclasses.replace(tiny_config.model, frozen_prefix_layers=1),
         training=dataclasses.replace(
