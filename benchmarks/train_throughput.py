@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from marc_keras.config import RunConfig
-from marc_keras.experiments.marc_run import build_split, default_preset
+from marc_keras.experiments.marc_run import build_split, default_preset, tokenize_pairs
 from marc_keras.models.marc import MARC
 from marc_keras.pair_batches import PairBatches
 
@@ -75,18 +75,10 @@ def parse_args():
 
 
 def pair_sample(config, count, model):
-    """`count` sampled training pairs, tokenized (each distinct text tokenized once)."""
+    """`count` sampled training pairs, tokenized as a run tokenizes them."""
     split = build_split(config)
     pairs = split.sample("train", count, seed=0)
-    x = {}
-    for tower, ids, texts in (
-        ("user", pairs["user_id"], split.user_texts),
-        ("item", pairs["item_id"], split.item_texts),
-    ):
-        distinct, row_of_pair = np.unique(ids.to_numpy(), return_inverse=True)
-        tokens = model.backbone.tokenize([texts[key] for key in distinct], pad_to_max_length=False)
-        x.update({f"{tower}_{field}": value[row_of_pair] for field, value in tokens.items()})
-    return x, pairs["label"].to_numpy("float32")
+    return tokenize_pairs(model.backbone, split, pairs), pairs["label"].to_numpy("float32")
 
 
 class StepTimes(keras.callbacks.Callback):

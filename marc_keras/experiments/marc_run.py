@@ -30,7 +30,10 @@ from marc_keras.utils.line_progress import LineProgress, progress_is_interactive
 from marc_keras.utils.markdown_tables import downstream_markdown
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from marc_keras.config.run_config import DataSection
+    from marc_keras.layers.lora_backbone import LoRABackbone
 
 CONFIG_FILE = "config.json"
 SPLITS = ("train", "validation", "test")
@@ -108,6 +111,24 @@ def build_split(
     )
     split = KARSplit.build(interactions, templates, split_config, fits=tokenizer.fits)
     return (split, interactions) if with_interactions else split
+
+
+def tokenize_pairs(
+    backbone: LoRABackbone, split: KARSplit, samples: pd.DataFrame
+) -> dict[str, np.ndarray]:
+    """MARC's input arrays for sampled (user_id, item_id) pairs, one row per pair.
+
+    Each distinct text is tokenized once (pairs repeat them) and padded to the
+    longest text of its tower, not to max_length: item texts are a fifth as
+    long as user texts, and padding costs compute.
+    """
+    arrays = {}
+    for tower, texts in (("user", split.user_texts), ("item", split.item_texts)):
+        keys, row_of_pair = np.unique(samples[f"{tower}_id"], return_inverse=True)
+        tokens = backbone.tokenize([texts[key] for key in keys], pad_to_max_length=False)
+        for field, value in tokens.items():
+            arrays[f"{tower}_{field}"] = value[row_of_pair.ravel()]
+    return arrays
 
 
 def evaluate_runs(
@@ -435,8 +456,8 @@ class MARCRun:
         """Loads the run's last step checkpoint into `model`; the position to continue from."""
         if StepCheckpoint.read_state(self.checkpoint_dir) is None:
             return dict(START)
-        # Variables exist only once the model has seen a batch.
-        model(self._batches(train_x, train_y)[0][0], training=False)
+        # Variables exist only once the model has seen a batch; two pairs do.
+        model({key: values[:2] for key, values in train_x.items()}, training=False)
         state = StepCheckpoint.restore(model, self.checkpoint_dir)
         log(
             f"resuming from {self.checkpoint_dir / state['weights']}: epoch {state['epoch'] + 1}, "
@@ -468,16 +489,8 @@ class MARCRun:
         for name in SPLITS:
             samples = split.sample(name, sizes[name], seed=training.seed)
             log(f"tokenizing {len(samples)} {name} pairs")
-            for tower, texts in (("user", split.user_texts), ("item", split.item_texts)):
-                # Each distinct text once (pairs repeat them), padded to the
-                # longest text of the split, not to max_length: item texts are
-                # a fifth as long as user texts, and padding costs compute.
-                keys, row_of_pair = np.unique(samples[f"{tower}_id"], return_inverse=True)
-                tokens = model.backbone.tokenize(
-                    [texts[key] for key in keys], pad_to_max_length=False
-                )
-                for field, value in tokens.items():
-                    arrays[f"{name}/{tower}_{field}"] = value[row_of_pair.ravel()]
+            tokens = tokenize_pairs(model.backbone, split, samples)
+            arrays.update({f"{name}/{key}": value for key, value in tokens.items()})
             arrays[f"{name}/label"] = samples["label"].to_numpy("float32")
         write_atomically(cache, lambda temporary: np.savez(temporary, **arrays))
         return arrays
@@ -621,13 +634,15 @@ class MARCRun:
         metrics = {}
         # The objective's loss is logged under its own name: bce, contrastive, aoe, ...
         objective_loss = model.objective_tracker.name
-        for name in ("validation", "test"):
-            x, y = part(name)
-            logs = model.evaluate(self._batches(x, y), verbose=0, return_dict=True)
+        for name, batches_of_split in (
+            ("validation", validation),
+            ("test", self._batches(*part("test"))),
+        ):
+            logs = model.evaluate(batches_of_split, verbose=0, return_dict=True)
             metrics[name] = {
                 "auc": logs["auc"],
                 objective_loss: logs[objective_loss],
-                "pairs": int(len(y)),
+                "pairs": int(len(batches_of_split.labels)),
             }
         # Keras' serializer probes for TensorFlow (tf.TensorShape) and would load it.
         with without_tensorflow():

@@ -159,17 +159,21 @@ def _perturb_lora(layer):
 
 
 @pytest.mark.parametrize(
-    "architecture, pooling, lora_rank, trainable, frozen",
+    "architecture, pooling, lora_rank, frozen_prefix_layers, trainable, frozen",
     [
         # LoRA: 2 blocks x (query, value) x 2 factors. Frozen BERT: 5 embedding
         # weights, 16 per block, 2 of the pooler; Llama: the input and output
-        # embeddings, 9 per block, the final norm.
-        ("bert", "mean", 2, 8, 39),
-        ("bert", "cls", 0, 0, 39),
-        ("llama", "last", 2, 8, 21),
+        # embeddings, 9 per block, the final norm. A frozen prefix of 1 block
+        # freezes that block's 4 LoRA factors too.
+        ("bert", "mean", 2, 0, 8, 39),
+        ("bert", "cls", 0, 0, 0, 39),
+        ("llama", "last", 2, 0, 8, 21),
+        ("bert", "mean", 2, 1, 4, 43),
     ],
 )
-def test_layer_checks(tiny_tokenizer, architecture, pooling, lora_rank, trainable, frozen):
+def test_layer_checks(
+    tiny_tokenizer, architecture, pooling, lora_rank, frozen_prefix_layers, trainable, frozen
+):
     texts = ["the action movie", "user likes drama film a"]
     run_layer_test(
         marc_keras.LoRABackbone,
@@ -178,6 +182,7 @@ def test_layer_checks(tiny_tokenizer, architecture, pooling, lora_rank, trainabl
             tokenizer=tiny_tokenizer,
             lora_rank=lora_rank,
             pooling=pooling,
+            frozen_prefix_layers=frozen_prefix_layers,
         ),
         tiny_tokenizer(texts),
         prepare=_perturb_lora,
@@ -281,20 +286,3 @@ def test_bad_frozen_prefixes_are_explained(tiny_tokenizer):
     layer = _frozen_prefix_backbone(tiny_tokenizer, layers=0)
     with pytest.raises(ValueError, match="frozen_prefix_layers > 0"):
         layer.prefix_states(tiny_tokenizer(["a"]))
-
-
-def test_a_frozen_prefix_passes_layer_checks(tiny_tokenizer):
-    run_layer_test(
-        marc_keras.LoRABackbone,
-        lambda: dict(
-            backbone=tiny_hub_backbone(tiny_tokenizer.vocabulary_size, "bert"),
-            tokenizer=tiny_tokenizer,
-            lora_rank=2,
-            frozen_prefix_layers=1,
-        ),
-        tiny_tokenizer(["the action movie", "a film"]),
-        prepare=_perturb_lora,
-        expected_output_shape=(2, 16),
-        expected_num_trainable_weights=4,
-        expected_num_non_trainable_weights=43,
-    )
