@@ -6,7 +6,6 @@ import dataclasses
 import contextlib
 import importlib.metadata
 import logging
-import tempfile
 import os
 import warnings
 from pathlib import Path
@@ -24,12 +23,10 @@ from marc_keras.export.bundle_manifest import (
     file_sha256,
 )
 from marc_keras.export.onnx_graph import convert_to_float16, quantize_int8, rewrite_einsum_as_matmul
-from marc_keras.layers.lora_backbone import LoRABackbone
 from marc_keras.models.marc_encoder import MARCEncoder
 from marc_keras.utils.atomic_files import staged_directory
 
 PRECISIONS = ("fp32", "fp16", "int8")
-OUTPUT_NAMES = ("compressed", "original")
 EXTERNAL_DATA_FILE = "model.onnx.data"
 # protobuf cannot serialise a message over 2 GiB; leave room for the graph.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
@@ -73,7 +70,7 @@ class _OnnxModule(torch.nn.Module):
         outputs = self.encoder(
             {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
         )
-        return tuple(outputs[name] for name in OUTPUT_NAMES)
+        return tuple(outputs[name] for name in self.encoder.output_dims)
 
 
 def _versions():
@@ -105,11 +102,8 @@ def _quiet_exporters():
 
 
 def merge_lora(encoder: MARCEncoder) -> MARCEncoder:
-    """A float32 copy of `encoder` whose backbone has the LoRA factors merged in.
-
-    keras-hub has no public merge, but saving an `EinsumDense` with LoRA
-    writes its merged kernel, so the weights of the LoRA backbone load into a
-    plain backbone of the same config.
+    """A float32 copy of `encoder` whose backbone has the LoRA factors merged in
+    (`LoRABackbone.merged`).
 
     Args:
         encoder: a `MARCEncoder`.
@@ -118,24 +112,14 @@ def merge_lora(encoder: MARCEncoder) -> MARCEncoder:
         A `MARCEncoder` with `lora_rank=0` computing the same vectors.
     """
     layer = encoder.backbone
-    config = {**layer.backbone.get_config(), "dtype": "float32"}
-    plain = type(layer.backbone).from_config(config)
-    with tempfile.TemporaryDirectory() as directory:
-        weights = Path(directory, "merged.weights.h5")
-        layer.backbone.save_weights(str(weights))
-        plain.load_weights(str(weights))
-    backbone = LoRABackbone(
-        plain,
-        tokenizer=layer.tokenizer,
-        lora_rank=0,
-        pooling=layer.pooling.mode,
-        max_length=layer.max_length,
-    )
-    compression = type(encoder.compression).from_config(
-        {**encoder.compression.get_config(), "dtype": "float32"}
-    )
-    compression.build((None, layer.hidden_dim))
-    compression.set_weights(encoder.compression.get_weights())
+    backbone = layer.merged(dtype="float32")
+    compression = None
+    if encoder.compression is not None:
+        compression = type(encoder.compression).from_config(
+            {**encoder.compression.get_config(), "dtype": "float32"}
+        )
+        compression.build((None, layer.hidden_dim))
+        compression.set_weights(encoder.compression.get_weights())
     merged = MARCEncoder(backbone, compression, name=f"{encoder.name}_merged")
     merged.trainable = False
     return merged
@@ -168,7 +152,8 @@ class OnnxExporter:
     The bundle directory holds `model.onnx` (LoRA merged, pooling and
     compression inside, dynamic batch and sequence axes, inputs `token_ids`
     and `padding_mask` int32 (B, T), outputs `compressed` (B, k) and
-    `original` (B, d) float32), `tokenizer.json` and `manifest.json` (dims,
+    `original` (B, d) float32; an encoder without compression, such as
+    L2D's prompt encoder, has `original` only), `tokenizer.json` and `manifest.json` (dims,
     pooling, max length, opset, source, versions, sha256 of every file and
     the parity check it passed). Precisions: `fp32`; `fp16` (weights and
     arithmetic in float16, normalisation in float32, float32 inputs/outputs;
@@ -307,7 +292,7 @@ class OnnxExporter:
             _OnnxModule(merged).eval(),
             tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(merged.output_dims),
             dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
             opset_version=opset,
             dynamo=True,
@@ -355,16 +340,17 @@ class OnnxExporter:
 
         session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(check.seed)
-        worst_error = dict.fromkeys(OUTPUT_NAMES, 0.0)
-        worst_cosine = dict.fromkeys(OUTPUT_NAMES, 1.0)
+        output_names = list(self.encoder.output_dims)
+        worst_error = dict.fromkeys(output_names, 0.0)
+        worst_cosine = dict.fromkeys(output_names, 1.0)
         shapes = []
         for batch, length in check.shapes:
             length = min(length, self.encoder.backbone.max_length or length)
             shapes.append([batch, length])
             tokens = random_token_batch((batch, length), self._vocabulary_size, self._pad_id, rng)
             expected = self.encoder.predict_on_batch(tokens)
-            actual = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), tokens)))
-            for name in OUTPUT_NAMES:
+            actual = dict(zip(output_names, session.run(output_names, tokens)))
+            for name in output_names:
                 reference = np.asarray(expected[name], "float32")
                 if actual[name].shape != reference.shape:
                     raise ValueError(

@@ -26,12 +26,22 @@ _PUBLIC = {
     "PairBatches": "marc_keras.pair_batches",
     "TextTokenizer": "marc_keras.text_tokenizer",
     "RunConfig": "marc_keras.config.run_config",
+    "GenerativeConfig": "marc_keras.config.generative_config",
+    "GenerativeRecommender": "marc_keras.generative.generative_recommender",
+    "LatentDecoder": "marc_keras.generative.latent_decoder",
+    "BeamSearchDecoder": "marc_keras.generative.beam_search_decoder",
+    "L2DRun": "marc_keras.experiments.l2d_run",
     "MARCRun": "marc_keras.experiments.marc_run",
     "hsic": "marc_keras.losses.hsic",
 }
 
 __all__ = [
+    "BeamSearchDecoder",
     "CompressionNetwork",
+    "GenerativeConfig",
+    "GenerativeRecommender",
+    "L2DRun",
+    "LatentDecoder",
     "LoRABackbone",
     "MARC",
     "MARCEncoder",

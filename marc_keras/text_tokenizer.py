@@ -132,6 +132,34 @@ class TextTokenizer:
     def vocabulary_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a vocabulary token (`None` if the tokenizer has no such token)."""
+        return self._tokenizer.token_to_id(token)
+
+    def encode_ids(self, texts: Iterable[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids of each text, unpadded and not truncated.
+
+        For texts that are joined after tokenization (a prompt and its
+        answer): tokenizing them together would let merges cross the
+        boundary.
+
+        Args:
+            texts: a list of `str`.
+            add_special_tokens: frame each text with the tokenizer's special
+                tokens (BOS, [CLS] ...); `False` for a continuation.
+
+        Returns:
+            One list of ids per text.
+        """
+        self._tokenizer.no_truncation()
+        try:
+            encodings = self._tokenizer.encode_batch(
+                list(texts), add_special_tokens=add_special_tokens
+            )
+        finally:
+            self._tokenizer.enable_truncation(self.max_length)
+        return [encoding.ids for encoding in encodings]
+
     def to_json(self) -> str:
         """The tokenizer as `tokenizer.json` text (what `from_json` reads)."""
         return self._tokenizer.to_str()

@@ -265,6 +265,79 @@ def _parse_override_value(text):
         return text
 
 
+def sections_from_dict(values: dict, sections: dict[str, type], source: str) -> dict:
+    """Builds each section dataclass from nested dicts, checking every key and type.
+
+    Args:
+        values: `{section: {key: value}}` as parsed from TOML or JSON.
+        sections: section name -> dataclass.
+        source: the file name, for messages.
+
+    Returns:
+        `{section: instance}` for the sections present.
+    """
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{source}: expected tables {list(sections)}; got {type(values).__name__}."
+        )
+    built = {}
+    for section_name, section_values in values.items():
+        if section_name not in sections:
+            raise ValueError(
+                f"{source}: unknown section '{section_name}'; valid sections are "
+                f"{', '.join(sections)}.{_suggest(section_name, sections)}"
+            )
+        if not isinstance(section_values, dict):
+            raise ValueError(f"{source}: '{section_name}' must be a table of keys.")
+        section_type = sections[section_name]
+        fields = {field.name: field for field in dataclasses.fields(section_type)}
+        hints = typing.get_type_hints(section_type)
+        kwargs = {}
+        for key, value in section_values.items():
+            dotted = f"{section_name}.{key}"
+            if key not in fields:
+                raise ValueError(
+                    f"{source}: unknown key '{dotted}'; valid keys in [{section_name}] "
+                    f"are {', '.join(fields)}.{_suggest(key, fields)}"
+                )
+            kwargs[key] = _coerce(value, hints[key], dotted)
+        try:
+            # Each section checks its ranges and choices in __post_init__.
+            built[section_name] = section_type(**kwargs)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+    return built
+
+
+def read_config_values(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> dict:
+    """The nested dict of a TOML or JSON config file (or `{}`), with overrides applied.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file does not parse, or an override is malformed.
+    """
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file '{path}' does not exist.")
+        text = path.read_text("utf-8")
+        try:
+            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+            raise ValueError(f"Config file '{path}' does not parse: {error}") from error
+    for override in overrides:
+        dotted, separator, text = override.partition("=")
+        section, _, key = dotted.strip().partition(".")
+        if not separator or not key:
+            raise ValueError(
+                f"Override '{override}' must look like section.key=value, "
+                "for example training.epochs=2."
+            )
+        values.setdefault(section, {})[key] = _parse_override_value(text.strip())
+    return values
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """All settings of a `marc-keras fit` run, in three sections.
@@ -295,37 +368,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> RunConfig:
         """Builds a config from nested dicts, checking every key and type."""
-        if not isinstance(values, dict):
-            raise ValueError(
-                f"{source}: expected tables {list(SECTIONS)}; got {type(values).__name__}."
-            )
-        sections = {}
-        for section_name, section_values in values.items():
-            if section_name not in SECTIONS:
-                raise ValueError(
-                    f"{source}: unknown section '{section_name}'; valid sections are "
-                    f"{', '.join(SECTIONS)}.{_suggest(section_name, SECTIONS)}"
-                )
-            if not isinstance(section_values, dict):
-                raise ValueError(f"{source}: '{section_name}' must be a table of keys.")
-            section_type = SECTIONS[section_name]
-            fields = {field.name: field for field in dataclasses.fields(section_type)}
-            hints = typing.get_type_hints(section_type)
-            kwargs = {}
-            for key, value in section_values.items():
-                dotted = f"{section_name}.{key}"
-                if key not in fields:
-                    raise ValueError(
-                        f"{source}: unknown key '{dotted}'; valid keys in [{section_name}] "
-                        f"are {', '.join(fields)}.{_suggest(key, fields)}"
-                    )
-                kwargs[key] = _coerce(value, hints[key], dotted)
-            try:
-                # Each section checks its ranges and choices in __post_init__.
-                sections[section_name] = section_type(**kwargs)
-            except ValueError as error:
-                raise ValueError(f"{source}: {error}") from None
-        return cls(**sections)
+        return cls(**sections_from_dict(values, SECTIONS, source))
 
     @classmethod
     def from_file(
@@ -344,26 +387,7 @@ class RunConfig:
             FileNotFoundError: `path` does not exist.
             ValueError: the file does not parse, or a key or value is invalid.
         """
-        values = {}
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"Config file '{path}' does not exist.")
-            text = path.read_text("utf-8")
-            try:
-                values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-            except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-                raise ValueError(f"Config file '{path}' does not parse: {error}") from error
-        for override in overrides:
-            dotted, separator, text = override.partition("=")
-            section, _, key = dotted.strip().partition(".")
-            if not separator or not key:
-                raise ValueError(
-                    f"Override '{override}' must look like section.key=value, "
-                    "for example training.epochs=2."
-                )
-            values.setdefault(section, {})[key] = _parse_override_value(text.strip())
-        return cls.from_dict(values, source=str(path) if path else "config")
+        return cls.from_dict(read_config_values(path, overrides), source=str(path or "config"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,9 @@ class LoRABackbone(keras.layers.Layer):
         tokenizer: the matching `TextTokenizer`, or `None`. It is saved with
             the layer (as a `tokenizer.json` asset).
         lora_rank: rank of the LoRA factors; 0 freezes the backbone.
+        lora_alpha: LoRA scale numerator: the update is
+            `(lora_alpha / lora_rank) * A @ B`; `None` means `lora_rank`
+            (scale 1, keras-hub's default).
         pooling: "mean" (masked), "last" (last non-padding token, for
             decoders) or "cls".
         max_length: maximum tokens per text; taken from `tokenizer` when one
@@ -141,6 +145,7 @@ class LoRABackbone(keras.layers.Layer):
         pooling: str = "mean",
         max_length: int | None = None,
         frozen_prefix_layers: int = 0,
+        lora_alpha: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -154,6 +159,9 @@ class LoRABackbone(keras.layers.Layer):
         self.tokenizer = tokenizer
         self.max_length = tokenizer.max_length if tokenizer is not None else max_length
         self.lora_rank = int(lora_rank)
+        if lora_alpha is not None and not float(lora_alpha) > 0:
+            raise ValueError(f"lora_alpha must be positive or None; got {lora_alpha}.")
+        self.lora_alpha = None if lora_alpha is None else float(lora_alpha)
         self.pooling = TokenPooling(pooling, name="pooling")
         self._hidden_states = _hidden_states_model(backbone)
         self._freeze_all_but_lora()
@@ -173,6 +181,11 @@ class LoRABackbone(keras.layers.Layer):
             self.backbone.trainable = False
             return
         self.backbone.enable_lora(self.lora_rank)
+        if self.lora_alpha is not None:
+            # keras-hub's enable_lora takes no alpha; EinsumDense reads it per call.
+            for layer in self.backbone._flatten_layers():
+                if getattr(layer, "lora_enabled", False):
+                    layer.lora_alpha = self.lora_alpha
         for variable in self.backbone.weights:
             variable.trainable = _is_lora_variable(variable)
         for block in self.backbone.transformer_layers[: self.frozen_prefix_layers]:
@@ -315,6 +328,40 @@ class LoRABackbone(keras.layers.Layer):
         )
         return {"pooled": pooled, "layers": layers}
 
+    def merged(self, dtype: str | None = None) -> LoRABackbone:
+        """A frozen copy with the LoRA factors merged into the kernels (for inference and export).
+
+        keras-hub has no public merge, but saving an `EinsumDense` with LoRA
+        writes its merged kernel, so the weights load into a plain backbone
+        of the same config. A merged layer computes the same vectors without
+        rebuilding each kernel from its factors on every call.
+
+        Args:
+            dtype: dtype policy of the copy; `None` keeps the backbone's.
+
+        Returns:
+            A `LoRABackbone` with `lora_rank=0`.
+        """
+        config = self.backbone.get_config()
+        if hasattr(self.backbone, "tie_word_embeddings"):
+            config.setdefault("tie_word_embeddings", self.backbone.tie_word_embeddings)
+        if dtype is not None:
+            config["dtype"] = dtype
+        plain = type(self.backbone).from_config(config)
+        with tempfile.TemporaryDirectory() as directory:
+            weights = Path(directory, "merged.weights.h5")
+            self.backbone.save_weights(str(weights))
+            plain.load_weights(str(weights))
+        merged = LoRABackbone(
+            plain,
+            tokenizer=self.tokenizer,
+            lora_rank=0,
+            pooling=self.pooling.mode,
+            max_length=self.max_length,
+        )
+        merged.trainable = False
+        return merged
+
     def save_lora_weights(self, filepath: str | os.PathLike) -> None:
         """Saves only the LoRA factors (a few MB) to a `.lora.h5` file."""
         if self.lora_rank == 0:
@@ -351,4 +398,5 @@ class LoRABackbone(keras.layers.Layer):
             "pooling": self.pooling.mode,
             "max_length": self.max_length,
             "frozen_prefix_layers": self.frozen_prefix_layers,
+            "lora_alpha": self.lora_alpha,
         }

@@ -26,7 +26,9 @@ class MARCEncoder(keras.Model):
 
     Args:
         backbone: a `LoRABackbone`.
-        compression: the `CompressionNetwork` of this tower.
+        compression: the `CompressionNetwork` of this tower, or `None` for an
+            encoder of the pooled backbone output only (`original`), such as
+            L2D's prompt encoder (a decoder with "last" pooling).
         **kwargs: base model arguments.
 
     Returns:
@@ -43,7 +45,7 @@ class MARCEncoder(keras.Model):
     def __init__(
         self,
         backbone: LoRABackbone | dict,
-        compression: CompressionNetwork | dict,
+        compression: CompressionNetwork | dict | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,16 +55,20 @@ class MARCEncoder(keras.Model):
             compression = keras.saving.deserialize_keras_object(compression)
         self.backbone = backbone
         self.compression = compression
-        if not compression.built:
+        if compression is not None and not compression.built:
             compression.build((None, backbone.hidden_dim))
         self.built = True
 
     @property
     def output_dims(self) -> dict[str, int]:
+        if self.compression is None:
+            return {"original": self.backbone.hidden_dim}
         return {"compressed": self.compression.output_dim, "original": self.backbone.hidden_dim}
 
     def call(self, inputs, training=None):
         original = self.backbone(inputs, training=training)  # (B, d)
+        if self.compression is None:
+            return {"original": original}
         return {"compressed": self.compression(original, training=training), "original": original}
 
     def encode(
@@ -104,7 +110,9 @@ class MARCEncoder(keras.Model):
         return {
             **super().get_config(),
             "backbone": serialize_keras_object(self.backbone),
-            "compression": serialize_keras_object(self.compression),
+            "compression": None
+            if self.compression is None
+            else serialize_keras_object(self.compression),
         }
 
     @classmethod

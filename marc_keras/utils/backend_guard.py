@@ -57,7 +57,11 @@ def ensure_torch_backend() -> None:
 
 
 # The modules whose classes `.keras` files of MARC runs name.
-SERIALIZABLE_MODULES = ("marc_keras.layers", "marc_keras.models")
+SERIALIZABLE_MODULES = (
+    "marc_keras.layers",
+    "marc_keras.models",
+    "marc_keras.generative.generative_recommender",
+)
 # keras-hub imports these inside `try: ... except ImportError`, for its
 # tf.data preprocessing only; marc-keras tokenizes with `tokenizers`.
 TENSORFLOW_MODULES = ("tensorflow", "tensorflow_text")

@@ -68,3 +68,28 @@ def mra_markdown(rows: Iterable[dict], markers: Iterable[dict] = ()) -> str:
             f"| {row['seconds']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def decoder_markdown(rows: dict[str, dict]) -> str:
+    """Decoder rows (L2D evaluation) as a Markdown table.
+
+    Args:
+        rows: row name -> metrics; a metric is a number, or a dict with
+            `mean` and `std` (over seeds). Missing metrics (beam's K > B,
+            most-popular's latency) print as "-".
+    """
+    columns = ["hr@1", "hr@5", "hr@10", "hr@20", "ndcg@10", "ms_per_user_b1", "ms_per_user_b16"]
+    lines = ["| decoder | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+
+    def cell(value, column):
+        digits = 0 if column.startswith("ms_") else 4
+        if value is None:
+            return "-"
+        if isinstance(value, dict):
+            return f"{value['mean']:.{digits}f} +- {value['std']:.{digits}f}"
+        return f"{value:.{digits}f}"
+
+    for name, row in rows.items():
+        cells = [cell(row.get(column), column) for column in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
