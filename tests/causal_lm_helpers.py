@@ -19,12 +19,13 @@ MOVIE_TITLES = {
 }
 
 
-def tiny_causal_tokenizer(titles=tuple(MOVIE_TITLES.values()), max_length=160):
+def tiny_causal_tokenizer(titles=None, max_length=160):
     import marc_keras  # selects the torch backend before keras loads
     import tokenizers
 
     from marc_keras.generative.title_prompts import PromptTemplate
 
+    titles = list(MOVIE_TITLES.values()) if titles is None else list(titles)
     text = PromptTemplate().render(list(titles)) + " ".join(f'"{title}"' for title in titles)
     words = ["<|endoftext|>", "[UNK]", *sorted(set(re.findall(r"\w+|[^\w\s]", text)))]
     tokenizer = tokenizers.Tokenizer(

@@ -285,7 +285,7 @@ class L2DRun:
             for rows in batches:
                 ranked.append(rank_batch([test_prompts[row] for row in rows]))
                 progress(len(rows))
-            ranked = np.concatenate(ranked)
+            ranked = _full_width(np.concatenate(ranked), max(ks))
             row = {**hit_rate_and_ndcg(ranked, targets, ks), **(extra() if extra else {})}
             row.update(self._latency(rank_batch, test_prompts))
             write_json(path, row)
@@ -300,7 +300,9 @@ class L2DRun:
         validation_targets = prompts.item_indices(validation["target"])
         choice = {
             int(size): hit_rate_and_ndcg(
-                latent.rank(validation_states, 20, local_size=size), validation_targets, (10,)
+                _full_width(latent.rank(validation_states, 20, local_size=size), 20),
+                validation_targets,
+                (10,),
             )["ndcg@10"]
             for size in decoding.local_sizes
         }
@@ -361,7 +363,7 @@ class L2DRun:
         )
         popular = np.argsort(-popularity, kind="stable")[:20]
         report["rows"]["most-popular"] = hit_rate_and_ndcg(
-            np.broadcast_to(popular, (len(targets), 20)), targets, KS
+            _full_width(np.broadcast_to(popular, (len(targets), len(popular))), 20), targets, KS
         )
 
         fit = json.loads((self.run_dir / "fit.json").read_text())
@@ -370,10 +372,7 @@ class L2DRun:
                 "local_size": local_size,
                 "validation_ndcg@10_by_local_size": choice,
                 "cold_target_rate": latent.cold_rate(targets),
-                "speedup_vs_beam_b1": report["rows"]["beam"]["ms_per_user_b1"]
-                / report["rows"]["l2d-l"]["ms_per_user_b1"]
-                if "ms_per_user_b1" in report["rows"]["l2d-l"]
-                else None,
+                "speedup_vs_beam_b1": _speedup(report["rows"]["beam"], report["rows"]["l2d-l"]),
                 "train_samples": fit["train_samples"],
                 "memory_samples": len(latent.states),
                 "test_users": len(test_prompts),
@@ -417,3 +416,18 @@ def _in_batches(states_of, prompt_ids, batch_size):
             for start in range(0, len(prompt_ids), batch_size)
         ]
     )
+
+
+def _full_width(ranked, width):
+    """Pads rankings of a catalogue smaller than `width` with -1: every item is ranked already."""
+    if ranked.shape[1] >= width:
+        return ranked
+    padding = np.full((len(ranked), width - ranked.shape[1]), -1, ranked.dtype)
+    return np.concatenate([ranked, padding], axis=1)
+
+
+def _speedup(slow, fast):
+    """Latency ratio at batch 1, `None` when either was not timed."""
+    if "ms_per_user_b1" not in slow or "ms_per_user_b1" not in fast:
+        return None
+    return slow["ms_per_user_b1"] / fast["ms_per_user_b1"]

@@ -286,3 +286,46 @@ def test_bad_frozen_prefixes_are_explained(tiny_tokenizer):
     layer = _frozen_prefix_backbone(tiny_tokenizer, layers=0)
     with pytest.raises(ValueError, match="frozen_prefix_layers > 0"):
         layer.prefix_states(tiny_tokenizer(["a"]))
+
+
+def test_merged_copy_has_no_lora_and_the_same_vectors(make_tiny_backbone):
+    layer = make_tiny_backbone(lora_rank=2, architecture="llama", pooling="last")
+    rng = np.random.default_rng(0)
+    for variable in layer.trainable_variables:
+        variable.assign(rng.normal(size=variable.shape) * 0.3)
+    tokens = layer.tokenize(["the action movie", "a user likes the film"])
+    merged = layer.merged()
+    assert merged.lora_rank == 0 and merged.trainable_weights == []
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(merged(tokens)),
+        keras.ops.convert_to_numpy(layer(tokens)),
+        atol=1e-5,
+    )
+
+
+def test_lora_alpha_scales_the_update_and_is_saved(tiny_tokenizer):
+    layer = marc_keras.LoRABackbone(
+        tiny_hub_backbone(tiny_tokenizer.vocabulary_size, "bert", 0),
+        tokenizer=tiny_tokenizer,
+        lora_rank=2,
+        lora_alpha=6.0,
+    )
+    dense = next(d for d in layer.backbone._flatten_layers() if getattr(d, "lora_enabled", 0))
+    dense.lora_kernel_a.assign(np.full(dense.lora_kernel_a.shape, 0.1))
+    dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.2))
+    update = keras.ops.convert_to_numpy(dense.kernel) - keras.ops.convert_to_numpy(dense._kernel)
+    expected = (
+        6.0
+        / 2
+        * np.tensordot(
+            keras.ops.convert_to_numpy(dense.lora_kernel_a),
+            keras.ops.convert_to_numpy(dense.lora_kernel_b),
+            axes=1,
+        )
+    )
+    np.testing.assert_allclose(update, expected, rtol=1e-5)
+    assert marc_keras.LoRABackbone.from_config(layer.get_config()).lora_alpha == 6.0
+    with pytest.raises(ValueError, match="lora_alpha must be positive"):
+        marc_keras.LoRABackbone(
+            tiny_hub_backbone(tiny_tokenizer.vocabulary_size, "bert", 0), lora_alpha=0.0
+        )

@@ -66,3 +66,23 @@ def test_verbose_encoding_off_a_terminal_logs_plain_lines(make_tiny_marc, capsys
     assert "\x1b[" not in captured.out + captured.err
     # One line at the end (the 30-second interval never passes here).
     assert captured.err.strip().splitlines()[-1].startswith("15/15 texts encoded (100%)")
+
+
+def test_encoder_without_compression_gives_the_pooled_state_and_round_trips(
+    make_tiny_backbone, tmp_path
+):
+    backbone = make_tiny_backbone(pooling="last", architecture="llama")
+    encoder = marc_keras.MARCEncoder(backbone, None)
+    assert encoder.output_dims == {"original": 16}
+    texts = ["user likes comedy", "the horror film"]
+    vectors = encoder.encode(texts)
+    assert set(vectors) == {"original"}
+    np.testing.assert_allclose(
+        vectors["original"],
+        keras.ops.convert_to_numpy(backbone(backbone.tokenize(texts))),
+        atol=1e-6,
+    )
+    encoder.save(tmp_path / "prompt-encoder.keras")
+    loaded = keras.saving.load_model(tmp_path / "prompt-encoder.keras")
+    assert loaded.compression is None
+    np.testing.assert_allclose(loaded.encode(texts)["original"], vectors["original"], atol=1e-6)
