@@ -347,6 +347,24 @@ def probe(
     click.echo(mra_markdown(report["rows"], report["markers"]))
 
 
+def _bundle_options(bundle_help):
+    """The --bundle-dir and --precision options of the ONNX export commands."""
+
+    def add(command):
+        command = click.option(
+            "--precision",
+            type=click.Choice(["fp32", "fp16", "int8"]),
+            default="fp32",
+            show_default=True,
+            help="fp16 for GPUs (norms stay fp32), int8 (dynamic quantization) for CPUs.",
+        )(command)
+        return click.option(
+            "--bundle-dir", required=True, type=click.Path(file_okay=False), help=bundle_help
+        )(command)
+
+    return add
+
+
 @main.group()
 def data():
     """Download or describe a dataset."""
@@ -499,19 +517,7 @@ def prepare_smollm2(wheel, output_dir, overwrite):
     type=click.Path(file_okay=False, exists=True),
     help="A finished `fit` run whose encoder is exported.",
 )
-@click.option(
-    "--bundle-dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Directory to create: model.onnx, tokenizer.json, manifest.json.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
-    default="fp32",
-    show_default=True,
-    help="fp16 for GPUs (norms stay fp32), int8 (dynamic quantization) for CPUs.",
-)
+@_bundle_options("Directory to create: model.onnx, tokenizer.json, manifest.json.")
 @click.option(
     "--tower",
     type=click.Choice(["user", "item"]),
@@ -880,18 +886,8 @@ def l2d_evaluate(config_path, overrides, run_dir, data_dir):
 
 @l2d.command(name="export")
 @_l2d_options
-@click.option(
-    "--bundle-dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Directory to create: model.onnx (output `original`), tokenizer.json, manifest.json.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
-    default="fp32",
-    show_default=True,
-    help="fp16 for GPUs (norms stay fp32), int8 (dynamic quantization) for CPUs.",
+@_bundle_options(
+    "Directory to create: model.onnx (output `original`), tokenizer.json, manifest.json."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @_report_errors

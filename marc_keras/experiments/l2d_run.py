@@ -14,6 +14,7 @@ import numpy as np
 
 from marc_keras.config.generative_config import FIT_SECTIONS, GenerativeConfig
 from marc_keras.data import InteractionData, MovieLens
+from marc_keras.experiments.marc_run import CONFIG_FILE, refuse_foreign_directory
 from marc_keras.generative.beam_search_decoder import BeamSearchDecoder
 from marc_keras.generative.cached_decoding_model import CachedDecodingModel
 from marc_keras.generative.generative_recommender import TRAINING_INPUTS, GenerativeRecommender
@@ -31,7 +32,6 @@ from marc_keras.utils.atomic_files import write_atomically, write_json
 from marc_keras.utils.backend_guard import set_random_seed
 from marc_keras.utils.line_progress import LineProgress, count_progress, progress_is_interactive
 
-CONFIG_FILE = "config.json"
 LORA_FILE = "lora.lora.h5"
 KS = (1, 5, 10, 20)
 ROWS = ("l2d-g", "l2d-l", "beam", "greedy-grounding", "most-popular")
@@ -114,11 +114,8 @@ class L2DRun:
                     f"Run directory '{run_dir}' holds another run (settings differ in "
                     f"{', '.join(differences)}); choose a new --run-dir or use its settings."
                 )
-        elif run_dir.is_dir() and any(run_dir.iterdir()):
-            raise ValueError(
-                f"'{run_dir}' is not empty and holds no {CONFIG_FILE}; it is not a "
-                "marc-keras run. Choose a new or empty --run-dir."
-            )
+        else:
+            refuse_foreign_directory(run_dir)
         run = cls(run_dir, config)
         write_json(config_path, config.to_dict())
         return run

