@@ -291,8 +291,8 @@ class L2DRun:
         report = {"rows": {}}
         # L2D-L's M is chosen on validation users, never on test users.
         validation = samples["validation"]
-        validation_states = _in_batches(
-            states_of, prompts.prompt_ids(validation["history"].tolist()), decoding.batch_size
+        validation_states = model.prompt_states(
+            prompts.prompt_arrays(validation["history"].tolist()), decoding.batch_size
         )
         validation_targets = prompts.item_indices(validation["target"])
         choice = {
@@ -403,16 +403,6 @@ class L2DRun:
                 1000.0 * (time.perf_counter() - started) / len(users)
             )
         return timings
-
-
-def _in_batches(states_of, prompt_ids, batch_size):
-    """Prompt states of many prompts, `batch_size` at a time."""
-    return np.concatenate(
-        [
-            states_of(prompt_ids[start : start + batch_size])
-            for start in range(0, len(prompt_ids), batch_size)
-        ]
-    )
 
 
 def _full_width(ranked, width):
