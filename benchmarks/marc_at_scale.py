@@ -5,7 +5,8 @@
          and ranks them by MARC's own click AUC on validation users; test users
          are never looked at for the choice.
   final  trains configs/marc-scale.toml (with the chosen settings written into it
-         by hand) and reports its own click AUC on test pairs and the wall time.
+         by hand), or one run per --setting on top of it, and reports each run's
+         own click AUC on test pairs, its validation AUC per epoch and the wall time.
   reference  the AUC of the item's training click rate on the same validation and
          test pairs (what popularity alone scores).
 
@@ -17,6 +18,8 @@ Usage:
   python benchmarks/marc_at_scale.py grid --steps 100 \
       --setting lr3e-4 training.learning_rate=3e-4 --setting lr1e-3 training.learning_rate=1e-3
   python benchmarks/marc_at_scale.py final
+  python benchmarks/marc_at_scale.py final --setting cosine \
+      training.learning_rate_schedule=\"cosine\" training.warmup_steps=50
   python benchmarks/marc_at_scale.py reference
 """
 
@@ -25,6 +28,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from marc_keras.config import RunConfig
 from marc_keras.experiments.marc_run import MARCRun, build_split
@@ -38,7 +43,7 @@ RESULT = "marc-scale.json"
 
 def load_result():
     path = RESULTS_DIR / RESULT
-    return json.loads(path.read_text()) if path.is_file() else {"grid": {}, "final": None}
+    return json.loads(path.read_text()) if path.is_file() else {"grid": {}, "finals": {}}
 
 
 def train(config, run_dir):
@@ -46,7 +51,8 @@ def train(config, run_dir):
     run = MARCRun.open(run_dir, config)
     metrics = run.fit(verbose=2)
     training = config.training
-    epochs_trained = len((Path(run_dir) / "history.csv").read_text().splitlines()) - 1
+    history = pd.read_csv(Path(run_dir) / "history.csv")
+    epochs_trained = len(history)
     pairs_per_epoch = min(
         training.train_samples, (training.steps_per_epoch or 10**12) * training.batch_size
     )
@@ -54,6 +60,7 @@ def train(config, run_dir):
         "validation_auc": metrics["validation"]["auc"],
         "test_auc": metrics["test"]["auc"],
         "epochs_trained": epochs_trained,
+        "validation_auc_per_epoch": [round(float(value), 4) for value in history["val_auc"]],
         "train_pairs": pairs_per_epoch * epochs_trained,
         "wall_minutes": (time.perf_counter() - started) / 60,
         "fit_minutes": metrics["timings"]["fit_s"] / 60,
@@ -93,14 +100,21 @@ def report(result):
             for name, row in grid
         ),
     ]
-    final = result.get("final")
-    if final:
+    if result["finals"]:
         lines += [
             "",
-            f"**Final run** (`{final['config']}`): {final['train_pairs']:,} training pairs in "
-            f"{final['wall_minutes']:.1f} min wall ({final['fit_minutes']:.1f} min in `fit`); "
-            f"MARC's own click AUC: validation {final['validation_auc']:.4f}, "
-            f"**test {final['test_auc']:.4f}**.",
+            "Long runs (`final`), each trained within the 45-minute budget:",
+            "",
+            "| run | overrides | train pairs | wall min | fit min | validation AUC per epoch "
+            "| validation AUC | **test AUC** | also running |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {name} | `{' '.join(row['overrides']) or '-'}` | {row['train_pairs']:,} | "
+                f"{row['wall_minutes']:.1f} | {row['fit_minutes']:.1f} | "
+                f"{', '.join(f'{value:.3f}' for value in row['validation_auc_per_epoch'])} | "
+                f"{row['validation_auc']:.4f} | **{row['test_auc']:.4f}** | {row['note']} |"
+                for name, row in result["finals"].items()
+            ),
         ]
     reference = result.get("item_click_rate")
     if reference:
@@ -132,7 +146,7 @@ def main():
         action="append",
         default=[],
         metavar=("NAME", "KEY=VALUE"),
-        help="a grid setting: its name, then config overrides",
+        help="a grid or final run: its name, then config overrides",
     )
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = parser.parse_args()
@@ -145,8 +159,8 @@ def main():
         result["note"] = args.note
         if command not in result.get("commands", []):
             result["commands"] = [*result.get("commands", []), command]
-        if section == "grid":
-            result["grid"][name] = row
+        if name is not None:
+            result[section][name] = row
         else:
             result[section] = row
         write_json(RESULT, result)
@@ -162,9 +176,12 @@ def main():
             result = record("grid", name, {"overrides": overrides, **row})
             print(f"{name}: validation AUC {row['validation_auc']:.4f}", flush=True)
     elif args.stage == "final":
-        config = RunConfig.from_file(args.config)
-        row = train(config, args.runs_dir / "final")
-        result = record("final", None, {"config": args.config, **row})
+        for name, *overrides in args.setting or [["final"]]:
+            config = RunConfig.from_file(args.config, overrides)
+            row = train(config, args.runs_dir / name)
+            row = {"config": args.config, "overrides": overrides, "note": args.note, **row}
+            result = record("finals", name, row)
+            print(f"{name}: test AUC {row['test_auc']:.4f}", flush=True)
     else:
         config = RunConfig.from_file(args.config)
         result = record("item_click_rate", None, item_click_rate_auc(config))

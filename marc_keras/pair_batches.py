@@ -10,6 +10,15 @@ import numpy as np
 TOWERS = ("user", "item")
 
 
+def epoch_steps(pairs: int, batch_size: int, steps_per_epoch: int | None = None) -> int:
+    """Batches `PairBatches` serves per epoch: every pair once in full batches
+    (the last one partial), or only the first `steps_per_epoch` of them."""
+    if steps_per_epoch is not None and int(steps_per_epoch) < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1 or None; got {steps_per_epoch}.")
+    batches = -(-int(pairs) // int(batch_size))
+    return min(batches, int(steps_per_epoch or batches))
+
+
 def _distinct_rows(token_ids, padding_mask):
     """(N, T) rows -> (distinct row indices (D,), inverse (N,)): equal texts share one row."""
     rows = np.ascontiguousarray(np.where(padding_mask > 0, token_ids, -1))
@@ -127,9 +136,7 @@ class PairBatches(keras.utils.PyDataset):
         self.first_epoch = self.epoch = int(epoch)
         self.first_step = self.start_step = int(start_step)
         self._batches = self._epoch_batches(self.epoch)
-        if steps_per_epoch is not None and int(steps_per_epoch) < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1 or None; got {steps_per_epoch}.")
-        self.steps_per_epoch = min(len(self._batches), int(steps_per_epoch or len(self._batches)))
+        self.steps_per_epoch = epoch_steps(len(self.labels), self.batch_size, steps_per_epoch)
         if not 0 <= self.start_step < self.steps_per_epoch:
             raise ValueError(
                 f"start_step must be in [0, {self.steps_per_epoch}) for {len(self.labels)} pairs "

@@ -148,6 +148,9 @@ class ModelSection:
         check.real_number("model.reconstruction_weight", self.reconstruction_weight, minimum=0)
 
 
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingSection:
     """How MARC is trained.
@@ -158,7 +161,12 @@ class TrainingSection:
         test_samples: CTR samples drawn from test users for the final report.
         batch_size: pairs per step (HSIC needs several dozen).
         epochs: passes over the training sample.
-        learning_rate: AdamW learning rate.
+        learning_rate: AdamW learning rate (the peak, under a schedule).
+        learning_rate_schedule: `"constant"`, or `"cosine"`: a linear warm-up
+            over `warmup_steps`, then a cosine decay to zero at the last step
+            of the last epoch (steps as `model.fit` counts them, so a resumed
+            run continues the same curve).
+        warmup_steps: steps of linear warm-up from zero (cosine only).
         weight_decay: AdamW weight decay.
         seed: seed of sampling, initialisation and shuffling.
         threads: torch CPU threads; `None` leaves torch's default.
@@ -178,6 +186,8 @@ class TrainingSection:
     batch_size: int = 32
     epochs: int = 1
     learning_rate: float = 3e-4
+    learning_rate_schedule: str = "constant"
+    warmup_steps: int = 0
     weight_decay: float = 0.01
     seed: int = 0
     threads: int | None = None
@@ -195,6 +205,15 @@ class TrainingSection:
             why=" (HSIC and the in-batch losses compare the pairs of a batch)",
         )
         check.real_number("training.learning_rate", self.learning_rate, above=0)
+        check.choice(
+            "training.learning_rate_schedule", self.learning_rate_schedule, LEARNING_RATE_SCHEDULES
+        )
+        check.whole_number("training.warmup_steps", self.warmup_steps, minimum=0)
+        if self.warmup_steps and self.learning_rate_schedule == "constant":
+            raise ValueError(
+                f"training.warmup_steps ({self.warmup_steps}) needs "
+                'training.learning_rate_schedule = "cosine"; the constant rate has no warm-up.'
+            )
         check.real_number("training.weight_decay", self.weight_decay, minimum=0)
         check.whole_number("training.seed", self.seed, minimum=0)
         check.whole_number("training.threads", self.threads, minimum=1, optional=True)

@@ -19,7 +19,7 @@ from marc_keras.config.run_config import FIT_SECTIONS, RunConfig
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
 from marc_keras.models.marc import INPUT_NAMES, MARC
 from marc_keras.experiments.downstream_rows import reference_providers, vector_provider
-from marc_keras.pair_batches import PairBatches
+from marc_keras.pair_batches import PairBatches, epoch_steps
 from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.step_checkpoint import START, StepCheckpoint
@@ -32,7 +32,7 @@ from marc_keras.utils.markdown_tables import downstream_markdown
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marc_keras.config.run_config import DataSection
+    from marc_keras.config.run_config import DataSection, TrainingSection
     from marc_keras.layers.lora_backbone import LoRABackbone
 
 CONFIG_FILE = "config.json"
@@ -138,6 +138,30 @@ def tokenize_pairs(
         for field, value in tokens.items():
             arrays[f"{tower}_{field}"] = value[row_of_pair.ravel()]
     return arrays
+
+
+def learning_rate(
+    training: TrainingSection, total_steps: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate for `training`: a float, or the warm-up
+    and cosine decay to zero over `total_steps` optimizer steps.
+
+    The schedule reads the optimizer's own step counter, which step
+    checkpoints save, so a resumed run continues the same curve.
+    """
+    if training.learning_rate_schedule == "constant":
+        return training.learning_rate
+    if training.warmup_steps >= total_steps:
+        raise ValueError(
+            f"training.warmup_steps ({training.warmup_steps}) must be below the run's "
+            f"{total_steps} training steps (epochs x steps per epoch)."
+        )
+    warmup = {"warmup_target": training.learning_rate, "warmup_steps": training.warmup_steps}
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if training.warmup_steps else training.learning_rate,
+        decay_steps=total_steps - training.warmup_steps,
+        **(warmup if training.warmup_steps else {}),
+    )
 
 
 def evaluate_runs(
@@ -571,7 +595,12 @@ class MARCRun:
         train_x, train_y = part("train")
         model.compile(
             optimizer=keras.optimizers.AdamW(
-                training.learning_rate, weight_decay=training.weight_decay
+                learning_rate(
+                    training,
+                    training.epochs
+                    * epoch_steps(len(train_y), training.batch_size, training.steps_per_epoch),
+                ),
+                weight_decay=training.weight_decay,
             )
         )
         state = self._restore_checkpoint(model, train_x, train_y, log)

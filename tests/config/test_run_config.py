@@ -39,6 +39,11 @@ def test_json_config_round_trips(tmp_path):
         ("training.items_per_user=0", "training.items_per_user must be >= 1"),
         ("training.items_per_user=64", "items_per_user \\(64\\) exceeds training.batch_size"),
         ("model.frozen_prefix_layers=-1", "model.frozen_prefix_layers must be >= 0"),
+        (
+            'training.learning_rate_schedule="cosin"',
+            "learning_rate_schedule must be one of.*Did you mean 'cosine'",
+        ),
+        ("training.warmup_steps=5", 'warmup_steps \\(5\\) needs.*= "cosine"'),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):

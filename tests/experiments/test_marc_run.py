@@ -7,7 +7,7 @@ import pytest
 
 import keras
 from marc_keras.config import RunConfig
-from marc_keras.experiments.marc_run import MARCRun
+from marc_keras.experiments.marc_run import MARCRun, learning_rate
 from marc_keras.utils.atomic_files import write_atomically
 
 
@@ -125,12 +125,18 @@ def _fit_killed_after_step_seven(run_dir, config, monkeypatch):
             MARCRun.open(run_dir, config).fit(log=lambda _: None, verbose=0)
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [{}, {"learning_rate_schedule": "cosine", "warmup_steps": 2}],
+    ids=["constant", "cosine"],
+)
 def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninterrupted_fit(
-    tiny_config, tmp_path, monkeypatch
+    tiny_config, tmp_path, monkeypatch, schedule
 ):
     # 64 pairs in batches of 16: 4 steps an epoch, 2 epochs, a checkpoint every 3 steps.
+    # The cosine schedule must continue from the saved step, not restart.
     config = tiny_config.replace(
-        training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3)
+        training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3, **schedule)
     )
     MARCRun.open(tmp_path / "whole", config).fit(log=lambda _: None, verbose=0)
 
@@ -197,3 +203,21 @@ def test_user_grouped_training_on_a_frozen_prefix_resumes_like_an_uninterrupted_
         _trained_weights(run_dir), _trained_weights(tmp_path / "whole"), strict=True
     ):
         np.testing.assert_allclose(resumed, uninterrupted, atol=1e-5)
+
+
+def test_cosine_learning_rate_warms_up_linearly_then_decays_to_zero(tiny_config):
+    training = dataclasses.replace(
+        tiny_config.training, learning_rate=1e-3, learning_rate_schedule="cosine", warmup_steps=10
+    )
+    schedule = learning_rate(training, total_steps=110)
+    steps = np.array([0, 5, 10, 35, 60, 110])
+    # Linear to the peak over 10 steps, then 0.5 * peak * (1 + cos(pi * t / 100)).
+    after_warmup = np.clip(steps - 10, 0, None) / 100
+    expected = np.where(steps < 10, 1e-3 * steps / 10, 0.5e-3 * (1 + np.cos(np.pi * after_warmup)))
+    got = [float(keras.ops.convert_to_numpy(schedule(step))) for step in steps]
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert (
+        learning_rate(tiny_config.training, total_steps=110) == tiny_config.training.learning_rate
+    )
+    with pytest.raises(ValueError, match="warmup_steps \\(10\\) must be below the run's 10"):
+        learning_rate(training, total_steps=10)
