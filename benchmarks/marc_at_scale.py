@@ -50,18 +50,13 @@ def train(config, run_dir):
     started = time.perf_counter()
     run = MARCRun.open(run_dir, config)
     metrics = run.fit(verbose=2)
-    training = config.training
     history = pd.read_csv(Path(run_dir) / "history.csv")
-    epochs_trained = len(history)
-    pairs_per_epoch = min(
-        training.train_samples, (training.steps_per_epoch or 10**12) * training.batch_size
-    )
     return {
         "validation_auc": metrics["validation"]["auc"],
         "test_auc": metrics["test"]["auc"],
-        "epochs_trained": epochs_trained,
+        "epochs_trained": len(history),
         "validation_auc_per_epoch": [round(float(value), 4) for value in history["val_auc"]],
-        "train_pairs": pairs_per_epoch * epochs_trained,
+        "train_pairs": metrics["train_pairs"],
         "wall_minutes": (time.perf_counter() - started) / 60,
         "fit_minutes": metrics["timings"]["fit_s"] / 60,
         "resumed_from_step": metrics["resumed_from_step"],

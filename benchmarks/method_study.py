@@ -24,52 +24,44 @@ from report import RESULTS_DIR, machine_facts, update_results_section, write_jso
 from marc_keras.experiments.comparison import REFERENCE_ROW, to_markdown
 from marc_keras.utils.markdown_tables import mra_markdown
 
-ROW_KEYS = (
-    "name",
-    "auc_mean",
-    "auc_std",
-    "logloss_mean",
-    "logloss_std",
-    "aucs",
-    "loglosses",
-    "seconds",
-)
-
 
 def verdicts(rows):
-    """One line per row: does MARC-C beat it by more than one standard deviation?"""
-    reference = next(row for row in rows if row["name"] == REFERENCE_ROW)
+    """One line per row: does MARC-C beat it by more than one standard deviation
+    (its own tier's MARC-C row), and by more than the paired std against PCA?"""
+    references = {row.get("tier"): row for row in rows if row["name"] == REFERENCE_ROW}
     lines = []
     for row in rows:
-        if row is reference:
+        reference = references.get(row.get("tier"))
+        if reference is None or row is reference:
             continue
+        where = f"[{row['tier']}] " if row.get("tier") else ""
         margin = reference["auc_mean"] - row["auc_mean"]
         spread = max(reference["auc_std"], row["auc_std"])
         if row["marc_c_beats_by_one_std"] is None:
             lines.append(
-                f"- MARC-C vs `{row['name']}`: AUC margin {margin:+.4f}; "
+                f"- {where}MARC-C vs `{row['name']}`: AUC margin {margin:+.4f}; "
                 "one seed, no std to judge it by"
             )
             continue
         verdict = "**beats**" if row["marc_c_beats_by_one_std"] else "does **not** beat"
         lines.append(
-            f"- MARC-C {verdict} `{row['name']}` by more than one std: "
+            f"- {where}MARC-C {verdict} `{row['name']}` by more than one std: "
             f"AUC margin {margin:+.4f} vs std {spread:.4f}"
         )
+    for tier, reference in references.items():
+        if "paired_delta_vs_pca_mean" in reference:
+            mean, std = reference["paired_delta_vs_pca_mean"], reference["paired_delta_vs_pca_std"]
+            verdict = "above" if mean > std else "not above"
+            lines.append(
+                f"- [{tier}] MARC-C minus PCA, paired by seed: {mean:+.4f} +- {std:.4f} "
+                f"({verdict} its std)"
+            )
     return lines
 
 
 def record_compare(compare_dir, name):
     report = json.loads((compare_dir / "compare.json").read_text())
-    rows = [
-        {key: row[key] for key in ROW_KEYS}
-        | {
-            key: row[key]
-            for key in ("relaimpr", "relaimpr_vs_marc_c", "marc_c_beats_by_one_std")
-            if key in row
-        }
-        for row in report["rows"]
-    ]
+    rows = report["rows"]
     config = report["config"]
     write_json(
         f"{name}.json",
@@ -98,7 +90,8 @@ def record_compare(compare_dir, name):
         "",
         *verdicts(rows),
         "",
-        f"- mean MARC-trainer fit time per run (1 torch thread): {fits}",
+        f"- mean MARC-trainer fit time per run "
+        f"({config['training']['threads'] or 'default'} torch threads): {fits}",
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +25,7 @@ from marc_keras.ranking.downstream_evaluator import (
     BASELINE_ROW,
     LOGISTIC_ROW,
     DownstreamEvaluator,
+    mean_std,
 )
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.utils.atomic_files import write_atomically, write_json
@@ -49,9 +51,13 @@ def beats_by_one_std(reference: dict, row: dict) -> bool:
 
 
 def _train(config, methods, output_dir, seeds, split, log, verbose):
-    """Fits (or resumes) every trained method's run per seed and encodes its vectors."""
+    """Fits (or resumes) every trained method's run per seed and encodes its vectors.
+
+    Returns:
+        ({run name: [per-seed metrics.json dicts]}, {run name: {seed: vectors}}).
+    """
     run_methods = {method.run_name: method for method in methods if method.kind == "trained"}
-    trained, fit_seconds = {name: {} for name in run_methods}, {}
+    trained, fit_metrics = {name: {} for name in run_methods}, {}
     # Seed-major, so an interrupted comparison has every method at its first seeds.
     for seed in seeds:
         for method in run_methods.values():
@@ -62,11 +68,35 @@ def _train(config, methods, output_dir, seeds, split, log, verbose):
             run = MARCRun.open(output_dir / "runs" / method.run_name / f"seed{seed}", run_config)
             log(f"training {method.run_name} seed {seed}")
             metrics = run.fit(log=log, verbose=verbose)
-            fit_seconds.setdefault(method.run_name, []).append(metrics["timings"]["fit_s"])
+            fit_metrics.setdefault(method.run_name, []).append(metrics)
             trained[method.run_name][seed] = run.encode_vectors(
                 split, include_frozen=False, verbose=verbose
             )
-    return fit_seconds, trained
+    return fit_metrics, trained
+
+
+def _training_statistics(metrics: list[dict]) -> dict:
+    """A trained method's own click AUC on its test pairs and its training budget, over seeds."""
+    own = mean_std("own_test_auc", [seed_metrics["test"]["auc"] for seed_metrics in metrics])
+    return {
+        "own_test_auc": own["own_test_auc_mean"],
+        "own_test_auc_std": own["own_test_auc_std"],
+        # Runs finished before train_pairs was recorded leave it out.
+        "train_pairs": metrics[0].get("train_pairs"),
+        "train_minutes": statistics.fmean(m["timings"]["fit_s"] for m in metrics) / 60,
+    }
+
+
+def add_paired_deltas_vs(rows: list[dict], reference: str) -> None:
+    """Adds `paired_delta_vs_{reference}_mean/_std` to every row: its AUC minus the
+    same tier's `reference` row's AUC, seed by seed."""
+    by_tier = {row["tier"]: row for row in rows if row["name"] == reference}
+    for row in rows:
+        base = by_tier.get(row["tier"])
+        if base is None:
+            continue
+        deltas = [value - base_value for value, base_value in zip(row["aucs"], base["aucs"])]
+        row.update(mean_std(f"paired_delta_vs_{reference}", deltas))
 
 
 def compare_methods(
@@ -103,14 +133,22 @@ def compare_methods(
         The report written to `compare.json`: a "dcnv2" row (the downstream
         model without text vectors), then one row per method, with AUC / logloss mean
         and std, RelaImpr against MARC-C, and whether MARC-C beats each row
-        by more than one standard deviation (`None` with a single seed).
+        by more than one standard deviation (`None` with a single seed);
+        every row of a tier with a "pca" row also has its seed-paired AUC delta
+        against it (`paired_delta_vs_pca_mean/_std`), and trained methods
+        their own click AUC on test pairs (`own_test_auc`, `own_test_auc_std`),
+        `train_pairs` and mean `train_minutes` per seed.
         With `train_only`, only {"fit_seconds": ...} and nothing is written.
     """
     methods = resolve_methods(method_names)
     output_dir = Path(output_dir)
     seeds = list(config.evaluate.seeds)
     split, interactions = build_split(config, with_interactions=True)
-    fit_seconds, trained = _train(config, methods, output_dir, seeds, split, log, verbose)
+    fit_metrics, trained = _train(config, methods, output_dir, seeds, split, log, verbose)
+    fit_seconds = {
+        name: [metrics["timings"]["fit_s"] for metrics in runs]
+        for name, runs in fit_metrics.items()
+    }
     if train_only:
         return {"fit_seconds": fit_seconds}
     features = RankingFeatures(split, interactions)
@@ -164,6 +202,11 @@ def compare_methods(
             # One seed has no spread to beat: the verdict is left open (None).
             judged = len(seeds) > 1 and row is not reference
             row["marc_c_beats_by_one_std"] = beats_by_one_std(reference, row) if judged else None
+    add_paired_deltas_vs(rows, "pca")
+    run_of_method = {method.name: method.run_name for method in methods}
+    for row in rows:
+        if run_of_method.get(row["name"]) in fit_metrics:
+            row.update(_training_statistics(fit_metrics[run_of_method[row["name"]]]))
     report = {
         "dataset": str(config.data.data_dir or config.data.dataset),
         "backbone": config.model.preset or "all-MiniLM-L6-v2",
@@ -189,12 +232,35 @@ def _marc_c_beats(row):
     return {True: "yes", False: "no"}.get(row.get("marc_c_beats_by_one_std"), "-")
 
 
+def _paired_vs_pca(row):
+    if "paired_delta_vs_pca_mean" not in row:
+        return "-"
+    return f"{row['paired_delta_vs_pca_mean']:+.4f} +- {row['paired_delta_vs_pca_std']:.4f}"
+
+
+def _own_test_auc(row):
+    if "own_test_auc" not in row:
+        return "-"
+    return f"{row['own_test_auc']:.4f} +- {row['own_test_auc_std']:.4f}"
+
+
+def _training_budget(row):
+    if "train_minutes" not in row:
+        return "-"
+    pairs = f"{row['train_pairs']:,}" if row.get("train_pairs") is not None else "?"
+    return f"{pairs} / {row['train_minutes']:.1f}"
+
+
 def to_markdown(rows: Iterable[dict]) -> str:
-    """The comparison as a Markdown table: the downstream table plus MARC-C's verdicts."""
+    """The comparison as a Markdown table: the downstream table, MARC-C's verdicts,
+    the paired delta against PCA, and trained methods' own AUC and budget."""
     return downstream_markdown(
         rows,
         extra_columns=(
             ("RelaImpr vs marc-c", _relaimpr_vs_marc_c),
             ("MARC-C better by > 1 std", _marc_c_beats),
+            ("paired delta vs pca", _paired_vs_pca),
+            ("own test AUC", _own_test_auc),
+            ("train pairs / min", _training_budget),
         ),
     )

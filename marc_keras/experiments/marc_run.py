@@ -566,7 +566,8 @@ class MARCRun:
             The metrics dict written to `metrics.json`: MARC's own click AUC
             and its objective's loss (named as in the Keras logs: `bce`,
             `contrastive`, `aoe`, `cosine`) on validation and test users,
-            and stage wall times.
+            the pairs trained on (`train_pairs`, every epoch run counted,
+            also those after the best) and stage wall times.
         """
         metrics_path = self.run_dir / "metrics.json"
         if metrics_path.is_file() and self.model_path.is_file():
@@ -593,13 +594,10 @@ class MARCRun:
             return inputs, arrays[f"{name}/label"]
 
         train_x, train_y = part("train")
+        steps_per_epoch = epoch_steps(len(train_y), training.batch_size, training.steps_per_epoch)
         model.compile(
             optimizer=keras.optimizers.AdamW(
-                learning_rate(
-                    training,
-                    training.epochs
-                    * epoch_steps(len(train_y), training.batch_size, training.steps_per_epoch),
-                ),
+                learning_rate(training, training.epochs * steps_per_epoch),
                 weight_decay=training.weight_decay,
             )
         )
@@ -687,6 +685,11 @@ class MARCRun:
             write_atomically(self.run_dir / "lora.lora.h5", model.backbone.save_lora_weights)
         metrics["timings"] = timings
         metrics["resumed_from_step"] = state["global_step"]
+        # Early stopping may end before training.epochs; history.csv has a row per epoch run.
+        epochs_trained = len((self.run_dir / "history.csv").read_text().splitlines()) - 1
+        metrics["train_pairs"] = epochs_trained * min(
+            len(train_y), steps_per_epoch * training.batch_size
+        )
         write_json(metrics_path, metrics)
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         return metrics

@@ -55,14 +55,28 @@ def cosine_embedding_loss(user, item, labels, margin: float = 0.0):
     return ops.mean(per_pair)
 
 
+def _same_rows(vectors):
+    """(B, B) bool: rows i and j hold the same vector (the same text, gathered)."""
+    return ops.max(ops.abs(vectors[:, None, :] - vectors[None, :, :]), axis=-1) <= 1e-6
+
+
 def in_batch_contrastive_loss(user, item, labels, temperature: float = 0.1):
     """Symmetric InfoNCE over the clicked pairs of a batch (LARR).
 
     For each clicked pair i, its item must be the most similar to its user
-    among all items of the batch (and its user among all users):
+    among the batch's items (and its user among the batch's users):
     -log softmax(S[i])_i and -log softmax(S[:, i])_i with
     S = normalise(user) normalise(item)^T / temperature, averaged over the
     clicked pairs. A batch without clicks gives 0.
+
+    Candidates that are not negatives are left out of the softmax: for user
+    i, another row of item i (its score equals the positive's) or an item
+    user i clicked in another pair of the batch; for item i, another row of
+    user i, or a user who clicked item i in another pair. Equal rows are
+    found by their vectors: `PairBatches` encodes each distinct text once
+    and gathers it, so the pairs of one user hold the same vector.
+    User-grouped batches hold several pairs per user; without this their
+    clicked items would count as each other's negatives.
 
     Args:
         user: (B, k) vectors.
@@ -77,12 +91,25 @@ def in_batch_contrastive_loss(user, item, labels, temperature: float = 0.1):
     >>> in_batch_contrastive_loss(users, items, clicks, temperature=0.1)
     """
     user, item, labels = _prepare(user, item, labels)
+    same_user, same_item = _same_rows(user), _same_rows(item)
     user = user / ops.maximum(ops.norm(user, axis=1, keepdims=True), 1e-12)
     item = item / ops.maximum(ops.norm(item, axis=1, keepdims=True), 1e-12)
-    scores = ops.matmul(user, ops.transpose(item)) / temperature  # (B, B)
+    scores = ops.matmul(user, ops.transpose(item)) / temperature  # (B, B): user i, item j
     diagonal = ops.diagonal(scores)
-    user_to_item = ops.logsumexp(scores, axis=1) - diagonal
-    item_to_user = ops.logsumexp(scores, axis=0) - diagonal
+    others = ops.logical_not(ops.cast(ops.eye(ops.shape(scores)[0]), "bool"))
+    # clicked_by[i, j]: user i clicked item j in some pair of the batch.
+    clicks_of_user = ops.cast(same_user, "float32") * labels[None, :]
+    clicked_by = ops.matmul(clicks_of_user, ops.cast(same_item, "float32")) > 0
+    # Row i: item j is no negative for user i if it is item i or user i clicked it.
+    not_negative_item = others & (same_item | clicked_by)
+    # Column i: user j is no negative for item i if it is user i or clicked item i.
+    not_negative_user = others & (same_user | clicked_by)
+    user_to_item = (
+        ops.logsumexp(ops.where(not_negative_item, -_EXCLUDED, scores), axis=1) - diagonal
+    )
+    item_to_user = (
+        ops.logsumexp(ops.where(not_negative_user, -_EXCLUDED, scores), axis=0) - diagonal
+    )
     per_pair = 0.5 * (user_to_item + item_to_user)
     return ops.sum(per_pair * labels) / ops.maximum(ops.sum(labels), 1.0)
 

@@ -246,8 +246,8 @@ class DownstreamEvaluator:
         return {
             "tier": tier,
             "name": name,
-            **_mean_std("auc", aucs),
-            **_mean_std("logloss", loglosses),
+            **mean_std("auc", aucs),
+            **mean_std("logloss", loglosses),
             "aucs": aucs,
             "loglosses": loglosses,
             "epochs": [result.get("epochs") for result in results],
@@ -260,7 +260,7 @@ class DownstreamEvaluator:
         """Adds RelaImpr and the paired AUC delta against the same seeds' dcnv2 results."""
         base_aucs = [result["auc"] for result in base_results]
         deltas = [value - base for value, base in zip(row["aucs"], base_aucs)]
-        statistics_ = _mean_std("paired_delta", deltas)
+        statistics_ = mean_std("paired_delta", deltas)
         row.update(
             relaimpr=relative_improvement(row["auc_mean"], statistics.fmean(base_aucs)),
             paired_deltas=deltas,
@@ -270,7 +270,7 @@ class DownstreamEvaluator:
         )
 
 
-def _mean_std(prefix, values):
+def mean_std(prefix, values):
     """`{prefix}_mean` and `{prefix}_std` (sample std; 0 for one value)."""
     return {
         f"{prefix}_mean": statistics.fmean(values),

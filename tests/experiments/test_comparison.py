@@ -3,7 +3,12 @@ import json
 import pytest
 
 from marc_keras.config import RunConfig
-from marc_keras.experiments.comparison import beats_by_one_std, compare_methods, to_markdown
+from marc_keras.experiments.comparison import (
+    add_paired_deltas_vs,
+    beats_by_one_std,
+    compare_methods,
+    to_markdown,
+)
 
 
 def _row(name, mean, std):
@@ -34,9 +39,46 @@ def test_beating_by_one_std_uses_the_larger_spread():
         ]
     )
     assert "| kar | marc-c | 0.8000 +- 0.0020 | - | - | 0.5000 +- 0.0100 |" in table
-    assert table.splitlines()[0].endswith("| RelaImpr vs marc-c | MARC-C better by > 1 std |")
-    assert table.splitlines()[2].endswith("| +0.00% | - |")
-    assert table.splitlines()[3].endswith("| -3.33% | yes |")
+    assert table.splitlines()[0].endswith(
+        "| RelaImpr vs marc-c | MARC-C better by > 1 std | paired delta vs pca | own test AUC "
+        "| train pairs / min |"
+    )
+    assert table.splitlines()[2].endswith("| +0.00% | - | - | - | - |")
+    assert table.splitlines()[3].endswith("| -3.33% | yes | - | - | - |")
+    trained = to_markdown(
+        [
+            {
+                **marc_c,
+                "paired_delta_vs_pca_mean": 0.012,
+                "paired_delta_vs_pca_std": 0.003,
+                "own_test_auc": 0.7012,
+                "own_test_auc_std": 0.004,
+                "train_pairs": 12800,
+                "train_minutes": 3.52,
+            }
+        ]
+    )
+    assert trained.splitlines()[2].endswith(
+        "| - | - | +0.0120 +- 0.0030 | 0.7012 +- 0.0040 | 12,800 / 3.5 |"
+    )
+
+
+def test_paired_deltas_subtract_the_same_tier_and_seed():
+    rows = [
+        {"tier": "kar", "name": "pca", "aucs": [0.70, 0.72, 0.71]},
+        {"tier": "kar", "name": "marc-c", "aucs": [0.71, 0.74, 0.70]},
+        {"tier": "full", "name": "pca", "aucs": [0.80, 0.80, 0.80]},
+        {"tier": "full", "name": "marc-c", "aucs": [0.81, 0.79, 0.80]},
+        {"tier": "other", "name": "marc-c", "aucs": [0.5, 0.5, 0.5]},
+    ]
+    add_paired_deltas_vs(rows, "pca")
+    # kar: deltas 0.01, 0.02, -0.01 -> mean 0.00667, sample std 0.01528.
+    assert rows[1]["paired_delta_vs_pca_mean"] == pytest.approx(0.02 / 3)
+    assert rows[1]["paired_delta_vs_pca_std"] == pytest.approx(0.0152753, abs=1e-6)
+    assert rows[3]["paired_delta_vs_pca_mean"] == pytest.approx(0.0)
+    assert rows[3]["paired_delta_vs_pca_std"] == pytest.approx(0.01)
+    assert rows[0]["paired_delta_vs_pca_mean"] == 0.0 == rows[0]["paired_delta_vs_pca_std"]
+    assert "paired_delta_vs_pca_mean" not in rows[4]  # no pca row in its tier
 
 
 def _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0]"):
@@ -90,6 +132,13 @@ def test_compare_trains_each_run_once_and_writes_the_table(tiny_preset, ml1m_dir
     assert saved["rows"][2]["name"] == "frozen" and (
         tmp_path / "compare.md"
     ).read_text().startswith("| tier | representation |")
+    pca = next(row for row in report["rows"] if row["name"] == "pca")
+    assert marc_c["paired_delta_vs_pca_mean"] == pytest.approx(marc_c["aucs"][0] - pca["aucs"][0])
+    own = json.loads((tmp_path / "runs" / "marc" / "seed0" / "metrics.json").read_text())
+    assert marc_c["own_test_auc"] == own["test"]["auc"]
+    assert marc_c["train_pairs"] == own["train_pairs"] == 32  # one epoch of 32 pairs
+    assert marc_c["train_minutes"] == pytest.approx(own["timings"]["fit_s"] / 60)
+    assert "own_test_auc" not in pca
     mrl_config = json.loads((tmp_path / "runs" / "mrl" / "seed0" / "config.json").read_text())
     assert mrl_config["model"]["objective"] == "mrl" and mrl_config["model"]["hsic_weight"] == 0.0
 

@@ -42,6 +42,34 @@ def test_in_batch_contrastive_loss_by_hand():
     assert float(in_batch_contrastive_loss(USER, ITEM, [0.0, 0.0])) == 0.0
 
 
+def test_in_batch_contrastive_loss_leaves_out_what_is_no_negative():
+    # Pairs 0-2 share user a (its rows gathered from one encoding); pair 3 is
+    # user b and shares item x with pair 0. Clicks: 0, 1 and 3.
+    a, b = [1.0, 0.0, 0.5], [0.0, 1.0, 0.2]
+    x, y, z = [1.0, 0.2, 0.0], [0.3, 1.0, 0.1], [0.1, 0.1, 1.0]
+    user = np.array([a, a, a, b], "float32")
+    item = np.array([x, y, z, x], "float32")
+    clicks = np.array([1.0, 1.0, 0.0, 1.0])
+    unit = lambda rows: rows / np.linalg.norm(rows, axis=1, keepdims=True)  # noqa: E731
+    s = unit(user.astype("float64")) @ unit(item.astype("float64")).T / 0.5
+
+    def term(scores, keep, i):
+        return np.log(np.exp(scores[keep]).sum()) - scores[i]
+
+    # User a at pair 0: item y (pair 1) is a's click, item x at pair 3 is the
+    # positive itself; negatives: z only. Item x at pair 0: user a at 1, 2 is the
+    # same user, user b clicked x too; no negative is left.
+    pair0 = 0.5 * (term(s[0], [0, 2], 0) + term(s[:, 0], [0], 0))
+    # User a at pair 1: x (clicked by a at pair 0, and at pair 3) is not a
+    # negative; z is. Item y: users at 0, 2 are a itself; b is a negative.
+    pair1 = 0.5 * (term(s[1], [1, 2], 1) + term(s[:, 1], [1, 3], 1))
+    # User b at pair 3: item x at pair 0 is the same item; y and z are negatives.
+    # Item x at pair 3: user a clicked x (pair 0), so only b itself.
+    pair3 = 0.5 * (term(s[3], [1, 2, 3], 3) + term(s[:, 3], [3], 3))
+    got = float(in_batch_contrastive_loss(user, item, clicks, temperature=0.5))
+    assert got == pytest.approx((pair0 + pair1 + pair3) / 3, abs=1e-5)
+
+
 def test_cosent_loss_by_hand():
     # one wrong-order pair (i=1 unclicked, j=0 clicked): log(1 + exp(t (cos1 - cos0)))
     t = 2.0
