@@ -203,7 +203,7 @@ def compare_methods(
             judged = len(seeds) > 1 and row is not reference
             row["marc_c_beats_by_one_std"] = beats_by_one_std(reference, row) if judged else None
     add_paired_deltas_vs(rows, "pca")
-    run_of_method = {method.name: method.run_name for method in methods}
+    run_of_method = {method.name: method.run_name for method in methods if method.kind == "trained"}
     for row in rows:
         if run_of_method.get(row["name"]) in fit_metrics:
             row.update(_training_statistics(fit_metrics[run_of_method[row["name"]]]))
