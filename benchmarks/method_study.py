@@ -139,7 +139,8 @@ def main():
     lines += [
         "",
         f"- commands: {args.how or 'not recorded'}",
-        f"- machine: {facts['cpu']}, {facts['cores']} cores, {facts['versions']}; "
+        f"- machine: {facts['cpu']}, {facts['cores']} cores, flags {facts['cpu_flags']}, "
+        f"{facts['versions']}; "
         f"also running: {args.note or 'nothing recorded'}",
     ]
     markdown = "\n".join(lines)
