@@ -41,8 +41,9 @@ def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (
-        set(metrics) == {"validation", "test", "timings", "resumed_from_step"}
+        set(metrics) == {"validation", "test", "timings", "resumed_from_step", "train_pairs"}
         and metrics["resumed_from_step"] == 0
+        and metrics["train_pairs"] == 32
     )
     assert result.stdout.rstrip().endswith("}") and '"auc"' in result.stdout
     assert (tmp_path / "run" / "encoder.keras").is_file()
