@@ -205,8 +205,9 @@ def compare_methods(
     add_paired_deltas_vs(rows, "pca")
     run_of_method = {method.name: method.run_name for method in methods if method.kind == "trained"}
     for row in rows:
-        if run_of_method.get(row["name"]) in fit_metrics:
-            row.update(_training_statistics(fit_metrics[run_of_method[row["name"]]]))
+        run_name = run_of_method.get(row["name"])
+        if run_name is not None:
+            row.update(_training_statistics(fit_metrics[run_name]))
     report = {
         "dataset": str(config.data.data_dir or config.data.dataset),
         "backbone": config.model.preset or "all-MiniLM-L6-v2",

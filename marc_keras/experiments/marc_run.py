@@ -156,11 +156,12 @@ def learning_rate(
             f"training.warmup_steps ({training.warmup_steps}) must be below the run's "
             f"{total_steps} training steps (epochs x steps per epoch)."
         )
-    warmup = {"warmup_target": training.learning_rate, "warmup_steps": training.warmup_steps}
+    warms_up = training.warmup_steps > 0
     return keras.optimizers.schedules.CosineDecay(
-        0.0 if training.warmup_steps else training.learning_rate,
+        0.0 if warms_up else training.learning_rate,
         decay_steps=total_steps - training.warmup_steps,
-        **(warmup if training.warmup_steps else {}),
+        warmup_target=training.learning_rate if warms_up else None,
+        warmup_steps=training.warmup_steps,
     )
 
 
