@@ -19,7 +19,7 @@ def epoch_steps(pairs: int, batch_size: int, steps_per_epoch: int | None = None)
     return min(batches, int(steps_per_epoch or batches))
 
 
-def _distinct_rows(token_ids, padding_mask):
+def distinct_rows(token_ids: np.ndarray, padding_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, T) rows -> (distinct row indices (D,), inverse (N,)): equal texts share one row."""
     rows = np.ascontiguousarray(np.where(padding_mask > 0, token_ids, -1))
     keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
@@ -121,7 +121,7 @@ class PairBatches(keras.utils.PyDataset):
             token_ids, mask = inputs[f"{tower}_token_ids"], inputs[f"{tower}_padding_mask"]
             self.lengths[tower] = mask.sum(axis=1)
             if self.distinct_texts or (tower == "user" and self.items_per_user):
-                first, self.text_of_pair[tower] = _distinct_rows(token_ids, mask)
+                first, self.text_of_pair[tower] = distinct_rows(token_ids, mask)
                 if prefix_encoder is not None:
                     # (D, T, d), row j = distinct text j
                     self.prefix_states[tower] = prefix_encoder(

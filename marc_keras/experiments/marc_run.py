@@ -17,15 +17,16 @@ import numpy as np
 from marc_keras.config import DownstreamConfig
 from marc_keras.config.run_config import FIT_SECTIONS, RunConfig
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
-from marc_keras.models.marc import INPUT_NAMES, MARC
+from marc_keras.models.marc import INPUT_NAMES, MARC, TOKEN_FIELDS, TOWERS
 from marc_keras.experiments.downstream_rows import reference_providers, vector_provider
-from marc_keras.pair_batches import PairBatches, epoch_steps
+from marc_keras.pair_batches import PairBatches, distinct_rows, epoch_steps
 from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.step_checkpoint import START, StepCheckpoint
 from marc_keras.text_tokenizer import TextTokenizer
 from marc_keras.utils.atomic_files import write_atomically, write_json
 from marc_keras.utils.backend_guard import set_random_seed, without_tensorflow
+from marc_keras.utils.length_batches import encode_in_length_order
 from marc_keras.utils.line_progress import LineProgress, progress_is_interactive
 from marc_keras.utils.markdown_tables import downstream_markdown
 
@@ -48,6 +49,7 @@ STALE_BEFORE_TRAINING = (
     "frozen-vectors.npz",
     "vectors.npz",
     "evaluate-progress.json",
+    "head-warmup.json",
 )
 
 
@@ -541,6 +543,73 @@ class MARCRun:
             steps_per_epoch=steps_per_epoch,
         )
 
+    @property
+    def head_warmup_path(self) -> Path:
+        return self.run_dir / "head-warmup.json"
+
+    def _warm_up_heads(self, model, train, validation, callbacks, verbose):
+        """Trains the compression and matching networks alone on the frozen
+        backbone's vectors (`training.head_warmup_epochs`); returns what it
+        measured, also written to `head-warmup.json`.
+
+        The backbone has not trained yet, so its output is the pretrained
+        one (LoRA's B factors start at zero): each distinct text is encoded
+        once, and every step after that costs only the heads.
+        """
+        training = self.config.training
+        started = time.perf_counter()
+
+        def frozen_vectors(inputs):
+            vectors = {}
+            for tower in TOWERS:
+                tokens = {field: inputs[f"{tower}_{field}"] for field in TOKEN_FIELDS}
+                first, inverse = distinct_rows(tokens["token_ids"], tokens["padding_mask"])
+                distinct = encode_in_length_order(
+                    {field: values[first] for field, values in tokens.items()},
+                    {"original": model.backbone.hidden_dim},
+                    lambda batch: {
+                        "original": keras.ops.convert_to_numpy(
+                            model.backbone(batch, training=False)
+                        )
+                    },
+                )["original"]  # (D, d)
+                vectors[f"{tower}_original"] = distinct[inverse]  # (N, d)
+            return vectors
+
+        train_vectors = frozen_vectors(train[0])
+        validation_vectors = frozen_vectors(validation[0])
+        encode_s = time.perf_counter() - started
+        started = time.perf_counter()
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=1, restore_best_weights=True
+        )
+        with model.backbone_frozen():
+            model.compile(
+                optimizer=keras.optimizers.AdamW(
+                    training.learning_rate, weight_decay=training.weight_decay
+                )
+            )
+            history = model.fit(
+                train_vectors,
+                train[1],
+                batch_size=training.batch_size,
+                epochs=training.head_warmup_epochs,
+                validation_data=(validation_vectors, validation[1]),
+                shuffle=True,
+                callbacks=[early_stopping, *callbacks],
+                verbose=verbose,
+            )
+        validation_auc = [float(value) for value in history.history["val_auc"]]
+        measured = {
+            "epochs": len(validation_auc),
+            "validation_auc_per_epoch": validation_auc,
+            "validation_auc": max(validation_auc),
+            "encode_s": encode_s,
+            "fit_s": time.perf_counter() - started,
+        }
+        write_json(self.head_warmup_path, measured)
+        return measured
+
     def _build_model(self, lora_rank=None):
         settings = self.config.model
         return MARC.from_preset(
@@ -596,15 +665,45 @@ class MARCRun:
 
         train_x, train_y = part("train")
         steps_per_epoch = epoch_steps(len(train_y), training.batch_size, training.steps_per_epoch)
-        model.compile(
-            optimizer=keras.optimizers.AdamW(
-                learning_rate(training, training.epochs * steps_per_epoch),
-                weight_decay=training.weight_decay,
+
+        def compile_for_fine_tuning():
+            model.compile(
+                optimizer=keras.optimizers.AdamW(
+                    learning_rate(training, training.epochs * steps_per_epoch),
+                    weight_decay=training.weight_decay,
+                )
             )
-        )
-        state = self._restore_checkpoint(model, train_x, train_y, log)
+
         interactive = bool(verbose) and progress_is_interactive()
         progress = [] if interactive or not verbose else [LineProgress(log)]
+        started = time.perf_counter()
+        warm_up = (
+            training.head_warmup_epochs > 0
+            and StepCheckpoint.read_state(self.checkpoint_dir) is None
+        )
+        if warm_up:
+            log(
+                f"warming up the heads on frozen backbone vectors for up to "
+                f"{training.head_warmup_epochs} epochs"
+            )
+            self._warm_up_heads(
+                model,
+                (train_x, train_y),
+                part("validation"),
+                progress,
+                verbose=1 if interactive else 0,
+            )
+            compile_for_fine_tuning()
+            # Saved as step 0: a run killed before its first step checkpoint
+            # resumes from the warmed-up heads instead of warming up again.
+            model.optimizer.build(model.trainable_variables)
+            checkpoint = StepCheckpoint(self.checkpoint_dir, training.checkpoint_steps)
+            checkpoint.set_model(model)
+            checkpoint.save(0, 0)
+        else:
+            compile_for_fine_tuning()
+        timings["head_warmup_s"] = time.perf_counter() - started
+        state = dict(START) if warm_up else self._restore_checkpoint(model, train_x, train_y, log)
         early_stopping = keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=2, restore_best_weights=True
         )
@@ -686,6 +785,8 @@ class MARCRun:
             write_atomically(self.run_dir / "lora.lora.h5", model.backbone.save_lora_weights)
         metrics["timings"] = timings
         metrics["resumed_from_step"] = state["global_step"]
+        if self.head_warmup_path.is_file():
+            metrics["head_warmup"] = json.loads(self.head_warmup_path.read_text())
         # Early stopping may end before training.epochs; history.csv has a row per epoch run.
         epochs_trained = len((self.run_dir / "history.csv").read_text().splitlines()) - 1
         metrics["train_pairs"] = epochs_trained * min(

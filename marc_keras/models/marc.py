@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -292,11 +293,16 @@ class MARC(keras.Model):
     def _encode_tower(self, inputs, tower, training):
         """The backbone's (B, d) vectors of each pair's `tower` text.
 
-        Inputs from `PairBatches(distinct_texts=True)` hold each distinct text
-        once, as a tuple of length buckets (token ids, or the frozen prefix's
-        hidden states as `{tower}_prefix_states`), and `{tower}_index` (B,)
+        Inputs with `{tower}_original` (B, d) give those vectors already
+        computed (the frozen backbone's, for `backbone_frozen` training of
+        the heads): the backbone is skipped. Inputs from
+        `PairBatches(distinct_texts=True)` hold each distinct text once, as a
+        tuple of length buckets (token ids, or the frozen prefix's hidden
+        states as `{tower}_prefix_states`), and `{tower}_index` (B,)
         gathers the pairs' rows from them; otherwise each pair's text is a row.
         """
+        if f"{tower}_original" in inputs:
+            return inputs[f"{tower}_original"]
         index = inputs.get(f"{tower}_index")
         if index is None:
             return self.backbone(self._tower_inputs(inputs, tower), training=training)
@@ -341,6 +347,34 @@ class MARC(keras.Model):
                     outputs[f"{tower}_compressed"]
                 )
         return outputs
+
+    @contextlib.contextmanager
+    def backbone_frozen(self) -> Iterator[MARC]:
+        """Trains only the heads inside the block: no backbone weight is trainable.
+
+        Keras' `trainable = False` recurses into every sub-layer and
+        variable; on leaving the block each layer and variable of the
+        backbone gets back its own flag (LoRA factors trainable, the
+        pretrained weights frozen), so training goes on as before. Compile
+        inside the block: the optimizer then holds the heads' variables only.
+
+        Example:
+        >>> with model.backbone_frozen():
+        ...     model.compile(optimizer="adamw")
+        ...     model.fit({"user_original": r_u, "item_original": r_i}, labels)
+        """
+        layers = [(layer, layer.trainable) for layer in self.backbone._flatten_layers()]
+        variables = [(variable, variable.trainable) for variable in self.backbone.weights]
+        self.backbone.trainable = False
+        try:
+            yield self
+        finally:
+            # Parents come first in _flatten_layers, and a parent's setter
+            # overwrites its children: restore in that order, variables last.
+            for layer, trainable in layers:
+                layer.trainable = trainable
+            for variable, trainable in variables:
+                variable.trainable = trainable
 
     def compile(
         self,

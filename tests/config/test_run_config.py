@@ -44,6 +44,7 @@ def test_json_config_round_trips(tmp_path):
             "learning_rate_schedule must be one of.*Did you mean 'cosine'",
         ),
         ("training.warmup_steps=5", 'warmup_steps \\(5\\) needs.*= "cosine"'),
+        ("training.head_warmup_epochs=-1", "training.head_warmup_epochs must be >= 0"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):

@@ -127,14 +127,15 @@ def _fit_killed_after_step_seven(run_dir, config, monkeypatch):
 
 @pytest.mark.parametrize(
     "schedule",
-    [{}, {"learning_rate_schedule": "cosine", "warmup_steps": 2}],
-    ids=["constant", "cosine"],
+    [{}, {"learning_rate_schedule": "cosine", "warmup_steps": 2}, {"head_warmup_epochs": 2}],
+    ids=["constant", "cosine", "head-warmup"],
 )
 def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninterrupted_fit(
     tiny_config, tmp_path, monkeypatch, schedule
 ):
     # 64 pairs in batches of 16: 4 steps an epoch, 2 epochs, a checkpoint every 3 steps.
-    # The cosine schedule must continue from the saved step, not restart.
+    # The cosine schedule must continue from the saved step, not restart; the
+    # warmed-up heads come from the checkpoint, not from a second warm-up.
     config = tiny_config.replace(
         training=dataclasses.replace(tiny_config.training, epochs=2, checkpoint_steps=3, **schedule)
     )
@@ -160,6 +161,7 @@ def test_a_fit_killed_mid_epoch_resumes_at_its_checkpoint_and_matches_an_uninter
     lines = []
     metrics = MARCRun.open(run_dir, config).fit(log=lines.append, verbose=0)
     assert metrics["resumed_from_step"] == 6
+    assert not any("warming up" in line for line in lines)
     assert [line for line in lines if "resuming from" in line][0].endswith(
         "epoch 2, step 2 (6 steps trained)"
     )
@@ -203,6 +205,22 @@ def test_user_grouped_training_on_a_frozen_prefix_resumes_like_an_uninterrupted_
         _trained_weights(run_dir), _trained_weights(tmp_path / "whole"), strict=True
     ):
         np.testing.assert_allclose(resumed, uninterrupted, atol=1e-5)
+
+
+def test_head_warmup_trains_the_heads_on_frozen_vectors_and_reports_it(tiny_config, tmp_path):
+    config = tiny_config.replace(
+        training=dataclasses.replace(tiny_config.training, head_warmup_epochs=3)
+    )
+    lines = []
+    metrics = MARCRun.open(tmp_path / "run", config).fit(log=lines.append, verbose=0)
+    assert any("warming up the heads" in line for line in lines)
+    warmup = metrics["head_warmup"]
+    assert 1 <= warmup["epochs"] == len(warmup["validation_auc_per_epoch"]) <= 3
+    assert warmup["validation_auc"] == max(warmup["validation_auc_per_epoch"])
+    assert warmup == json.loads((tmp_path / "run" / "head-warmup.json").read_text())
+    assert metrics["timings"]["head_warmup_s"] >= warmup["fit_s"] > 0
+    # The fine-tuning epochs after it are the run's own: one, as configured.
+    assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 2
 
 
 def test_cosine_learning_rate_warms_up_linearly_then_decays_to_zero(tiny_config):

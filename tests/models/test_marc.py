@@ -247,3 +247,40 @@ def test_a_frozen_prefix_cache_gives_the_token_path_loss_and_trains_only_above_i
     lora = {path for path in changed if "lora_kernel" in path}
     assert changed == {v.path for v in model.trainable_weights}
     assert len(lora) == 4 and all("transformer_layer_1" in path for path in lora)
+
+
+def test_heads_train_alone_on_given_backbone_vectors_and_lora_trains_again_after(make_tiny_marc):
+    model = make_tiny_marc()
+    users, items, labels = genre_match_task(64)
+    x = model.tokenize(users, items)
+    vectors = {
+        f"{tower}_original": keras.ops.convert_to_numpy(
+            model.backbone(
+                {"token_ids": x[f"{tower}_token_ids"], "padding_mask": x[f"{tower}_padding_mask"]}
+            )
+        )
+        for tower in ("user", "item")
+    }
+    # Given vectors stand in for the backbone: the same logits as from tokens.
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(vectors)["logit"]),
+        keras.ops.convert_to_numpy(model(x)["logit"]),
+        atol=1e-5,
+    )
+    flags = {v.path: v.trainable for v in model.weights}
+    lora_and_heads = {v.path for v in model.trainable_weights}
+    before = _snapshot(model)
+    with model.backbone_frozen():
+        assert not any(v.trainable for v in model.backbone.weights)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        model.fit(vectors, labels, batch_size=16, epochs=1, verbose=0)
+    after = _snapshot(model)
+    changed = {path for path in before if not np.array_equal(before[path], after[path])}
+    heads = {p for p in lora_and_heads if p.startswith(("compression/", "matching/"))}
+    assert changed == heads
+    # Every flag is back: LoRA factors trainable, pretrained weights frozen.
+    assert {v.path: v.trainable for v in model.weights} == flags
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, labels, batch_size=16, epochs=1, verbose=0)
+    again = _snapshot(model)
+    assert {p for p in after if not np.array_equal(after[p], again[p])} == lora_and_heads
