@@ -163,12 +163,14 @@ def main():
     def record(section, name, row):
         # Read again just before writing: another stage may have run meanwhile.
         result = load_result()
+        # Rows accumulate over sessions on different CPUs (AVX2 only, or
+        # AVX-512/VNNI): each row keeps its own machine, the top level the latest.
         result["machine"] = machine_facts()
         result["note"] = args.note
         if command not in result.get("commands", []):
             result["commands"] = [*result.get("commands", []), command]
         if name is not None:
-            result[section][name] = row
+            result[section][name] = {**row, "machine": result["machine"]}
         else:
             result[section] = row
         write_json(RESULT, result)
