@@ -2,8 +2,9 @@
 
 Runs `marc-keras l2d` stages (fit, memory, evaluate) for each training seed
 in its own run directory (each stage resumes), then writes
-`benchmarks/results/l2d-ml-1m-half.json` (every metric as mean and std over
-seeds, with the per-seed values) and the RESULTS.md section `l2d`. Latency is
+`benchmarks/results/NAME.json` (every metric as mean and std over seeds, with
+the per-seed values) and the RESULTS.md section NAME (`--name`, by default
+`l2d-ml-1m-half`). Latency is
 timed on the first seed only (`decoding.latency_users = 0` for the others):
 it does not depend on the seed, and timing costs a third of the evaluation.
 
@@ -25,11 +26,8 @@ from marc_keras.utils.markdown_tables import decoder_markdown
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine_facts, update_results_section, write_json
 
-RESULT = "l2d-ml-1m-half.json"
-
-
-def run_seed(config_path, runs_dir, seed, timed, log):
-    overrides = [f"training.seed={seed}"]
+def run_seed(config_path, runs_dir, seed, timed, settings, log):
+    overrides = [f"training.seed={seed}", *settings]
     if not timed:
         overrides.append("decoding.latency_users=0")
     config = GenerativeConfig.from_file(config_path, overrides)
@@ -79,6 +77,19 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, as in `marc-keras l2d` (repeatable)",
+    )
+    parser.add_argument(
+        "--name",
+        default="l2d-ml-1m-half",
+        help="results file (benchmarks/results/NAME.json) and RESULTS.md section",
+    )
+    parser.add_argument(
         "--from-runs",
         action="store_true",
         help="only summarise the seeds' finished run directories (e.g. seeds run in parallel)",
@@ -94,7 +105,7 @@ def main():
         if args.from_runs:
             report, walls[seed] = read_seed(args.runs_dir / f"seed-{seed}")
         else:
-            report, walls[seed] = run_seed(args.config, args.runs_dir, seed, index == 0, log)
+            report, walls[seed] = run_seed(args.config, args.runs_dir, seed, index == 0, args.settings, log)
         reports.append(report)
     first = reports[0]
     rows = summarise(reports)
@@ -120,7 +131,7 @@ def main():
         "note": args.note,
         "command": command,
     }
-    path = write_json(RESULT, result)
+    path = write_json(f"{args.name}.json", result)
     table = decoder_markdown(
         {name: {key: value for key, value in row.items()} for name, row in rows.items()}
     )
@@ -131,7 +142,7 @@ def main():
     }
     facts = result["machine"]
     lines = [
-        "## L2D: latent-space decoding vs beam search (issue 13)",
+        f"## L2D: latent-space decoding vs beam search, `{args.name}` (issue 13)",
         "",
         f"SmolLM2-135M fine-tuned with LoRA on {result['train_samples']} BIGRec windows "
         f"(history {first['config']['data']['history_length']}), memory of "
@@ -152,7 +163,7 @@ def main():
         f"versions {facts['versions']}. Also running: {args.note or 'nothing recorded'}. "
         f"Command: `{command}`; figures in `benchmarks/results/{path.name}`.",
     ]
-    update_results_section("l2d", "\n".join(lines))
+    update_results_section(args.name, "\n".join(lines))
     print("\n".join(lines))
 
 
