@@ -26,6 +26,7 @@ from marc_keras.utils.markdown_tables import decoder_markdown
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine_facts, update_results_section, write_json
 
+
 def run_seed(config_path, runs_dir, seed, timed, settings, log):
     overrides = [f"training.seed={seed}", *settings]
     if not timed:
@@ -105,7 +106,9 @@ def main():
         if args.from_runs:
             report, walls[seed] = read_seed(args.runs_dir / f"seed-{seed}")
         else:
-            report, walls[seed] = run_seed(args.config, args.runs_dir, seed, index == 0, args.settings, log)
+            report, walls[seed] = run_seed(
+                args.config, args.runs_dir, seed, index == 0, args.settings, log
+            )
         reports.append(report)
     first = reports[0]
     rows = summarise(reports)

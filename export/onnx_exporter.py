@@ -37,7 +37,10 @@ EXPORT_SHAPE = (2, 16)
 class ParityCheck:
     """How closely ONNX Runtime must match Keras before a bundle is written.
 
-    fp32 is held to an absolute error; fp16 and int8 change every number a
+    fp32 is held to an absolute error, scaled by the output's largest
+    magnitude where that exceeds 1 (an LM's final hidden states reach tens,
+    and fp32 rounding grows with them: SmolLM2's prompt states differed by
+    1.2e-4 on an AVX-512 CPU); fp16 and int8 change every number a
     little, so they are held to the cosine between ORT's and Keras' vector of
     each text (the worst row counts). The thresholds are what a downstream
     ranker does not notice: int8 vectors at cosine >= 0.97 changed the
@@ -46,7 +49,8 @@ class ParityCheck:
     Args:
         shapes: (batch, length) of the random token batches compared; none
             equals the export's (2, 16), so dynamic axes are exercised.
-        fp32_max_abs_error: largest allowed |ORT - Keras| for fp32.
+        fp32_max_abs_error: largest allowed |ORT - Keras| for fp32, times
+            max(1, largest |Keras output|).
         fp16_min_cosine: smallest allowed per-row cosine for fp16.
         int8_min_cosine: smallest allowed per-row cosine for int8.
         seed: seed of the random token batches.
@@ -342,6 +346,7 @@ class OnnxExporter:
         rng = np.random.default_rng(check.seed)
         output_names = list(self.encoder.output_dims)
         worst_error = dict.fromkeys(output_names, 0.0)
+        scale = dict.fromkeys(output_names, 1.0)
         worst_cosine = dict.fromkeys(output_names, 1.0)
         shapes = []
         for batch, length in check.shapes:
@@ -360,6 +365,7 @@ class OnnxExporter:
                 worst_error[name] = max(
                     worst_error[name], float(np.abs(actual[name] - reference).max())
                 )
+                scale[name] = max(scale[name], float(np.abs(reference).max()))
                 worst_cosine[name] = min(
                     worst_cosine[name], float(row_cosines(actual[name], reference).min())
                 )
@@ -368,9 +374,10 @@ class OnnxExporter:
             failed = {
                 name: error
                 for name, error in worst_error.items()
-                if not error <= check.fp32_max_abs_error
+                if not error <= check.fp32_max_abs_error * scale[name]
             }
-            limit = f"max abs error <= {check.fp32_max_abs_error}"
+            limits = {name: check.fp32_max_abs_error * scale[name] for name in output_names}
+            limit = f"max abs error <= {check.fp32_max_abs_error} x max(1, max |output|): {limits}"
         else:
             threshold = check.fp16_min_cosine if precision == "fp16" else check.int8_min_cosine
             failed = {
