@@ -377,6 +377,7 @@ class OnnxExporter:
                 if not error <= check.fp32_max_abs_error * scale[name]
             }
             limits = {name: check.fp32_max_abs_error * scale[name] for name in output_names}
+            verification["fp32_error_limit"] = limits
             limit = f"max abs error <= {check.fp32_max_abs_error} x max(1, max |output|): {limits}"
         else:
             threshold = check.fp16_min_cosine if precision == "fp16" else check.int8_min_cosine

@@ -121,6 +121,25 @@ def test_a_failed_parity_check_writes_no_bundle(tiny_bundle, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_fp32_limit_scales_with_the_largest_output(tiny_bundle):
+    bundle, encoder = tiny_bundle
+    exporter = OnnxExporter(encoder)
+    check = ParityCheck()
+    rng = np.random.default_rng(check.seed)
+    largest = {"compressed": 0.0, "original": 0.0}
+    for batch, length in check.shapes:
+        length = min(length, encoder.backbone.max_length or length)
+        tokens = random_token_batch(
+            (batch, length), exporter._vocabulary_size, exporter._pad_id, rng
+        )
+        outputs = encoder.predict_on_batch(tokens)
+        for name in largest:
+            largest[name] = max(largest[name], float(np.abs(outputs[name]).max()))
+    limits = BundleManifest.load(bundle).verification["fp32_error_limit"]
+    for name, value in largest.items():
+        assert limits[name] == pytest.approx(1e-4 * max(1.0, value), rel=1e-5)
+
+
 def test_existing_bundle_needs_overwrite(tiny_bundle, tmp_path):
     _, encoder = tiny_bundle
     (tmp_path / "taken").mkdir()
