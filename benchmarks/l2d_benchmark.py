@@ -4,9 +4,9 @@ Runs `marc-keras l2d` stages (fit, memory, evaluate) for each training seed
 in its own run directory (each stage resumes), then writes
 `benchmarks/results/NAME.json` (every metric as mean and std over seeds, with
 the per-seed values) and the RESULTS.md section NAME (`--name`, by default
-`l2d-ml-1m-half`). Latency is
-timed on the first seed only (`decoding.latency_users = 0` for the others):
-it does not depend on the seed, and timing costs a third of the evaluation.
+`l2d-ml-1m-half`). Latency is timed on the first seed only
+(`decoding.latency_users = 0` for the others): it does not depend on the
+seed, and timing costs a third of the evaluation.
 
     python benchmarks/l2d_benchmark.py --seeds 0 1 2 --note "nothing else running"
 """

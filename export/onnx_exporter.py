@@ -371,13 +371,11 @@ class OnnxExporter:
                 )
         verification = {"shapes": shapes, "max_abs_error": worst_error, "min_cosine": worst_cosine}
         if precision == "fp32":
-            failed = {
-                name: error
-                for name, error in worst_error.items()
-                if not error <= check.fp32_max_abs_error * scale[name]
-            }
             limits = {name: check.fp32_max_abs_error * scale[name] for name in output_names}
             verification["fp32_error_limit"] = limits
+            failed = {
+                name: error for name, error in worst_error.items() if not error <= limits[name]
+            }
             limit = f"max abs error <= {check.fp32_max_abs_error} x max(1, max |output|): {limits}"
         else:
             threshold = check.fp16_min_cosine if precision == "fp16" else check.int8_min_cosine
