@@ -67,7 +67,9 @@ def _train(config, methods, output_dir, seeds, split, log, verbose):
             )
             run = MARCRun.open(output_dir / "runs" / method.run_name / f"seed{seed}", run_config)
             log(f"training {method.run_name} seed {seed}")
-            metrics = run.fit(log=log, verbose=verbose)
+            metrics = run.fit(
+                log=log, verbose=verbose, frozen_vector_cache=output_dir / "frozen-vector-cache"
+            )
             fit_metrics.setdefault(method.run_name, []).append(metrics)
             trained[method.run_name][seed] = run.encode_vectors(
                 split, include_frozen=False, verbose=verbose
@@ -115,7 +117,9 @@ def compare_methods(
     the same settings (marc-c and marc-o) share their runs. Training-free
     methods are fitted on the frozen backbone's vectors of training users and
     the item catalogue, with the downstream seed. Every run lives under
-    `output_dir/runs/` and resumes like any `marc-keras fit` run.
+    `output_dir/runs/` and resumes like any `marc-keras fit` run. Runs with a
+    head warm-up share the frozen backbone's vectors of their texts through
+    `output_dir/frozen-vector-cache/`: each text is encoded once per comparison.
 
     Args:
         config: the base `RunConfig` (data, model, training budget,

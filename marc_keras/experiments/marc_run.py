@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from marc_keras.utils.backend_guard import set_random_seed, without_tensorflow
 from marc_keras.utils.length_batches import encode_in_length_order
 from marc_keras.utils.line_progress import LineProgress, progress_is_interactive
 from marc_keras.utils.markdown_tables import downstream_markdown
+from marc_keras.utils.token_vector_cache import TokenVectorCache
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -547,32 +549,49 @@ class MARCRun:
     def head_warmup_path(self) -> Path:
         return self.run_dir / "head-warmup.json"
 
-    def _warm_up_heads(self, model, train, validation, callbacks, verbose):
+    def _warm_up_heads(self, model, train, validation, callbacks, verbose, cache_dir=None):
         """Trains the compression and matching networks alone on the frozen
         backbone's vectors (`training.head_warmup_epochs`); returns what it
         measured, also written to `head-warmup.json`.
 
         The backbone has not trained yet, so its output is the pretrained
         one (LoRA's B factors start at zero): each distinct text is encoded
-        once, and every step after that costs only the heads.
+        once, and every step after that costs only the heads. With
+        `cache_dir`, texts another run already encoded with the same
+        backbone and pooling are read from there.
         """
         training = self.config.training
         started = time.perf_counter()
+        # Built here, before any encoding: its weights then draw the same random
+        # numbers whether the backbone encodes texts or the cache has them all.
+        model({key: values[:2] for key, values in train[0].items()}, training=False)
+        hidden_dim = model.backbone.hidden_dim
+
+        def encode(tokens):
+            return encode_in_length_order(
+                tokens,
+                {"original": hidden_dim},
+                lambda batch: {
+                    "original": keras.ops.convert_to_numpy(model.backbone(batch, training=False))
+                },
+            )["original"]
+
+        cache = None
+        if cache_dir is not None:
+            settings = self.config.model
+            encoder = json.dumps([settings.preset or default_preset(), settings.pooling])
+            name = hashlib.blake2b(encoder.encode(), digest_size=8).hexdigest()
+            cache = TokenVectorCache(Path(cache_dir) / f"{name}.npz", hidden_dim)
 
         def frozen_vectors(inputs):
             vectors = {}
             for tower in TOWERS:
                 tokens = {field: inputs[f"{tower}_{field}"] for field in TOKEN_FIELDS}
                 first, inverse = distinct_rows(tokens["token_ids"], tokens["padding_mask"])
-                distinct = encode_in_length_order(
-                    {field: values[first] for field, values in tokens.items()},
-                    {"original": model.backbone.hidden_dim},
-                    lambda batch: {
-                        "original": keras.ops.convert_to_numpy(
-                            model.backbone(batch, training=False)
-                        )
-                    },
-                )["original"]  # (D, d)
+                distinct_tokens = {field: values[first] for field, values in tokens.items()}
+                distinct = (
+                    cache.vectors(distinct_tokens, encode) if cache else encode(distinct_tokens)
+                )  # (D, d)
                 vectors[f"{tower}_original"] = distinct[inverse]  # (N, d)
             return vectors
 
@@ -607,6 +626,9 @@ class MARCRun:
             "encode_s": encode_s,
             "fit_s": time.perf_counter() - started,
         }
+        if cache is not None:
+            measured["cached_texts"] = cache.hits
+            measured["encoded_texts"] = cache.misses
         write_json(self.head_warmup_path, measured)
         return measured
 
@@ -629,8 +651,21 @@ class MARCRun:
             frozen_prefix_layers=settings.frozen_prefix_layers,
         )
 
-    def fit(self, log: Callable[[str], object] = print, verbose: int = 1) -> dict:
+    def fit(
+        self,
+        log: Callable[[str], object] = print,
+        verbose: int = 1,
+        frozen_vector_cache: str | os.PathLike | None = None,
+    ) -> dict:
         """Trains (or resumes) MARC and writes the model, encoder and metrics.
+
+        Args:
+            log: callable taking one progress line.
+            verbose: Keras verbosity.
+            frozen_vector_cache: a directory the head warm-up keeps the frozen
+                backbone's vectors in (`TokenVectorCache`, one file per preset
+                and pooling), for runs that warm up on the same texts, e.g. a
+                comparison's methods and seeds. `None` encodes them anew.
 
         Returns:
             The metrics dict written to `metrics.json`: MARC's own click AUC
@@ -692,6 +727,7 @@ class MARCRun:
                 part("validation"),
                 progress,
                 verbose=1 if interactive else 0,
+                cache_dir=frozen_vector_cache,
             )
             compile_for_fine_tuning()
             # Saved as step 0: a run killed before its first step checkpoint

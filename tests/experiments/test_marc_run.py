@@ -239,3 +239,32 @@ def test_cosine_learning_rate_warms_up_linearly_then_decays_to_zero(tiny_config)
     )
     with pytest.raises(ValueError, match="warmup_steps \\(10\\) must be below the run's 10"):
         learning_rate(training, total_steps=10)
+
+
+def test_head_warmups_sharing_a_vector_cache_encode_each_text_once(tiny_config, tmp_path):
+    config = tiny_config.replace(
+        training=dataclasses.replace(tiny_config.training, head_warmup_epochs=2)
+    )
+    no_hsic = config.replace(model=dataclasses.replace(config.model, hsic_weight=0.0))
+    cache = tmp_path / "cache"
+
+    def fit(name, run_config, **fit_options):
+        run = MARCRun.open(tmp_path / name, run_config)
+        return run.fit(log=lambda _: None, verbose=0, **fit_options)
+
+    first = fit("marc", config, frozen_vector_cache=cache)["head_warmup"]
+    # Validation pairs share item texts with training pairs: those are read back.
+    assert first["encoded_texts"] > 0 and first["cached_texts"] > 0
+    # Another method on the same pairs: its texts were all encoded by the first run.
+    cached = fit("no-hsic", no_hsic, frozen_vector_cache=cache)
+    assert cached["head_warmup"]["encoded_texts"] == 0
+    assert cached["head_warmup"]["cached_texts"] == first["cached_texts"] + first["encoded_texts"]
+    # Reading the cache instead of encoding changes nothing the run learns.
+    uncached = fit("no-hsic-uncached", no_hsic)
+    assert "cached_texts" not in uncached["head_warmup"]
+    np.testing.assert_allclose(
+        cached["head_warmup"]["validation_auc_per_epoch"],
+        uncached["head_warmup"]["validation_auc_per_epoch"],
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(cached["test"]["auc"], uncached["test"]["auc"], atol=1e-6)
