@@ -32,7 +32,7 @@ class TokenVectorCache:
     Example:
     >>> cache = TokenVectorCache("runs/cmp/frozen-vector-cache/ab12.npz", 384)
     >>> vectors = cache.vectors(tokens, encode)  # (N, 384), encodes only new rows
-    >>> cache.hits, cache.misses
+    >>> cache.hits, cache.misses  # rows read, distinct texts encoded
     """
 
     def __init__(self, path: str | os.PathLike, width: int) -> None:
@@ -76,8 +76,8 @@ class TokenVectorCache:
 
         Args:
             tokens: dict of (N, T) arrays with `token_ids` and `padding_mask`.
-            encode: callable taking a dict like `tokens` of the rows not
-                stored yet and returning their (n, width) vectors.
+            encode: callable taking a dict like `tokens` of the distinct
+                rows not stored yet and returning their (n, width) vectors.
 
         Returns:
             float32 (N, width), row i for row i of `tokens`.
@@ -90,14 +90,18 @@ class TokenVectorCache:
             vectors[found] = self._stored[rows]
         missing = np.flatnonzero(~found)
         self.hits += int(found.sum())
-        self.misses += len(missing)
         if len(missing):
-            new_keys, first = np.unique(keys[missing], return_index=True)
-            encoded = np.asarray(
-                encode({field: values[missing] for field, values in tokens.items()}), "float32"
+            # Rows repeating a text are encoded once.
+            new_keys, first, inverse = np.unique(
+                keys[missing], return_index=True, return_inverse=True
             )
-            vectors[missing] = encoded
-            self._append(new_keys, encoded[first])
+            self.misses += len(new_keys)
+            encoded = np.asarray(
+                encode({field: values[missing[first]] for field, values in tokens.items()}),
+                "float32",
+            )
+            vectors[missing] = encoded[inverse.ravel()]
+            self._append(new_keys, encoded)
         return vectors
 
     def _append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
