@@ -24,7 +24,8 @@ timed seconds; the speed-up is the headline row's pairs/s over today's.
 
 Usage: python benchmarks/train_throughput.py --steps 7 31 --items-per-user 8 16 32 --headline 16 \
     --frozen-prefix 3
-Writes benchmarks/results/train-throughput.json and its RESULTS.md section.
+Writes benchmarks/results/NAME.json and its RESULTS.md section (`--name`, default
+train-throughput); `--config configs/marc-scale.toml` measures at its max_length 256.
 """
 
 import argparse
@@ -44,8 +45,6 @@ from marc_keras.pair_batches import PairBatches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine_facts, update_results_section, write_json
-
-RESULT = "train-throughput.json"
 
 
 def parse_args():
@@ -71,6 +70,11 @@ def parse_args():
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    parser.add_argument(
+        "--name",
+        default="train-throughput",
+        help="results file (benchmarks/results/NAME.json) and RESULTS.md section",
+    )
     return parser.parse_args()
 
 
@@ -226,7 +230,7 @@ def main():
         "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
         "concurrent_load": args.note,
     }
-    write_json(RESULT, result)
+    write_json(f"{args.name}.json", result)
     table = "\n".join(
         f"| {row['row']} | {row['pairs_per_step_mean']:.1f} | "
         f"{_one_decimal(row['distinct_users_per_step_mean'])} | "
@@ -243,8 +247,8 @@ def main():
         for row in prefix_rows
     )
     update_results_section(
-        "train-throughput",
-        f"""## MARC training throughput (issue 12)
+        args.name,
+        f"""## MARC training throughput, `{args.name}` (issue 12)
 
 | batches | pairs/step | users/step | padded tokens/pair | median step (s) | pairs/s | x today |
 |---|---|---|---|---|---|---|

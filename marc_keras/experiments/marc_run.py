@@ -579,8 +579,8 @@ class MARCRun:
         cache = None
         if cache_dir is not None:
             settings = self.config.model
-            encoder = json.dumps([settings.preset or default_preset(), settings.pooling])
-            name = hashlib.blake2b(encoder.encode(), digest_size=8).hexdigest()
+            frozen_encoder = json.dumps([settings.preset or default_preset(), settings.pooling])
+            name = hashlib.blake2b(frozen_encoder.encode(), digest_size=8).hexdigest()
             cache = TokenVectorCache(Path(cache_dir) / f"{name}.npz", hidden_dim)
 
         def frozen_vectors(inputs):
