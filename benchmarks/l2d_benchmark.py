@@ -135,9 +135,7 @@ def main():
         "command": command,
     }
     path = write_json(f"{args.name}.json", result)
-    table = decoder_markdown(
-        {name: {key: value for key, value in row.items()} for name, row in rows.items()}
-    )
+    table = decoder_markdown(rows)
     total_minutes = sum(sum(stages.values()) for stages in walls.values()) / 60
     stage_seconds = {
         seed: {stage: round(seconds) for stage, seconds in stages.items()}

@@ -55,6 +55,11 @@ STALE_BEFORE_TRAINING = (
 )
 
 
+def _build_variables(model: MARC, inputs: dict[str, np.ndarray]) -> None:
+    """Creates every variable of `model`: they exist only once it has seen a batch; two pairs do."""
+    model({key: values[:2] for key, values in inputs.items()}, training=False)
+
+
 def refuse_foreign_directory(run_dir: Path) -> None:
     """Raises unless `run_dir` is missing or empty (it holds no run's config.json)."""
     if run_dir.is_dir() and any(run_dir.iterdir()):
@@ -491,8 +496,7 @@ class MARCRun:
         """Loads the run's last step checkpoint into `model`; the position to continue from."""
         if StepCheckpoint.read_state(self.checkpoint_dir) is None:
             return dict(START)
-        # Variables exist only once the model has seen a batch; two pairs do.
-        model({key: values[:2] for key, values in train_x.items()}, training=False)
+        _build_variables(model, train_x)
         state = StepCheckpoint.restore(model, self.checkpoint_dir)
         log(
             f"resuming from {self.checkpoint_dir / state['weights']}: epoch {state['epoch'] + 1}, "
@@ -562,9 +566,9 @@ class MARCRun:
         """
         training = self.config.training
         started = time.perf_counter()
-        # Built here, before any encoding: its weights then draw the same random
+        # Built before any encoding: its weights then draw the same random
         # numbers whether the backbone encodes texts or the cache has them all.
-        model({key: values[:2] for key, values in train[0].items()}, training=False)
+        _build_variables(model, train[0])
         hidden_dim = model.backbone.hidden_dim
 
         def encode(tokens):
