@@ -120,6 +120,12 @@ def main():
         "validation_ndcg@10_by_local_size": [
             report["validation_ndcg@10_by_local_size"] for report in reports
         ],
+        "beam_length_penalty_by_seed": [
+            report.get("beam_length_penalty", 0.0) for report in reports
+        ],
+        "validation_ndcg@10_by_length_penalty": [
+            report.get("validation_ndcg@10_by_length_penalty", {}) for report in reports
+        ],
         "train_samples": first["train_samples"],
         "memory_samples": first["memory_samples"],
         "test_users": first["test_users"],
@@ -157,7 +163,9 @@ def main():
         "",
         f"L2D-L speed-up over beam search at batch 1: **{result['speedup_vs_beam_b1']:.1f}x**; "
         f"cold target rate {result['cold_target_rate']:.3f}; M chosen on validation users: "
-        f"{result['local_size_by_seed']}. Stage time {total_minutes:.0f} min "
+        f"{result['local_size_by_seed']}; beam length penalty (chosen on validation users "
+        f"among {first['config']['decoding'].get('length_penalties', [0.0])}): "
+        f"{result['beam_length_penalty_by_seed']}. Stage time {total_minutes:.0f} min "
         f"(seconds per seed and stage; evaluate only where timed: {json.dumps(stage_seconds)}).",
         "",
         f"Machine: {facts['cpu']}, {facts['cores']} cores, flags {facts['cpu_flags']}; "

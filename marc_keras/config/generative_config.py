@@ -133,8 +133,12 @@ class DecodingSection:
     """The decoders compared and how latency is measured.
 
     Args:
-        beam_width: B of the trie-constrained beam search (D3: no length
-            normalisation); its rows report K <= B only.
+        beam_width: B of the trie-constrained beam search; its rows report
+            K <= B only.
+        length_penalties: candidate length penalties of the beam search (a
+            finished title scores its summed log-probability / length ** p),
+            chosen by NDCG@10 on validation users when there are several;
+            the default (0,) is D3's unnormalised sum.
         local_sizes: candidate M of L2D-L, chosen by NDCG@10 on validation users.
         max_new_tokens: the most tokens greedy decoding writes.
         batch_size: users decoded together for the quality figures.
@@ -144,6 +148,7 @@ class DecodingSection:
     """
 
     beam_width: int = 10
+    length_penalties: tuple[float, ...] = (0.0,)
     local_sizes: tuple[int, ...] = (16, 64, 256, 1024)
     max_new_tokens: int = 32
     batch_size: int = 16
@@ -155,6 +160,10 @@ class DecodingSection:
             check.whole_number(f"decoding.{name}", getattr(self, name), minimum=1)
         check.whole_number("decoding.latency_users", self.latency_users, minimum=0)
         check.whole_numbers("decoding.local_sizes", self.local_sizes, minimum=1, allow_empty=False)
+        if not self.length_penalties:
+            raise ValueError("decoding.length_penalties must not be empty; got [].")
+        for penalty in self.length_penalties:
+            check.real_number("decoding.length_penalties", penalty, minimum=0)
         check.whole_numbers(
             "decoding.latency_batch_sizes", self.latency_batch_sizes, minimum=1, allow_empty=False
         )

@@ -66,9 +66,10 @@ class L2DRun:
     - `memory`: L2D's memory (prompt states of `data.memory_samples`
       windows and their target items) in `memory/`, chunk by chunk.
     - `evaluate`: L2D-G, L2D-L (M chosen on validation users), trie-constrained
-      beam search, greedy + grounding and most-popular on the test users:
-      HR@K, NDCG@K, cold-target rate, valid-title share, latency at each
-      batch size; one JSON per row in `evaluation/`, then `evaluation.json`.
+      beam search (its length penalty chosen on validation users), greedy +
+      grounding and most-popular on the test users: HR@K, NDCG@K,
+      cold-target rate, valid-title share, latency at each batch size; one
+      JSON per row in `evaluation/`, then `evaluation.json`.
 
     Args:
         run_dir: the run directory.
@@ -262,29 +263,34 @@ class L2DRun:
         test_prompts = prompts.prompt_ids(test["history"].tolist())
         targets = prompts.item_indices(test["target"])
         builds = json.loads((self.run_dir / "memory" / "build.json").read_text())
-        batches = [
-            range(start, min(start + decoding.batch_size, len(test_prompts)))
-            for start in range(0, len(test_prompts), decoding.batch_size)
-        ]
 
         def states_of(prompt_ids):
             return model.prompt_states(
                 right_padded(prompt_ids, prompts.tokenizer.pad_id), batch_size=len(prompt_ids)
             )
 
-        def run_row(name, rank_batch, ks, extra=None):
-            path = rows_dir / f"{name}.json"
-            if path.is_file():
-                return json.loads(path.read_text())
-            log(f"{name}: decoding {len(test_prompts)} test users")
-            progress = count_progress(len(test_prompts), f"users ({name})", log)
+        def rank_users(rank_batch, prompt_ids, width, label):
+            progress = count_progress(len(prompt_ids), f"users ({label})", log)
             ranked = []
-            for rows in batches:
-                ranked.append(rank_batch([test_prompts[row] for row in rows]))
-                progress(len(rows))
-            ranked = _full_width(np.concatenate(ranked), max(ks))
+            for start in range(0, len(prompt_ids), decoding.batch_size):
+                batch = prompt_ids[start : start + decoding.batch_size]
+                ranked.append(rank_batch(batch))
+                progress(len(batch))
+            return _full_width(np.concatenate(ranked), width)
+
+        def run_row(name, rank_batch, ks, extra=None, settings=None):
+            """A row's test figures; a stored row is reused if its `settings` match."""
+            path = rows_dir / f"{name}.json"
+            settings = settings or {}
+            if path.is_file():
+                row = json.loads(path.read_text())
+                if all(row.get(key) == value for key, value in settings.items()):
+                    return row
+            log(f"{name}: decoding {len(test_prompts)} test users")
+            ranked = rank_users(rank_batch, test_prompts, max(ks), name)
             row = {**hit_rate_and_ndcg(ranked, targets, ks), **(extra() if extra else {})}
             row.update(self._latency(rank_batch, test_prompts))
+            row.update(settings)
             write_json(path, row)
             return row
 
@@ -315,17 +321,48 @@ class L2DRun:
         started = time.perf_counter()
         trie = TitleTrie(prompts.title_sequences, prompts.eos_id)
         trie_s = time.perf_counter() - started
-        beam = BeamSearchDecoder(
-            CachedDecodingModel(model, trie.depth, prompts.eos_id), trie, decoding.beam_width
-        )
+        decoding_model = CachedDecodingModel(model, trie.depth, prompts.eos_id)
 
-        def beam_batch(batch):
-            results = beam.decode(batch)
-            groups = [[trie.titles_at(leaf)[0] for leaf, _ in result] for result in results]
-            return expand_title_groups(groups, prompts.group_items, decoding.beam_width)
+        def beam_ranker(length_penalty):
+            beam = BeamSearchDecoder(
+                decoding_model, trie, decoding.beam_width, length_penalty=length_penalty
+            )
 
+            def rank_batch(batch):
+                results = beam.decode(batch)
+                groups = [[trie.titles_at(leaf)[0] for leaf, _ in result] for result in results]
+                return expand_title_groups(groups, prompts.group_items, decoding.beam_width)
+
+            return rank_batch
+
+        # The beam's length penalty is chosen on validation users too; each
+        # candidate's figure is stored, since a beam pass is the slowest step.
+        penalty_choice = {}
+        if len(decoding.length_penalties) > 1:
+            choice_path = rows_dir / "beam-validation.json"
+            stored = json.loads(choice_path.read_text()) if choice_path.is_file() else {}
+            validation_prompts = prompts.prompt_ids(validation["history"].tolist())
+            for penalty in decoding.length_penalties:
+                if str(penalty) not in stored:
+                    log(f"beam: length penalty {penalty} on {len(validation_prompts)} users")
+                    ranked = rank_users(
+                        beam_ranker(penalty), validation_prompts, 10, f"beam, penalty {penalty}"
+                    )
+                    stored[str(penalty)] = hit_rate_and_ndcg(ranked, validation_targets, (10,))[
+                        "ndcg@10"
+                    ]
+                    write_json(choice_path, stored)
+                penalty_choice[penalty] = stored[str(penalty)]
+            # Ties go to the smaller penalty, the plainer search.
+            length_penalty = max(penalty_choice, key=lambda p: (penalty_choice[p], -p))
+            log(f"beam: length penalty {length_penalty} (validation NDCG@10: {penalty_choice})")
+        else:
+            length_penalty = decoding.length_penalties[0]
         report["rows"]["beam"] = run_row(
-            "beam", beam_batch, tuple(k for k in KS if k <= decoding.beam_width)
+            "beam",
+            beam_ranker(length_penalty),
+            tuple(k for k in KS if k <= decoding.beam_width),
+            settings={"length_penalty": length_penalty},
         )
 
         started = time.perf_counter()
@@ -368,6 +405,8 @@ class L2DRun:
             {
                 "local_size": local_size,
                 "validation_ndcg@10_by_local_size": choice,
+                "beam_length_penalty": length_penalty,
+                "validation_ndcg@10_by_length_penalty": penalty_choice,
                 "cold_target_rate": latent.cold_rate(targets),
                 "speedup_vs_beam_b1": _speedup(report["rows"]["beam"], report["rows"]["l2d-l"]),
                 "train_samples": fit["train_samples"],

@@ -4,10 +4,13 @@ The LLM writes the next item's title token by token, restricted to paths of a
 `TitleTrie` (BIGRec; L2D, arXiv 2509.11524; D3, github SAI990323/DecodingMatters).
 A hypothesis' score is the sum of its tokens' log-probabilities normalised
 over the whole vocabulary, eos included, as Hugging Face beam search with
-`prefix_allowed_tokens_fn` computes it, and with no length normalisation: D3
-showed that dividing by length favours long titles whose late tokens are
-near-certain. The search is model-agnostic and batched over users: all users'
-live beams go through one model call per step.
+`prefix_allowed_tokens_fn` computes it. By default there is no length
+normalisation (D3 showed that dividing by length favours long titles whose
+late tokens are near-certain); `length_penalty` divides a finished title's
+score by its length to that power, as Hugging Face's `length_penalty` does,
+for models whose summed scores favour short titles instead. The search is
+model-agnostic and batched over users: all users' live beams go through one
+model call per step.
 """
 
 from __future__ import annotations
@@ -70,11 +73,15 @@ class BeamSearchDecoder:
 
     Per prompt, each step expands every live hypothesis by every token its trie
     node allows. A candidate ending in eos is a finished title: it joins the
-    prompt's finished list (best `beam_width` kept). The other candidates
-    compete for the prompt's `beam_width` live slots. Since every log-prob is
-    <= 0 a hypothesis' score can only fall, so a prompt stops exactly (no
+    prompt's finished list (best `beam_width` kept), scored by its summed
+    log-probability divided by `length ** length_penalty` (length: its tokens,
+    eos included). The other candidates compete for the prompt's `beam_width`
+    live slots by their summed log-probability. Since every log-prob is <= 0 a
+    hypothesis' sum can only fall, so the best final score a live hypothesis
+    can still reach is its sum divided by the longest length its trie node
+    allows (`TitleTrie.longest_remaining`). A prompt stops exactly (no
     finished result can change any more) once it holds `beam_width` finished
-    titles and its best live score is no better than its worst finished one,
+    titles and no live hypothesis can reach more than its worst finished one,
     or when it has no live hypotheses left; its rows are no longer sent to the
     model. Ties keep the earlier candidate (beams in score order, tokens in id
     order; earlier-finished titles first).
@@ -96,6 +103,10 @@ class BeamSearchDecoder:
             default `trie.depth`, which reaches every title. A smaller bound
             cuts longer titles off, and `last_truncated` counts the prompts
             it stopped early.
+        length_penalty: exponent of the length a finished title's summed
+            log-probability is divided by; 0 (default, D3) ranks by the sum,
+            1 by the mean log-probability per token. Chosen on validation
+            users, never on test users.
 
     Attributes (of the last `decode`, for reporting):
         last_steps: number of `model.step` calls.
@@ -105,8 +116,8 @@ class BeamSearchDecoder:
             a finished one when `max_steps` ran out.
 
     Raises:
-        ValueError: beam_width or max_steps below 1; the model's eos_id is not
-            the trie's.
+        ValueError: beam_width or max_steps below 1; length_penalty negative
+            or not finite; the model's eos_id is not the trie's.
         TypeError: `model` lacks prefill, step or eos_id.
 
     Example:
@@ -123,6 +134,7 @@ class BeamSearchDecoder:
         trie: TitleTrie,
         beam_width: int = 10,
         max_steps: int | None = None,
+        length_penalty: float = 0.0,
     ) -> None:
         missing = [name for name in ("prefill", "step", "eos_id") if not hasattr(model, name)]
         if missing:
@@ -141,7 +153,13 @@ class BeamSearchDecoder:
             raise ValueError(
                 f"max_steps must be at least 1 (or None for the trie depth); got {max_steps}."
             )
+        if not (np.isfinite(length_penalty) and length_penalty >= 0):
+            raise ValueError(
+                f"length_penalty must be a finite number >= 0 (0: summed log-probability, "
+                f"1: mean per token); got {length_penalty}."
+            )
         self.model = model
+        self.length_penalty = float(length_penalty)
         self.trie = trie
         self.beam_width = int(beam_width)
         self.max_steps = trie.depth if max_steps is None else int(max_steps)
@@ -160,7 +178,8 @@ class BeamSearchDecoder:
             `leaf` a trie leaf node id (`trie.titles_at(leaf)` gives the input
             title indices that tokenise to it, `trie.tokens_at(leaf)` its
             tokens), `score` the summed full-vocabulary log-probability of its
-            tokens and eos.
+            tokens and eos, divided by their count to the power
+            `length_penalty`.
 
         Raises:
             ValueError: an empty prompt; the model's logits have the wrong
@@ -211,14 +230,15 @@ class BeamSearchDecoder:
                 finished_worst,
                 finished_count,
                 prompt[is_eos],
-                score[is_eos],
+                score[is_eos] / generated**self.length_penalty,
                 node[is_eos],
             )
 
             live = np.flatnonzero(possible & ~is_eos)
             live = live[_top_per_group(prompt[live], score[live], width)]
+            longest = np.minimum(generated + trie.longest_remaining[node[live]], self.max_steps)
             best_live = np.full(n_prompts, -np.inf)
-            np.maximum.at(best_live, prompt[live], score[live])
+            np.maximum.at(best_live, prompt[live], score[live] / longest**self.length_penalty)
             has_live = np.zeros(n_prompts, dtype=bool)
             has_live[prompt[live]] = True
             done |= ~has_live | ((finished_count >= width) & (best_live <= finished_worst))

@@ -29,7 +29,9 @@ class TitleTrie:
     node for single look-ups (`child`) and a CSR layout (`edge_offsets`,
     `edge_tokens`, `edge_children`, tokens sorted within a node) that lets a
     decoder expand thousands of beams with array indexing instead of a Python
-    loop. ~4k titles of ~15 tokens make ~60k nodes.
+    loop. ~4k titles of ~15 tokens make ~60k nodes. `longest_remaining[node]`
+    is the most tokens from a node to a leaf, eos included (0 at a leaf): a
+    length-normalised beam search bounds its unfinished hypotheses with it.
 
     Args:
         sequences: one list of token ids per title, without eos; the input
@@ -106,14 +108,21 @@ class TitleTrie:
                 edge_children[start + k] = node_children[token]
         is_leaf = np.zeros(len(children), dtype=bool)
         is_leaf[list(self._titles)] = True
+        longest_remaining = np.zeros(len(children), dtype=np.int64)
+        # A child's id is always above its parent's, so one pass from the
+        # last node back settles every subtree before its parent reads it.
+        for node in range(len(children) - 1, 0, -1):
+            parent = parents[node]
+            longest_remaining[parent] = max(longest_remaining[parent], longest_remaining[node] + 1)
         # Read-only: the decoder indexes these directly, and a stray write would
         # silently corrupt every later decode.
-        for array in (offsets, edge_tokens, edge_children, is_leaf):
+        for array in (offsets, edge_tokens, edge_children, is_leaf, longest_remaining):
             array.flags.writeable = False
         self.edge_offsets = offsets
         self.edge_tokens = edge_tokens
         self.edge_children = edge_children
         self.leaf_mask = is_leaf
+        self.longest_remaining = longest_remaining
 
     @property
     def root(self) -> int:

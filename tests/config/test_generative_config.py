@@ -22,6 +22,7 @@ def test_defaults():
     assert (training.batch_size, training.epochs, training.learning_rate) == (8, 1, 1e-3)
     assert (training.threads, training.checkpoint_steps) == (None, 25)
     assert decoding.beam_width == 10
+    assert decoding.length_penalties == (0.0,)
     assert decoding.local_sizes == (16, 64, 256, 1024)
     assert decoding.latency_batch_sizes == (1, 16)
     assert list(config.to_dict()) == ["data", "model", "training", "decoding"]
@@ -43,6 +44,9 @@ def test_file_and_overrides_resolve_with_types(tmp_path):
     assert config.model.lora_alpha == 32.0 and isinstance(config.model.lora_alpha, float)
     assert config.decoding.local_sizes == (8, 32)
     assert config.decoding.beam_width == 5  # the override wins over the file
+    assert GenerativeConfig.from_file(
+        path, ["decoding.length_penalties=[0, 1.0]"]
+    ).decoding.length_penalties == (0.0, 1.0)
     assert config.training.epochs == 3
     assert config.training.batch_size == 8 and config.model.lora_rank == 8  # defaults kept
 
@@ -71,6 +75,8 @@ def test_json_round_trip(tmp_path):
         ("decoding.local_sizes=[16, 0]", r"decoding.local_sizes must hold numbers >= 1"),
         ("decoding.local_sizes=64", "'decoding.local_sizes' takes a list"),
         ("decoding.local_sizes=[1.5]", "'decoding.local_sizes' takes a whole number"),
+        ("decoding.length_penalties=[]", "decoding.length_penalties must not be empty"),
+        ("decoding.length_penalties=[1, -0.5]", "decoding.length_penalties must be >= 0"),
         ("data.dataset='files'", "needs data.interactions and data.items"),
         ("data.dataset='movielen'", "Did you mean 'movielens'"),
         ("model.lora_alpha=0", "model.lora_alpha"),

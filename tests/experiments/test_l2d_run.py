@@ -108,10 +108,32 @@ def test_stages_write_every_row_and_resume_without_tensorflow(l2d_files):
     assert 0.0 <= report["rows"]["greedy-grounding"]["valid_title_share"] <= 1.0
     assert report["test_users"] == 8 and report["catalogue_items"] == 6
     assert report["speedup_vs_beam_b1"] > 0
+    assert report["beam_length_penalty"] == 0.0
+    assert report["rows"]["beam"]["length_penalty"] == 0.0
     # A second evaluate reuses the finished rows instead of decoding again.
-    (l2d_files / "run" / "evaluation" / "beam.json").write_text(json.dumps({"hr@1": 0.5}))
+    stored = {"hr@1": 0.5, "length_penalty": 0.0}
+    (l2d_files / "run" / "evaluation" / "beam.json").write_text(json.dumps(stored))
     again = L2DRun.open(l2d_files / "run", config).evaluate(log=lambda line: None)
-    assert again["rows"]["beam"] == {"hr@1": 0.5}
+    assert again["rows"]["beam"] == stored
+    # Several length penalties: one is chosen on validation users, each
+    # candidate's figure is kept, and a beam row of another penalty is redone.
+    values = _config_values(l2d_files)
+    values["decoding"]["length_penalties"] = [0.0, 1.0]
+    lines = []
+    chosen = L2DRun.open(l2d_files / "run", GenerativeConfig.from_dict(values)).evaluate(
+        log=lines.append
+    )
+    by_penalty = chosen["validation_ndcg@10_by_length_penalty"]
+    assert set(by_penalty) == {0.0, 1.0}
+    assert all(0.0 <= value <= 1.0 for value in by_penalty.values())
+    assert chosen["beam_length_penalty"] == max(by_penalty, key=lambda p: (by_penalty[p], -p))
+    assert chosen["rows"]["beam"]["length_penalty"] == chosen["beam_length_penalty"]
+    stored_choice = json.loads(
+        (l2d_files / "run" / "evaluation" / "beam-validation.json").read_text()
+    )
+    assert stored_choice == {str(p): value for p, value in by_penalty.items()}
+    assert (chosen["rows"]["beam"] == stored) == (chosen["beam_length_penalty"] == 0.0)
+    assert any("beam: length penalty" in line for line in lines)
 
 
 def test_other_settings_do_not_reuse_a_run(l2d_files):

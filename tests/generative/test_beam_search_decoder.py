@@ -63,8 +63,12 @@ def _title_score(model, prompt, title):
     return score
 
 
-def _reference_beam_search(model, trie, prompt, width, max_steps):
-    """One prompt, plain Python, no early stop: runs until no live hypothesis is left."""
+def _reference_beam_search(model, trie, prompt, width, max_steps, length_penalty=0.0):
+    """One prompt, plain Python, no early stop: runs until no live hypothesis is left.
+
+    Live beams compete on the summed log-probability, finished titles on the
+    sum divided by their length (eos included) to the power `length_penalty`.
+    """
     live, finished = [((), 0.0, trie.root)], []
     for _ in range(max_steps):
         candidates = []
@@ -74,7 +78,11 @@ def _reference_beam_search(model, trie, prompt, width, max_steps):
                 candidates.append(
                     (tokens + (token,), score + log_prob[token], trie.child(node, token))
                 )
-        finished += [c for c in candidates if c[0][-1] == EOS]
+        finished += [
+            (tokens, score / len(tokens) ** length_penalty, node)
+            for tokens, score, node in candidates
+            if tokens[-1] == EOS
+        ]
         finished = sorted(finished, key=lambda c: -c[1])[:width]
         live = sorted([c for c in candidates if c[0][-1] != EOS], key=lambda c: -c[1])[:width]
         if not live:
@@ -113,16 +121,21 @@ def test_results_are_valid_distinct_titles_best_first():
         assert all(isinstance(score, float) and score < 0 for score in scores)
 
 
-@pytest.mark.parametrize("width", [7, 10])
-def test_a_beam_as_wide_as_the_catalogue_ranks_every_title_exhaustively(width):
+@pytest.mark.parametrize(("width", "length_penalty"), [(7, 0.0), (10, 0.0), (7, 1.0), (7, 0.5)])
+def test_a_beam_as_wide_as_the_catalogue_ranks_every_title_exhaustively(width, length_penalty):
     model = HashModel()
     trie = TitleTrie(TINY_TITLES, eos_id=EOS)
     assert len(trie.leaves()) == 7
-    results = BeamSearchDecoder(model, trie, beam_width=width).decode(PROMPTS)
+    decoder = BeamSearchDecoder(model, trie, beam_width=width, length_penalty=length_penalty)
+    results = decoder.decode(PROMPTS)
     distinct = {tuple(title): index for index, title in enumerate(TINY_TITLES)}
     for prompt, hyps in zip(PROMPTS, results):
+        # Length normalised by hand: title tokens plus eos.
         expected = sorted(
-            ((title, _title_score(model, prompt, title)) for title in distinct),
+            (
+                (title, _title_score(model, prompt, title) / (len(title) + 1) ** length_penalty)
+                for title in distinct
+            ),
             key=lambda pair: -pair[1],
         )
         got = [(tuple(trie.tokens_at(leaf)[:-1]), score) for leaf, score in hyps]
@@ -153,25 +166,55 @@ def test_batched_decoding_equals_decoding_each_prompt_alone():
     assert len(set(steps)) > 1  # the prompts really stop at different steps
 
 
-@pytest.mark.parametrize(("width", "eos_bias", "seed"), [(1, 0.0, 3), (3, 0.0, 4), (2, 4.0, 5)])
-def test_early_stopping_is_exact(width, eos_bias, seed):
+@pytest.mark.parametrize(
+    ("width", "eos_bias", "seed", "length_penalty"),
+    [(1, 0.0, 3, 0.0), (3, 0.0, 4, 0.0), (2, 4.0, 5, 0.0), (3, 0.0, 7, 1.0), (2, 4.0, 8, 1.0)],
+)
+def test_early_stopping_is_exact(width, eos_bias, seed, length_penalty):
     model = HashModel(eos_bias=eos_bias, salt=seed)
     titles = _random_titles(60, seed=seed, longest=8)
     if eos_bias:
         # Short titles, likely to end, and one long title that can never catch up.
         titles = [*_random_titles(30, seed=seed, longest=3), [7, 7, 7, 7, 7, 7, 7, 7]]
     trie = TitleTrie(titles, eos_id=EOS)
-    decoder = BeamSearchDecoder(model, trie, beam_width=width)
+    decoder = BeamSearchDecoder(model, trie, beam_width=width, length_penalty=length_penalty)
     results = decoder.decode(PROMPTS)
     expected = [
-        _reference_beam_search(model, trie, prompt, width, trie.depth) for prompt in PROMPTS
+        _reference_beam_search(model, trie, prompt, width, trie.depth, length_penalty)
+        for prompt in PROMPTS
     ]
     _assert_same_results(results, expected)
     assert decoder.last_steps <= trie.depth - 1
     assert decoder.last_truncated == 0
     if eos_bias:
-        # Short titles finish first and beat every longer continuation.
+        # Short titles finish first and beat every longer continuation: with
+        # length normalisation too, since the bound reads how deep each
+        # live hypothesis' subtree goes, not the deepest title overall.
         assert decoder.last_steps < trie.depth - 1
+
+
+def test_length_normalisation_lets_a_likely_long_title_beat_a_short_one():
+    # Both titles start with probability 0.5, and every later token has
+    # probability 0.72 (token 11 takes the rest). [3] + eos sums to -1.02,
+    # [4, 1, 2, 9] + eos to -2.01: summed, the short title wins; per token
+    # (-0.51 against -0.40), the long one.
+    class Scripted(HashModel):
+        def logits_for(self, history):
+            logits = np.full(VOCABULARY, -np.inf, dtype=np.float32)
+            last = history[-1]
+            if last >= 20:
+                logits[[3, 4]] = 0.0
+            else:
+                logits[{3: EOS, 4: 1, 1: 2, 2: 9, 9: EOS}[last]] = np.log(0.72)
+                logits[11] = np.log(0.28)
+            return logits
+
+    trie = TitleTrie([[3], [4, 1, 2, 9]], eos_id=EOS)
+    summed = BeamSearchDecoder(Scripted(), trie, beam_width=2).decode([[20]])[0]
+    mean = BeamSearchDecoder(Scripted(), trie, beam_width=2, length_penalty=1.0).decode([[20]])[0]
+    assert trie.tokens_at(summed[0][0]) == [3, EOS]
+    assert trie.tokens_at(mean[0][0]) == [4, 1, 2, 9, EOS]
+    assert mean[0][1] == pytest.approx(summed[1][1] / 5, abs=1e-9)
 
 
 def test_width_one_follows_the_greedy_constrained_walk():
@@ -234,6 +277,9 @@ def test_bad_use_is_explained():
         BeamSearchDecoder(HashModel(), trie, beam_width=0)
     with pytest.raises(ValueError, match="max_steps must be at least 1"):
         BeamSearchDecoder(HashModel(), trie, max_steps=0)
+    for penalty in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="length_penalty must be a finite number >= 0"):
+            BeamSearchDecoder(HashModel(), trie, length_penalty=penalty)
     with pytest.raises(ValueError, match="eos_id 0 differs from the trie's 1"):
         BeamSearchDecoder(HashModel(), TitleTrie([[3]], eos_id=1))
     with pytest.raises(TypeError, match="lacks prefill, step"):

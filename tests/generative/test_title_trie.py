@@ -58,6 +58,17 @@ def test_csr_arrays_agree_with_the_per_node_lookups_and_are_read_only():
         trie.edge_tokens[0] = 3
 
 
+def test_longest_remaining_counts_tokens_to_the_deepest_leaf_below():
+    trie = TitleTrie([[5, 7], [5], [5, 3, 1], [4]], eos_id=EOS)
+    # By hand: below "5" the longest title is 5-3-1-eos, three more tokens.
+    expected = {(): 4, (5,): 3, (5, 3): 2, (5, 3, 1): 1, (5, 7): 1, (4,): 1, (5, EOS): 0}
+    for prefix, remaining in expected.items():
+        assert trie.longest_remaining[_walk(trie, prefix)] == remaining, prefix
+    assert trie.longest_remaining[trie.root] == trie.depth
+    assert (trie.longest_remaining[trie.leaves()] == 0).all()
+    assert not trie.longest_remaining.flags.writeable
+
+
 def test_contains_accepts_exactly_whole_titles_followed_by_eos():
     trie = TitleTrie([[5, 7], [5], [4, 4, 4]], eos_id=EOS)
     assert trie.contains([5, 7, EOS])
