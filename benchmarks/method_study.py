@@ -21,13 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RESULTS_DIR, machine_facts, update_results_section, write_json
 
-from marc_keras.experiments.comparison import REFERENCE_ROW, to_markdown
+from marc_keras.experiments.comparison import REFERENCE_ROW, add_paired_deltas_vs, to_markdown
 from marc_keras.utils.markdown_tables import mra_markdown
 
 
 def verdicts(rows):
     """One line per row: does MARC-C beat it by more than one standard deviation
-    (its own tier's MARC-C row), and by more than the paired std against PCA?"""
+    (its own tier's MARC-C row), and by more than the std of their seed-paired
+    AUC differences?"""
     references = {row.get("tier"): row for row in rows if row["name"] == REFERENCE_ROW}
     lines = []
     for row in rows:
@@ -48,20 +49,25 @@ def verdicts(rows):
             f"- {where}MARC-C {verdict} `{row['name']}` by more than one std: "
             f"AUC margin {margin:+.4f} vs std {spread:.4f}"
         )
-    for tier, reference in references.items():
-        if "paired_delta_vs_pca_mean" in reference:
-            mean, std = reference["paired_delta_vs_pca_mean"], reference["paired_delta_vs_pca_std"]
-            verdict = "above" if mean > std else "not above"
-            lines.append(
-                f"- [{tier}] MARC-C minus PCA, paired by seed: {mean:+.4f} +- {std:.4f} "
-                f"({verdict} its std)"
-            )
+    paired = f"paired_delta_vs_{REFERENCE_ROW}"
+    for row in rows:
+        reference = references.get(row.get("tier"))
+        if reference is None or row is reference or len(row["aucs"]) < 2:
+            continue
+        # The row's delta is row minus MARC-C: negate it to read MARC-C minus the row.
+        mean, std = -row[f"{paired}_mean"], row[f"{paired}_std"]
+        verdict = "above" if mean > std else "not above"
+        lines.append(
+            f"- [{row['tier']}] MARC-C minus `{row['name']}`, paired by seed: "
+            f"{mean:+.4f} +- {std:.4f} ({verdict} its std)"
+        )
     return lines
 
 
 def record_compare(compare_dir, name):
     report = json.loads((compare_dir / "compare.json").read_text())
     rows = report["rows"]
+    add_paired_deltas_vs(rows, REFERENCE_ROW)
     config = report["config"]
     write_json(
         f"{name}.json",
