@@ -25,8 +25,9 @@ class TokenVectorCache:
     to another width finds the same vector. That vector was computed in the
     batch of its first encoding, so it can differ from a fresh encoding in
     float rounding (other padding widths): a run reading the cache learns the
-    same to within such rounding, not bit for bit (on ml-1m-half, MARC's
-    downstream AUC moved by up to 0.0021, far inside the seed std). The
+    same to within such rounding, not bit for bit (the likely reason MARC's
+    downstream AUC on ml-1m-half moved by up to 0.0021 between a cached and
+    an uncached run of one seed, far inside the seed std). The
     caller chooses one file per encoder: vectors of another encoder must
     not share it.
 
