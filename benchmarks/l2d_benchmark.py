@@ -120,6 +120,7 @@ def main():
         "validation_ndcg@10_by_local_size": [
             report["validation_ndcg@10_by_local_size"] for report in reports
         ],
+        # Reports written before the length penalty setting existed used none.
         "beam_length_penalty_by_seed": [
             report.get("beam_length_penalty", 0.0) for report in reports
         ],
