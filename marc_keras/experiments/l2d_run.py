@@ -279,7 +279,9 @@ class L2DRun:
             return _full_width(np.concatenate(ranked), width)
 
         def run_row(name, rank_batch, ks, extra=None, settings=None):
-            """A row's test figures; a stored row is reused if its `settings` match."""
+            """A row's test figures; a stored row is reused only if it was decoded with
+            the same `settings` (the decoding settings it depends on, which may
+            change between evaluations of one run)."""
             path = rows_dir / f"{name}.json"
             settings = settings or {}
             if path.is_file():
@@ -309,13 +311,16 @@ class L2DRun:
             )["ndcg@10"]
             for size in decoding.local_sizes
         }
-        local_size = max(choice, key=lambda size: (choice[size], -size))
+        local_size = _best_on_validation(choice)
         log(f"L2D-L: M = {local_size} (validation NDCG@10 by M: {choice})")
         report["rows"]["l2d-g"] = run_row(
             "l2d-g", lambda batch: latent.rank(states_of(batch), 20), KS
         )
         report["rows"]["l2d-l"] = run_row(
-            "l2d-l", lambda batch: latent.rank(states_of(batch), 20, local_size=local_size), KS
+            "l2d-l",
+            lambda batch: latent.rank(states_of(batch), 20, local_size=local_size),
+            KS,
+            settings={"local_size": local_size},
         )
 
         started = time.perf_counter()
@@ -336,10 +341,11 @@ class L2DRun:
             return rank_batch
 
         # The beam's length penalty is chosen on validation users too; each
-        # candidate's figure is stored, since a beam pass is the slowest step.
+        # candidate's figure is stored (per beam width), since a beam pass is
+        # the slowest step.
         penalty_choice = {}
         if len(decoding.length_penalties) > 1:
-            choice_path = rows_dir / "beam-validation.json"
+            choice_path = rows_dir / f"beam-b{decoding.beam_width}-validation.json"
             stored = json.loads(choice_path.read_text()) if choice_path.is_file() else {}
             validation_prompts = prompts.prompt_ids(validation["history"].tolist())
             for penalty in decoding.length_penalties:
@@ -353,8 +359,7 @@ class L2DRun:
                     ]
                     write_json(choice_path, stored)
                 penalty_choice[penalty] = stored[str(penalty)]
-            # Ties go to the smaller penalty, the plainer search.
-            length_penalty = max(penalty_choice, key=lambda p: (penalty_choice[p], -p))
+            length_penalty = _best_on_validation(penalty_choice)
             log(f"beam: length penalty {length_penalty} (validation NDCG@10: {penalty_choice})")
         else:
             length_penalty = decoding.length_penalties[0]
@@ -362,7 +367,7 @@ class L2DRun:
             "beam",
             beam_ranker(length_penalty),
             tuple(k for k in KS if k <= decoding.beam_width),
-            settings={"length_penalty": length_penalty},
+            settings={"beam_width": decoding.beam_width, "length_penalty": length_penalty},
         )
 
         started = time.perf_counter()
@@ -390,6 +395,7 @@ class L2DRun:
             KS,
             # The quality pass comes first; the latency passes append after it.
             extra=lambda: {"valid_title_share": float(np.mean(valid[: len(test_prompts)]))},
+            settings={"max_new_tokens": decoding.max_new_tokens},
         )
 
         popularity = np.bincount(
@@ -442,6 +448,11 @@ class L2DRun:
                 1000.0 * (time.perf_counter() - started) / len(users)
             )
         return timings
+
+
+def _best_on_validation(scores):
+    """The candidate setting with the best validation score; ties go to the smaller one."""
+    return max(scores, key=lambda setting: (scores[setting], -setting))
 
 
 def _full_width(ranked, width):

@@ -109,9 +109,13 @@ def test_stages_write_every_row_and_resume_without_tensorflow(l2d_files):
     assert report["test_users"] == 8 and report["catalogue_items"] == 6
     assert report["speedup_vs_beam_b1"] > 0
     assert report["beam_length_penalty"] == 0.0
+    # Each decoded row records the decoding settings it was made with.
+    assert report["rows"]["l2d-l"]["local_size"] == report["local_size"]
+    assert report["rows"]["beam"]["beam_width"] == 3
+    assert report["rows"]["greedy-grounding"]["max_new_tokens"] == 6
     assert report["rows"]["beam"]["length_penalty"] == 0.0
     # A second evaluate reuses the finished rows instead of decoding again.
-    stored = {"hr@1": 0.5, "length_penalty": 0.0}
+    stored = {"hr@1": 0.5, "beam_width": 3, "length_penalty": 0.0}
     (l2d_files / "run" / "evaluation" / "beam.json").write_text(json.dumps(stored))
     again = L2DRun.open(l2d_files / "run", config).evaluate(log=lambda line: None)
     assert again["rows"]["beam"] == stored
@@ -129,7 +133,7 @@ def test_stages_write_every_row_and_resume_without_tensorflow(l2d_files):
     assert chosen["beam_length_penalty"] == max(by_penalty, key=lambda p: (by_penalty[p], -p))
     assert chosen["rows"]["beam"]["length_penalty"] == chosen["beam_length_penalty"]
     stored_choice = json.loads(
-        (l2d_files / "run" / "evaluation" / "beam-validation.json").read_text()
+        (l2d_files / "run" / "evaluation" / "beam-b3-validation.json").read_text()
     )
     assert stored_choice == {str(p): value for p, value in by_penalty.items()}
     assert (chosen["rows"]["beam"] == stored) == (chosen["beam_length_penalty"] == 0.0)
