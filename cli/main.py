@@ -145,7 +145,6 @@ def evaluate(run_dirs, overrides, tiers):
 
     from marc_keras.config import RunConfig
     from marc_keras.experiments.marc_run import CONFIG_FILE, MARCRun, evaluate_runs
-    from marc_keras.utils.markdown_tables import downstream_markdown
 
     if tiers:
         overrides = (*overrides, f"evaluate.tiers={list(tiers)}")
@@ -153,8 +152,8 @@ def evaluate(run_dirs, overrides, tiers):
     for run_dir in run_dirs:
         config = RunConfig.from_file(Path(run_dir) / CONFIG_FILE, overrides)
         runs.append(MARCRun(run_dir, config))
-    rows = evaluate_runs(runs, log=lambda line: click.echo(line, err=True))
-    click.echo(downstream_markdown(rows))
+    evaluate_runs(runs, log=lambda line: click.echo(line, err=True))
+    click.echo((runs[0].run_dir / "evaluate.md").read_text("utf-8").rstrip())
 
 
 @main.command()

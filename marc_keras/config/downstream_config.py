@@ -3,6 +3,7 @@
 import dataclasses
 
 from marc_keras.config import config_checks as check
+from marc_keras.config.adaptor_setting import AdaptorSetting
 from marc_keras.config.ranker_tier import TIERS
 
 
@@ -32,6 +33,13 @@ class DownstreamConfig:
             seed), `None` for all.
         tiers: ranker feature sets (`marc_keras.config.ranker_tier.TIERS`):
             "kar" (KAR's released features, the headline) and "full".
+        adaptor_input_dropout, adaptor_expert_dropout, adaptor_input_noise,
+        adaptor_weight_decay, adaptor_user_dim: the vector adaptors'
+            regularisation for rows without an entry in `row_adaptors`
+            (the fields of `AdaptorSetting`).
+        row_adaptors: row name -> table of `AdaptorSetting` fields, the
+            whole setting of that row (fields left out are off). In TOML:
+            `[evaluate.row_adaptors.random]` with `input_dropout = 0.5`.
     """
 
     max_epochs: int = 10
@@ -51,6 +59,23 @@ class DownstreamConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     train_samples: int | None = None
     tiers: tuple[str, ...] = ("kar", "full")
+    adaptor_input_dropout: float = 0.0
+    adaptor_expert_dropout: float = 0.0
+    adaptor_input_noise: float = 0.0
+    adaptor_weight_decay: float = 0.0
+    adaptor_user_dim: int | None = None
+    row_adaptors: dict = dataclasses.field(default_factory=dict)
+
+    def adaptor_setting(self, row: str | None = None) -> AdaptorSetting:
+        """The `AdaptorSetting` a representation row trains with."""
+        if row in self.row_adaptors:
+            return AdaptorSetting(**self.row_adaptors[row])
+        return AdaptorSetting(
+            **{
+                field.name: getattr(self, f"adaptor_{field.name}")
+                for field in dataclasses.fields(AdaptorSetting)
+            }
+        )
 
     def __post_init__(self):
         # Named as config keys: these settings are the `[evaluate]` table.
@@ -72,3 +97,23 @@ class DownstreamConfig:
             check.choice("evaluate.tiers", tier, tuple(TIERS))
         if len(set(self.tiers)) != len(self.tiers):
             raise ValueError(f"evaluate.tiers must not repeat a tier; got {list(self.tiers)}.")
+        self.adaptor_setting().check("evaluate.adaptor_")
+        self._check_row_adaptors()
+
+    def _check_row_adaptors(self):
+        if not isinstance(self.row_adaptors, dict):
+            raise ValueError(
+                "evaluate.row_adaptors must be a table of row name -> setting, e.g. "
+                f"{{random = {{input_dropout = 0.5}}}}; got {self.row_adaptors!r}."
+            )
+        valid = [field.name for field in dataclasses.fields(AdaptorSetting)]
+        for row, setting in self.row_adaptors.items():
+            key = f"evaluate.row_adaptors.{row}"
+            if not isinstance(setting, dict):
+                raise ValueError(f"{key} must be a table of {', '.join(valid)}; got {setting!r}.")
+            for name in setting:
+                if name not in valid:
+                    raise ValueError(
+                        f"unknown key '{key}.{name}'; valid keys are {', '.join(valid)}."
+                    )
+            AdaptorSetting(**setting).check(f"{key}.")

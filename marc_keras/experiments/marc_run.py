@@ -21,7 +21,7 @@ from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, T
 from marc_keras.models.marc import INPUT_NAMES, MARC, TOKEN_FIELDS, TOWERS
 from marc_keras.experiments.downstream_rows import reference_providers, vector_provider
 from marc_keras.pair_batches import PairBatches, distinct_rows, epoch_steps
-from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
+from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator, adaptor_label
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.step_checkpoint import START, StepCheckpoint
 from marc_keras.text_tokenizer import TextTokenizer
@@ -174,49 +174,47 @@ def learning_rate(
     )
 
 
-def evaluate_runs(
+@dataclasses.dataclass
+class DownstreamInputs:
+    """What every downstream table of MARC runs needs: features, rows and where vectors came from.
+
+    Attributes:
+        split: the runs' `KARSplit`.
+        features: its `RankingFeatures`.
+        representations: row name -> provider (`DownstreamEvaluator.evaluate`).
+        sources: the vector files with their modification times (a progress
+            fingerprint: other vectors start the table afresh).
+    """
+
+    split: KARSplit
+    features: RankingFeatures
+    representations: dict[str, Callable[[int], tuple] | None]
+    sources: list[str]
+
+
+def downstream_inputs(
     runs: Sequence[MARCRun],
-    downstream: DownstreamConfig | None = None,
+    downstream: DownstreamConfig,
     log: Callable[[str], object] = print,
-) -> list[dict]:
-    """The downstream table for one or several MARC runs on the same data.
+) -> DownstreamInputs:
+    """Builds the split and features of `runs` and every row's vector provider.
 
     Rows: those of `reference_providers` (DCNv2 alone, the `lr-2`
     reference, the `random` and `profile` controls, the frozen backbone's
     vectors for both towers and each alone, and their PCA), then `marc-o` and
-    `marc-c`, for every tier of `[evaluate]`. With several runs (MARC trained with
-    different seeds), downstream seed i uses run i's vectors, so the spread
-    covers both trainings; with one run every seed uses its vectors.
-
-    Args:
-        runs: `MARCRun`s whose `[data]` settings agree.
-        downstream: a `DownstreamConfig`, by default the first run's
-            `[evaluate]` settings; with several runs, one seed per run.
-        log: callable taking one progress line.
-
-    Returns:
-        The rows of `DownstreamEvaluator.evaluate`; also written as
-        `evaluate.json` and `evaluate.md` into the first run's directory.
+    `marc-c`. With several runs (MARC trained with different seeds),
+    downstream seed i uses run i's vectors, so the spread covers both
+    trainings; with one run every seed uses its vectors. Encodes what is not
+    encoded yet.
     """
     runs = list(runs)
     if any(run.config.data != runs[0].config.data for run in runs):
         raise ValueError(
             "Runs evaluated together must share the same [data] settings (same split)."
         )
-    downstream = downstream or runs[0].config.evaluate
     if len(runs) > 1 and len(downstream.seeds) != len(runs):
         raise ValueError(
             f"{len(runs)} runs need {len(runs)} downstream seeds; got {downstream.seeds}."
-        )
-    shrunk = {
-        field.name: getattr(downstream, field.name)
-        for field in dataclasses.fields(downstream)
-        if getattr(downstream, field.name) != getattr(DownstreamConfig(), field.name)
-    }
-    if shrunk:
-        log(
-            f"downstream settings differ from the protocol's defaults ({shrunk}); "
-            "its figures are not comparable with benchmarks/RESULTS.md"
         )
     started = time.perf_counter()
     split, interactions = build_split(runs[0].config, with_interactions=True)
@@ -250,25 +248,61 @@ def evaluate_runs(
         for path in (run.vectors_path, run.frozen_vectors_path)
         if path.is_file()
     ]
+    return DownstreamInputs(split, features, representations, sources)
+
+
+def evaluate_runs(
+    runs: Sequence[MARCRun],
+    downstream: DownstreamConfig | None = None,
+    log: Callable[[str], object] = print,
+) -> list[dict]:
+    """The downstream table for one or several MARC runs on the same data.
+
+    Rows: those of `downstream_inputs`, for every tier of `[evaluate]`, each
+    with its own adaptor setting (`DownstreamConfig.adaptor_setting`).
+
+    Args:
+        runs: `MARCRun`s whose `[data]` settings agree.
+        downstream: a `DownstreamConfig`, by default the first run's
+            `[evaluate]` settings; with several runs, one seed per run.
+        log: callable taking one progress line.
+
+    Returns:
+        The rows of `DownstreamEvaluator.evaluate`; also written as
+        `evaluate.json` and `evaluate.md` into the first run's directory.
+    """
+    runs = list(runs)
+    downstream = downstream or runs[0].config.evaluate
+    shrunk = {
+        field.name: getattr(downstream, field.name)
+        for field in dataclasses.fields(downstream)
+        if getattr(downstream, field.name) != getattr(DownstreamConfig(), field.name)
+    }
+    if shrunk:
+        log(
+            f"downstream settings differ from the protocol's defaults ({shrunk}); "
+            "its figures are not comparable with benchmarks/RESULTS.md"
+        )
+    inputs = downstream_inputs(runs, downstream, log)
     evaluator = DownstreamEvaluator(
-        features,
+        inputs.features,
         downstream,
         log=log,
         progress_path=runs[0].run_dir / "evaluate-progress.json",
-        progress_fingerprint=sources,
+        progress_fingerprint=inputs.sources,
     )
-    rows = evaluator.evaluate(representations)
+    rows = evaluator.evaluate(inputs.representations)
     report = {
         "dataset": str(runs[0].config.data.data_dir or runs[0].config.data.dataset),
         "backbone": runs[0].config.model.preset or "all-MiniLM-L6-v2",
         "seeds": list(downstream.seeds),
         "runs": [str(run.run_dir) for run in runs],
         "downstream": dataclasses.asdict(downstream),
-        "text_stats": split.text_stats,
+        "text_stats": inputs.split.text_stats,
         "rows": rows,
     }
     write_json(runs[0].run_dir / "evaluate.json", report)
-    markdown = downstream_markdown(rows)
+    markdown = downstream_markdown(rows, [("adaptor", adaptor_label)])
     write_atomically(
         runs[0].run_dir / "evaluate.md",
         lambda temporary: Path(temporary).write_text(markdown + "\n"),

@@ -13,6 +13,7 @@ def build_dense_stack(
     activation: str | Callable | None,
     dropout: float,
     name: str,
+    kernel_regularizer: keras.regularizers.Regularizer | None = None,
 ) -> list[keras.layers.Layer]:
     """Dense(hidden, activation) [+ Dropout] per hidden size, then a linear Dense.
 
@@ -22,6 +23,7 @@ def build_dense_stack(
         activation: activation of the hidden layers.
         dropout: dropout rate after each hidden layer (0 for none).
         name: prefix of the layer names.
+        kernel_regularizer: optional regularizer of every layer's kernel.
 
     Returns:
         A list of layers to apply in order.
@@ -37,9 +39,18 @@ def build_dense_stack(
     layers = []
     for index, units in enumerate(hidden_units):
         layers.append(
-            keras.layers.Dense(units, activation=activation, name=f"{name}_hidden_{index}")
+            keras.layers.Dense(
+                units,
+                activation=activation,
+                kernel_regularizer=kernel_regularizer,
+                name=f"{name}_hidden_{index}",
+            )
         )
         if dropout:
             layers.append(keras.layers.Dropout(dropout, name=f"{name}_dropout_{index}"))
-    layers.append(keras.layers.Dense(int(output_units), name=f"{name}_output"))
+    layers.append(
+        keras.layers.Dense(
+            int(output_units), kernel_regularizer=kernel_regularizer, name=f"{name}_output"
+        )
+    )
     return layers

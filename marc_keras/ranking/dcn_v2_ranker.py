@@ -68,7 +68,19 @@ class DCNv2Ranker(keras.Model):
         cross_projection_dim: rank of each cross layer's matrix, or `None`
             for full rank.
         deep_units: sizes of the deep tower.
+        adaptor_input_dropout: dropout on each external vector (training only).
+        adaptor_expert_dropout: dropout inside each adaptor's experts.
+        adaptor_input_noise: Gaussian noise on each external vector, as a
+            multiple of its per-dimension std over training users (items);
+            `from_features` sets that std.
+        adaptor_weight_decay: L2 penalty on the adaptors' kernels, apart
+            from the optimizer's weight decay of the whole ranker.
+        user_adaptor_dim: width of the user vector's field (a bottleneck),
+            or `None` for `embedding_dim`.
         **kwargs: base model arguments.
+
+    All adaptor settings off (the defaults) is the downstream v2 ranker;
+    `marc_keras.config.AdaptorSetting.ranker_arguments` gives them from a config.
 
     Returns:
         Called on the dict of `RankingFeatures` inputs, (B, 1) logits.
@@ -92,6 +104,11 @@ class DCNv2Ranker(keras.Model):
         cross_layers: int = 3,
         cross_projection_dim: int | None = None,
         deep_units: Sequence[int] = (200, 80),
+        adaptor_input_dropout: float = 0.0,
+        adaptor_expert_dropout: float = 0.0,
+        adaptor_input_noise: float = 0.0,
+        adaptor_weight_decay: float = 0.0,
+        user_adaptor_dim: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -106,6 +123,13 @@ class DCNv2Ranker(keras.Model):
             None if cross_projection_dim is None else int(cross_projection_dim)
         )
         self.deep_units = tuple(int(units) for units in deep_units)
+        self.adaptor_settings = {
+            "input_dropout": float(adaptor_input_dropout),
+            "expert_dropout": float(adaptor_expert_dropout),
+            "input_noise": float(adaptor_input_noise),
+            "weight_decay": float(adaptor_weight_decay),
+        }
+        self.user_adaptor_dim = None if user_adaptor_dim is None else int(user_adaptor_dim)
         self.item_genre_shares = self.add_weight(
             shape=(self.num_items, self.num_genres),
             initializer="zeros",
@@ -137,8 +161,12 @@ class DCNv2Ranker(keras.Model):
                 trainable=False,
                 name=f"{tower}_vector_table",
             )
+            width = self.user_adaptor_dim if tower == "user" else None
             self.adaptors[tower] = ExpertAdaptor(
-                num_experts, output_dim=embedding_dim, name=f"{tower}_adaptor"
+                num_experts,
+                output_dim=width or embedding_dim,
+                name=f"{tower}_adaptor",
+                **self.adaptor_settings,
             )
         self.crosses = [
             keras_rs.layers.FeatureCross(
@@ -182,9 +210,13 @@ class DCNv2Ranker(keras.Model):
             **kwargs,
         )
         ranker.item_genre_shares.assign(genre_shares)
+        training_inputs = features.tier_inputs(tier)["train"]
         for tower, table in (("user", user_vectors), ("item", item_vectors)):
             if table is not None:
-                ranker.vector_tables[tower].assign(np.asarray(table, "float32"))
+                table = np.asarray(table, "float32")
+                ranker.vector_tables[tower].assign(table)
+                # The noise scale comes from training rows only, as the centering does.
+                ranker.adaptors[tower].adapt(table[np.unique(training_inputs[tower])])
         return ranker
 
     def call(self, inputs, training=None):
@@ -199,7 +231,8 @@ class DCNv2Ranker(keras.Model):
         for index, embedding in enumerate(self.user_field_embeddings):
             fields.append(embedding(inputs["user_fields"][:, index]))
         for tower, table in self.vector_tables.items():
-            fields.append(self.adaptors[tower](ops.take(table, inputs[tower], axis=0)))
+            vectors = ops.take(table, inputs[tower], axis=0)  # (B, d)
+            fields.append(self.adaptors[tower](vectors, training=training))
         x0 = ops.concatenate(fields, axis=-1)  # (B, fields * D)
         x = x0
         for cross in self.crosses:
@@ -223,4 +256,6 @@ class DCNv2Ranker(keras.Model):
             "cross_layers": self.cross_layers,
             "cross_projection_dim": self.cross_projection_dim,
             "deep_units": list(self.deep_units),
+            **{f"adaptor_{name}": value for name, value in self.adaptor_settings.items()},
+            "user_adaptor_dim": self.user_adaptor_dim,
         }

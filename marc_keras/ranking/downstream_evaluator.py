@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from marc_keras.config import DownstreamConfig
+from marc_keras.config.adaptor_setting import AdaptorSetting
 from marc_keras.config.ranker_tier import resolve_tier
 from marc_keras.ranking.ctr_metrics import auc, logloss, relative_improvement
 from marc_keras.ranking.dcn_v2_ranker import DCNv2Ranker
@@ -90,6 +91,7 @@ class DownstreamEvaluator:
         user_vectors: np.ndarray | None = None,
         item_vectors: np.ndarray | None = None,
         verbose: int = 0,
+        adaptor: AdaptorSetting | None = None,
     ) -> tuple[DCNv2Ranker, float, float, int]:
         """Trains one ranker on a tier's features.
 
@@ -99,6 +101,8 @@ class DownstreamEvaluator:
             user_vectors: optional table from `RankingFeatures.vector_table`.
             item_vectors: likewise for items.
             verbose: Keras verbosity.
+            adaptor: the vector adaptors' `AdaptorSetting`, by default the
+                config's generic one.
 
         Returns:
             `(ranker, test AUC, test logloss, epochs trained)`.
@@ -115,6 +119,7 @@ class DownstreamEvaluator:
             item_vectors,
             num_experts=config.num_experts,
             cross_projection_dim=config.cross_projection_dim,
+            **(adaptor or config.adaptor_setting()).ranker_arguments(),
         )
         ranker.compile(
             optimizer=keras.optimizers.AdamW(
@@ -164,13 +169,15 @@ class DownstreamEvaluator:
                 `None`), tables from `RankingFeatures.vector_table`. A callable
                 lets each seed use vectors from its own upstream run. The
                 name "lr-2" is the logistic reference (`TwoFeatureLogistic`)
-                and takes `None`.
+                and takes `None`. Each row trains with its own
+                `config.adaptor_setting(name)`.
             tiers: tier names, by default the config's `tiers`.
 
         Returns:
-            A list of rows, tier-major: tier, name, auc_mean, auc_std,
-            logloss_mean, logloss_std, aucs, loglosses, epochs, seconds,
-            seeds; with a "dcnv2" row, every row also gets relaimpr,
+            A list of rows, tier-major: tier, name, adaptor_setting (the
+            row's `AdaptorSetting` as a dict; `None` for rows without
+            vectors), auc_mean, auc_std, logloss_mean, logloss_std, aucs,
+            loglosses, epochs, seconds, seeds; with a "dcnv2" row, every row also gets relaimpr,
             paired_deltas (AUC minus dcnv2's, per seed), paired_delta_mean,
             paired_delta_std and lift (the paired delta's mean exceeds its
             std and zero).
@@ -180,7 +187,13 @@ class DownstreamEvaluator:
         # Seed-major: an evaluation stopped early has every row at its first seeds.
         for seed in self.config.seeds:
             for name, provider in representations.items():
-                pending = [tier for tier in tiers if f"{tier}/{name}/{seed}" not in finished]
+                adaptor = self._row_adaptor(name, provider)
+                pending = [
+                    tier
+                    for tier in tiers
+                    if finished.get(f"{tier}/{name}/{seed}", {}).get("adaptor", "missing")
+                    != adaptor
+                ]
                 if not pending:
                     continue
                 started = time.perf_counter()
@@ -192,8 +205,11 @@ class DownstreamEvaluator:
                         test_auc, test_logloss = self.logistic_reference(seed)
                         epochs = 0
                     else:
-                        _, test_auc, test_logloss, epochs = self.train_one(tier, seed, *tables)
+                        _, test_auc, test_logloss, epochs = self.train_one(
+                            tier, seed, *tables, adaptor=self.config.adaptor_setting(name)
+                        )
                     finished[f"{tier}/{name}/{seed}"] = {
+                        "adaptor": adaptor,
                         "auc": test_auc,
                         "logloss": test_logloss,
                         "epochs": epochs,
@@ -210,7 +226,13 @@ class DownstreamEvaluator:
                 name: [finished[f"{tier}/{name}/{seed}"] for seed in self.config.seeds]
                 for name in representations
             }
-            tier_rows = [self.summary_row(name, found, tier) for name, found in results.items()]
+            tier_rows = [
+                {
+                    "adaptor_setting": self._row_adaptor(name, representations[name]),
+                    **self.summary_row(name, found, tier),
+                }
+                for name, found in results.items()
+            ]
             base = results.get(BASELINE_ROW)
             if base is not None:
                 for row in tier_rows:
@@ -218,11 +240,35 @@ class DownstreamEvaluator:
             rows.extend(tier_rows)
         return rows
 
+    def add_results(self, results: Mapping[str, dict]) -> None:
+        """Records results trained elsewhere with these settings, so `evaluate` skips them.
+
+        Args:
+            results: "tier/row/seed" -> dict with auc, logloss, epochs,
+                seconds and adaptor (the row's `AdaptorSetting` as a dict,
+                `None` for rows without vectors), as `train_one` made them.
+        """
+        if self.progress_path is None:
+            raise ValueError("add_results needs the evaluator's progress_path.")
+        finished = self._load_progress()
+        finished.update(results)
+        self._save_progress(finished)
+
+    def _row_adaptor(self, name, provider):
+        # A row without vectors has no adaptor for a setting to change.
+        if provider is None:
+            return None
+        return dataclasses.asdict(self.config.adaptor_setting(name))
+
     def _settings(self):
-        # Results are keyed by tier, row and seed, so a run with other seeds or
-        # tiers reuses them; every other setting changes them.
+        # Results are keyed by tier, row and seed and carry their adaptor
+        # setting, so a run with other seeds, tiers or adaptor settings
+        # reuses what still applies; every other setting changes them.
         settings = dataclasses.asdict(self.config)
-        del settings["seeds"], settings["tiers"]
+        del settings["seeds"], settings["tiers"], settings["row_adaptors"]
+        for name in list(settings):
+            if name.startswith("adaptor_"):
+                del settings[name]
         return {
             "config": json.loads(json.dumps(settings)),
             "fingerprint": self.progress_fingerprint,
@@ -268,6 +314,12 @@ class DownstreamEvaluator:
             lift=statistics_["paired_delta_mean"] > max(statistics_["paired_delta_std"], 0.0)
             and len(deltas) > 1,
         )
+
+
+def adaptor_label(row: dict) -> str:
+    """A table cell naming a row's adaptor setting ("-" for rows without vectors)."""
+    setting = row.get("adaptor_setting")
+    return AdaptorSetting(**setting).label() if setting else "-"
 
 
 def mean_std(prefix, values):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from marc_keras.layers.mlp_stack import build_dense_stack
@@ -17,19 +18,33 @@ class ExpertAdaptor(keras.layers.Layer):
 
     Each expert is an MLP (hidden [128], output 32 by default); a softmax gate
     over the same input weighs them. This is how KAR and MARC feed LLM
-    vectors of any width into a CTR model as a 32-d field.
+    vectors of any width into a CTR model as a 32-d field (MARC Sec. 4.1.3).
+
+    The regularisers (downstream v3) keep a ranker from memorising training
+    users through their vectors; all of them act in training only, and with
+    all of them off the layer is the v2 adaptor (same weights, same outputs).
 
     Args:
         num_experts: number of experts (DESIGN.md: 2-5).
         hidden_units: hidden sizes of each expert.
         output_dim: width of the field.
+        input_dropout: dropout rate on the input vector (experts and gate
+            see the same dropped vector).
+        expert_dropout: dropout rate after each hidden layer of every expert.
+        input_noise: std of Gaussian noise added to the input, as a multiple
+            of each dimension's std; that std is a non-trainable weight set
+            by `adapt` (ones until then).
+        weight_decay: L2 penalty `weight_decay * sum(w ** 2)` on every
+            kernel (experts and gate), added to the model's loss.
+        seed: seed of the noise and dropout draws.
         **kwargs: base layer arguments.
 
     Returns:
         (B, d) -> (B, output_dim).
 
     Example:
-    >>> adaptor = ExpertAdaptor(num_experts=3)
+    >>> adaptor = ExpertAdaptor(num_experts=3, input_noise=0.5)
+    >>> adaptor.adapt(training_vectors)  # (N, 384): per-dimension std for the noise
     >>> adaptor(np.zeros((4, 384), "float32")).shape
     torch.Size([4, 32])
     """
@@ -39,19 +54,53 @@ class ExpertAdaptor(keras.layers.Layer):
         num_experts: int = 3,
         hidden_units: Sequence[int] = (128,),
         output_dim: int = 32,
+        input_dropout: float = 0.0,
+        expert_dropout: float = 0.0,
+        input_noise: float = 0.0,
+        weight_decay: float = 0.0,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if int(num_experts) < 1:
             raise ValueError(f"num_experts must be at least 1; got {num_experts}.")
+        for name, rate in (("input_dropout", input_dropout), ("expert_dropout", expert_dropout)):
+            if not 0.0 <= float(rate) < 1.0:
+                raise ValueError(f"ExpertAdaptor {name} must be in [0, 1); got {rate}.")
+        for name, value in (("input_noise", input_noise), ("weight_decay", weight_decay)):
+            if not float(value) >= 0.0:
+                raise ValueError(f"ExpertAdaptor {name} must be >= 0; got {value}.")
         self.num_experts = int(num_experts)
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.output_dim = int(output_dim)
+        self.input_dropout = float(input_dropout)
+        self.expert_dropout = float(expert_dropout)
+        self.input_noise = float(input_noise)
+        self.weight_decay = float(weight_decay)
+        self.seed = seed
+        # Created only when used, so the default adaptor draws no random
+        # numbers and holds no weight that v2 did not have.
+        regularizer = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
+        self.dropout = (
+            keras.layers.Dropout(self.input_dropout, seed=seed, name="input_dropout")
+            if self.input_dropout
+            else None
+        )
+        self.noise_seed = keras.random.SeedGenerator(seed) if self.input_noise else None
         self.experts = [
-            build_dense_stack(self.hidden_units, self.output_dim, "relu", 0.0, f"expert_{index}")
+            build_dense_stack(
+                self.hidden_units,
+                self.output_dim,
+                "relu",
+                self.expert_dropout,
+                f"expert_{index}",
+                kernel_regularizer=regularizer,
+            )
             for index in range(self.num_experts)
         ]
-        self.gate = keras.layers.Dense(self.num_experts, activation="softmax", name="gate")
+        self.gate = keras.layers.Dense(
+            self.num_experts, activation="softmax", kernel_regularizer=regularizer, name="gate"
+        )
 
     def build(self, input_shape) -> None:
         for expert in self.experts:
@@ -60,13 +109,43 @@ class ExpertAdaptor(keras.layers.Layer):
                 layer.build(shape)
                 shape = layer.compute_output_shape(shape)
         self.gate.build(input_shape)
+        if self.input_noise:
+            self.input_std = self.add_weight(
+                shape=(input_shape[-1],), initializer="ones", trainable=False, name="input_std"
+            )
 
-    def call(self, vectors):
+    def adapt(self, vectors: np.ndarray) -> None:
+        """Sets the per-dimension std that scales the input noise from (N, d) vectors.
+
+        Call it with the training users' (items') vectors only, so no
+        evaluation vector shapes training; without `input_noise` it does nothing.
+        """
+        vectors = np.asarray(vectors, "float64")
+        if vectors.ndim != 2 or len(vectors) < 2:
+            raise ValueError(
+                f"ExpertAdaptor.adapt needs (N, d) vectors with N >= 2; got shape {vectors.shape}."
+            )
+        if not self.input_noise:
+            return  # building here would change the order weights are initialised in
+        if not self.built:
+            self.build((None, vectors.shape[1]))
+        self.input_std.assign(vectors.std(axis=0).astype("float32"))
+
+    def call(self, vectors, training=None):
+        if training and self.input_noise:
+            noise = keras.random.normal(ops.shape(vectors), seed=self.noise_seed)
+            vectors = vectors + noise * (self.input_noise * self.input_std)
+        if self.dropout is not None:
+            vectors = self.dropout(vectors, training=training)
         outputs = []
         for expert in self.experts:
             x = vectors
             for layer in expert:
-                x = layer(x)
+                x = (
+                    layer(x, training=training)
+                    if isinstance(layer, keras.layers.Dropout)
+                    else layer(x)
+                )
             outputs.append(x)
         stacked = ops.stack(outputs, axis=1)  # (B, E, output_dim)
         weights = self.gate(vectors)[:, :, None]  # (B, E, 1)
@@ -81,4 +160,9 @@ class ExpertAdaptor(keras.layers.Layer):
             "num_experts": self.num_experts,
             "hidden_units": list(self.hidden_units),
             "output_dim": self.output_dim,
+            "input_dropout": self.input_dropout,
+            "expert_dropout": self.expert_dropout,
+            "input_noise": self.input_noise,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
         }

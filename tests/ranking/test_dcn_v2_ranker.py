@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,7 +169,7 @@ def test_an_interrupted_evaluation_resumes_from_its_progress_file(tmp_path, monk
     monkeypatch.setattr(
         other_vectors,
         "train_one",
-        lambda tier, seed, *tables: trained.append((tier, seed)) or (None, 0.6, 0.7, 1),
+        lambda tier, seed, *tables, **settings: trained.append((tier, seed)) or (None, 0.6, 0.7, 1),
     )
     other_vectors.evaluate({"dcnv2": None})
     assert trained == [("kar", 0), ("kar", 1)]
@@ -235,3 +236,119 @@ def test_layer_checks(cross_projection_dim=None):
 
 def test_layer_checks_with_low_rank_crosses():
     test_layer_checks(cross_projection_dim=3)
+
+
+V2_LOGITS = Path(__file__).parent / "data" / "v2-ranker-logits.npy"
+
+
+def _v2_reference_run(**downstream_settings):
+    # The run that wrote V2_LOGITS with the downstream v2 code (commit 521bfc3,
+    # before adaptor regularisation existed): a ranker with user and item
+    # vectors trained 2 epochs, its test logits.
+    features, item_vectors = synthetic_features(
+        sizes={"train": 600, "validation": 200, "test": 200}
+    )
+    user_vectors = np.random.default_rng(1).normal(size=(51, 6)).astype("float32")
+    config = DownstreamConfig(
+        max_epochs=2, batch_size=128, seeds=(0,), tiers=("full",), **downstream_settings
+    )
+    evaluator = DownstreamEvaluator(features, config, log=lambda _: None)
+    ranker, *_ = evaluator.train_one("full", 0, user_vectors, item_vectors)
+    return features, ranker, ranker.predict(features.tier_inputs(TIERS["full"])["test"], verbose=0)
+
+
+def test_regularisation_off_is_the_v2_ranker():
+    _, _, logits = _v2_reference_run()
+    np.testing.assert_allclose(logits[:, 0], np.load(V2_LOGITS), atol=1e-6)
+    _, _, regularised = _v2_reference_run(adaptor_input_dropout=0.5, adaptor_input_noise=0.5)
+    assert np.abs(regularised[:, 0] - np.load(V2_LOGITS)).max() > 1e-3
+
+
+def test_noise_scale_comes_from_training_users_and_items_only():
+    features, ranker, _ = _v2_reference_run(adaptor_input_noise=0.5)
+    training = features.tier_inputs(TIERS["full"])["train"]
+    for tower in ("user", "item"):
+        table = keras.ops.convert_to_numpy(ranker.vector_tables[tower])
+        expected = table[np.unique(training[tower])].std(axis=0)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(ranker.adaptors[tower].input_std), expected, rtol=1e-5
+        )
+    assert not np.allclose(expected, table[1:].std(axis=0))
+
+
+def test_regularised_ranker_round_trips_and_user_bottleneck_narrows_the_field(tmp_path):
+    features, item_vectors = synthetic_features(sizes={"train": 100, "validation": 50, "test": 50})
+    user_vectors = np.random.default_rng(1).normal(size=(51, 6)).astype("float32")
+    ranker = DCNv2Ranker.from_features(
+        features,
+        TIERS["kar"],
+        user_vectors,
+        item_vectors,
+        adaptor_input_dropout=0.2,
+        adaptor_expert_dropout=0.1,
+        adaptor_input_noise=0.5,
+        adaptor_weight_decay=1e-3,
+        user_adaptor_dim=8,
+    )
+    inputs = features.tier_inputs(TIERS["kar"])["test"]
+    expected = ranker.predict(inputs, verbose=0)
+    assert ranker.adaptors["user"].output_dim == 8 and ranker.adaptors["item"].output_dim == 32
+    assert len(ranker.losses) == 2 * (3 * 2 + 1)  # per adaptor: 3 experts x 2 kernels + gate
+    ranker.save(tmp_path / "ranker.keras")
+    loaded = keras.saving.load_model(tmp_path / "ranker.keras")
+    np.testing.assert_allclose(loaded.predict(inputs, verbose=0), expected, atol=1e-6)
+    config = loaded.get_config()
+    assert config["adaptor_input_noise"] == 0.5 and config["user_adaptor_dim"] == 8
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.adaptors["user"].input_std),
+        keras.ops.convert_to_numpy(ranker.adaptors["user"].input_std),
+    )
+
+
+def test_each_row_trains_with_its_own_setting_and_keeps_results_of_unchanged_rows(
+    tmp_path, monkeypatch
+):
+    features, item_vectors = synthetic_features(
+        sizes={"train": 300, "validation": 100, "test": 100}
+    )
+    progress = tmp_path / "progress.json"
+    representations = {
+        "dcnv2": None,
+        "a": lambda seed: (None, item_vectors),
+        "b": lambda seed: (None, item_vectors),
+    }
+
+    def evaluate(row_adaptors):
+        config = DownstreamConfig(
+            max_epochs=1,
+            batch_size=128,
+            seeds=(0,),
+            tiers=("kar",),
+            adaptor_input_dropout=0.2,
+            row_adaptors=row_adaptors,
+        )
+        evaluator = DownstreamEvaluator(
+            features, config, log=lambda _: None, progress_path=progress
+        )
+        trained = []
+
+        def train_one(tier, seed, *tables, adaptor=None):
+            trained.append((tier, seed, adaptor))
+            return None, 0.6, 0.7, 1
+
+        monkeypatch.setattr(evaluator, "train_one", train_one)
+        return evaluator.evaluate(representations), trained
+
+    rows, trained = evaluate({"b": {"input_noise": 0.5}})
+    from marc_keras.config.adaptor_setting import AdaptorSetting
+
+    assert trained == [
+        ("kar", 0, AdaptorSetting(input_dropout=0.2)),  # dcnv2: no vectors, setting unused
+        ("kar", 0, AdaptorSetting(input_dropout=0.2)),
+        ("kar", 0, AdaptorSetting(input_noise=0.5)),
+    ]
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["dcnv2"]["adaptor_setting"] is None
+    assert by_name["b"]["adaptor_setting"]["input_noise"] == 0.5
+    _, trained = evaluate({"b": {"weight_decay": 1e-3}})
+    assert trained == [("kar", 0, AdaptorSetting(weight_decay=1e-3))]
