@@ -11,6 +11,9 @@ Two steps, each adding its figures to results/downstream-v3-ml-1m-half.json:
       every v2 row at its chosen setting (CHOICE_RULE), paired deltas against
       DCNv2 alone, the RESULTS.md section "downstream-v3" and a plot of each
       row's paired delta in v2 against v3.
+  python benchmarks/downstream_v3.py probe --run-dir runs/demo-v3
+      a ridge probe from each row's user vectors to the user's mean click label:
+      R^2 on training users against validation users (what carries to new users).
 
 The vectors are the run's (`marc-keras fit --config configs/demo.toml
 --run-dir runs/demo-v3` trains the same MARC as the v2 table's run), encoded
@@ -19,6 +22,7 @@ once into the run directory.
 
 import argparse
 import dataclasses
+import fcntl
 import itertools
 import json
 import sys
@@ -35,6 +39,7 @@ from marc_keras.config import DownstreamConfig, RunConfig
 from marc_keras.config.adaptor_setting import AdaptorSetting
 from marc_keras.config.ranker_tier import TIERS
 from marc_keras.experiments.marc_run import MARCRun, downstream_inputs
+from marc_keras.probing.user_click_probe import UserClickProbe
 from marc_keras.ranking.adaptor_choice import TIE_TOLERANCE, choose_adaptor_settings
 from marc_keras.ranking.ctr_metrics import auc
 from marc_keras.ranking.downstream_evaluator import (
@@ -75,12 +80,32 @@ def _load():
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _update(values):
-    current = _load()
-    current.update(values)
-    current["machine"] = machine_facts()
-    write_json(RESULT, current)
+def _update(values, cells=None, call=None):
+    """Adds `values`, grid `cells` and a finished `call` to the JSON under a file lock.
+
+    Several grid processes (one thread each, on disjoint rows) may write at once.
+    """
+    RESULTS_DIR.mkdir(exist_ok=True)
+    with open(RESULTS_DIR / f".{RESULT}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = _load()
+        current.update(values)
+        current.setdefault("grid_cells", {}).update(cells or {})
+        if call is not None:
+            current.setdefault("calls", []).append(call)
+        current["machine"] = machine_facts()
+        write_json(RESULT, current)
     return current
+
+
+def _call_record(args, started_at):
+    return {
+        "command": " ".join(sys.argv),
+        "threads": args.threads,
+        "started_at": started_at,
+        "finished_at": time.time(),
+        "note": args.note,
+    }
 
 
 def _inputs(args):
@@ -104,19 +129,19 @@ def grid(args):
         if provider is not None and (not args.rows or name in args.rows)
     ]
     settings = grid_settings(args)
-    state = _load()
-    cells = state.get("grid_cells", {})
-    started = time.perf_counter()
-    for row in vector_rows:
-        tables = inputs.representations[row](0)
-        for tier in args.tiers:
+    cells = _load().get("grid_cells", {})
+    started_at = time.time()
+    # Tier-major, so a grid stopped early has every row on the first tier.
+    tables = {row: inputs.representations[row](0) for row in vector_rows}
+    for tier in args.tiers:
+        for row in vector_rows:
             for setting in settings:
                 key = f"{tier}/{row}/{setting.label()}"
                 if key in cells:
                     continue
                 began = time.perf_counter()
                 ranker, test_auc, test_logloss, epochs = evaluator.train_one(
-                    tier, 0, *tables, adaptor=setting
+                    tier, 0, *tables[row], adaptor=setting
                 )
                 validation = features.tier_inputs(TIERS[tier])["validation"]
                 scores = ranker.predict(validation, batch_size=4 * base.batch_size, verbose=0)
@@ -127,6 +152,7 @@ def grid(args):
                     "validation_auc": auc(features.labels["validation"], scores[:, 0]),
                     "epochs": epochs,
                     "seconds": time.perf_counter() - began,
+                    "threads": args.threads,
                     # Seed 0 of the table, if this cell is chosen; never read by the choice.
                     "seed0_test": {"auc": test_auc, "logloss": test_logloss},
                 }
@@ -135,13 +161,11 @@ def grid(args):
                     f"{epochs} epochs, {cells[key]['seconds']:.0f}s",
                     flush=True,
                 )
-                _update({"grid_cells": cells})
+                _update({}, cells={key: cells[key]})
     _update(
         {
-            "grid_cells": cells,
             "grid": {
                 "tiers": args.tiers,
-                "rows": vector_rows,
                 "input_dropout": args.dropouts,
                 "input_noise": args.noises,
                 "weight_decay": args.weight_decays,
@@ -149,13 +173,16 @@ def grid(args):
                 "seed": 0,
                 "downstream": dataclasses.asdict(base),
                 "run": str(args.run_dir),
-                "command": " ".join(sys.argv),
-                "note": args.note,
-                "grid_wall_s_this_call": time.perf_counter() - started,
             },
-            "grid_wall_s": sum(cell["seconds"] for cell in cells.values()),
-        }
+        },
+        call={"step": "grid", "rows": vector_rows, **_call_record(args, started_at)},
     )
+
+
+def _elapsed(calls, step):
+    """Wall time of a step's calls: first start to last finish (calls may run side by side)."""
+    found = [call for call in calls if call["step"] == step]
+    return max(call["finished_at"] for call in found) - min(call["started_at"] for call in found)
 
 
 def plot_v2_against_v3(rows, v2_rows, path):
@@ -195,16 +222,19 @@ def plot_v2_against_v3(rows, v2_rows, path):
 
 def table(args):
     state = _load()
-    grid_tiers = state["grid"]["tiers"]
-    chosen = choose_adaptor_settings(state["grid_cells"].values(), grid_tiers)
+    cells = state["grid_cells"]
+    choice_tiers = args.choice_tiers or sorted({cell["tier"] for cell in cells.values()})
+    chosen = choose_adaptor_settings(cells.values(), choice_tiers)
     row_adaptors = {
         row: dataclasses.asdict(setting) for row, (setting, _) in sorted(chosen.items())
     }
     downstream = DownstreamConfig(
         seeds=tuple(args.seeds), tiers=tuple(args.tiers), row_adaptors=row_adaptors
     )
+    started_at = time.time()
     run, inputs = _inputs(args)
-    progress = Path(args.run_dir) / "evaluate-v3-progress.json"
+    # One progress file per tier set: tables of different tiers may run side by side.
+    progress = Path(args.run_dir) / f"evaluate-v3-progress-{'-'.join(args.tiers)}.json"
     evaluator = DownstreamEvaluator(
         inputs.features,
         downstream,
@@ -219,7 +249,7 @@ def table(args):
     if 0 in args.seeds:
         for row, (setting, _) in chosen.items():
             for tier in args.tiers:
-                cell = state["grid_cells"].get(f"{tier}/{row}/{setting.label()}")
+                cell = cells.get(f"{tier}/{row}/{setting.label()}")
                 if cell is not None:
                     from_grid[f"{tier}/{row}/0"] = {
                         "adaptor": dataclasses.asdict(setting),
@@ -227,38 +257,83 @@ def table(args):
                         "logloss": cell["seed0_test"]["logloss"],
                         "epochs": cell["epochs"],
                         "seconds": cell["seconds"],
+                        "from_grid": True,
                     }
     evaluator.add_results(from_grid)
-    started = time.perf_counter()
-    rows = evaluator.evaluate(inputs.representations)
-    elapsed = time.perf_counter() - started
-    for row in rows:
+    new_rows = evaluator.evaluate(inputs.representations)
+    for row in new_rows:
         if row["name"] in chosen:
             row["validation_grid"] = chosen[row["name"]][1]
-    v2_rows = json.loads((RESULTS_DIR / V2_RESULT).read_text())["rows"]
+    rows = [row for row in state.get("rows", []) if row["tier"] not in args.tiers] + new_rows
+    rows.sort(key=lambda row: list(TIERS).index(row["tier"]))
     result = _update(
         {
             "rows": rows,
             "choice_rule": CHOICE_RULE,
+            "choice_tiers": choice_tiers,
             "row_adaptors": row_adaptors,
             "cpu_flags": machine_facts()["cpu_flags"],
-            "downstream": dataclasses.asdict(downstream),
+            "downstream": {
+                **dataclasses.asdict(downstream),
+                "tiers": sorted({r["tier"] for r in rows}),
+            },
             "text_stats": inputs.split.text_stats,
             "run": str(args.run_dir),
             "marc_config": json.loads((Path(args.run_dir) / "config.json").read_text()),
-            # Every training the table needed, the grid's included (its cells
-            # that serve as seed 0 counted once).
-            "table_wall_s": state["grid_wall_s"]
-            + sum(row["seconds"] for row in rows)
-            - sum(result["seconds"] for result in from_grid.values()),
-            "table_elapsed_s_this_call": elapsed,
-            "table_command": " ".join(sys.argv),
-            "table_note": args.note,
+        },
+        call={"step": "table", "tiers": args.tiers, **_call_record(args, started_at)},
+    )
+    # Wall time of the grid plus the table (each from its first start to last
+    # finish, as processes may run side by side); the chosen cells serve as seed 0.
+    result = _update(
+        {"table_wall_s": _elapsed(result["calls"], "grid") + _elapsed(result["calls"], "table")}
+    )
+    _report(result, args.note)
+
+
+def probe(args):
+    """The ridge probe of each row's user vectors: R^2 on training vs validation users."""
+    _, inputs = _inputs(args)
+    features = inputs.features
+    found = {}
+    for row, provider in inputs.representations.items():
+        if provider is None:
+            continue
+        user_table = provider(0)[0]
+        if user_table is None:
+            continue
+        found[row] = UserClickProbe().evaluate(user_table, features.inputs, features.labels)
+        print(
+            f"{row}: R^2 training users {found[row]['r2_train']:.3f}, "
+            f"validation users {found[row]['r2_validation']:.3f} (alpha {found[row]['alpha']:g})"
+        )
+    _update(
+        {
+            "user_probe": {
+                "what": (
+                    "ridge from a user's vector (the ranker's centered table, seed 0) to the "
+                    "user's mean click label on the ranker side; alpha by 5-fold CV on training "
+                    "users; R^2 on training users (in sample) and validation users (held out)"
+                ),
+                "rows": found,
+                "command": " ".join(sys.argv),
+            }
         }
     )
+
+
+def _report(result, note):
+    rows = result["rows"]
     markdown = downstream_markdown(rows, [("adaptor (chosen)", adaptor_label)])
     print(markdown)
+    v2_rows = json.loads((RESULTS_DIR / V2_RESULT).read_text())["rows"]
     plot_v2_against_v3(rows, v2_rows, RESULTS_DIR / "downstream-v3-ml-1m-half.png")
+    downstream, grid = result["downstream"], result["grid"]
+    commands = "\n".join(
+        f"- `{call['command']}` ({call['threads']} thread(s), "
+        f"{(call['finished_at'] - call['started_at']) / 60:.0f} min) {call['note']}"
+        for call in result["calls"]
+    )
     update_results_section(
         "downstream-v3",
         f"""## Downstream evaluation v3: adaptor regularisation chosen per row (ml-1m-half)
@@ -267,17 +342,19 @@ def table(args):
 
 ![paired deltas v2 vs v3](results/downstream-v3-ml-1m-half.png)
 
-Ranker: DCNv2 with the v2 settings (learning rate {downstream.learning_rate}, batch
-{downstream.batch_size}, up to {downstream.max_epochs} epochs, patience {downstream.patience},
-cross rank {downstream.cross_projection_dim}), all training rows, seeds {list(args.seeds)}.
-Grid (seed 0, tiers {grid_tiers}): input dropout {state["grid"]["input_dropout"]} x input
-noise {state["grid"]["input_noise"]} x adaptor weight decay {state["grid"]["weight_decay"]}
-x user width {state["grid"]["user_dim"]}; every cell's validation AUC is in
+Ranker: DCNv2 with the v2 settings (learning rate {downstream["learning_rate"]}, batch
+{downstream["batch_size"]}, up to {downstream["max_epochs"]} epochs, patience
+{downstream["patience"]}, cross rank {downstream["cross_projection_dim"]}), all training rows,
+seeds {downstream["seeds"]}. Grid (seed 0): input dropout {grid["input_dropout"]} x input
+noise {grid["input_noise"]} x adaptor weight decay {grid["weight_decay"]} x user width
+{grid["user_dim"]}, on tiers {result["choice_tiers"]}; every cell's validation AUC is in
 `benchmarks/results/{RESULT}` (`grid_cells`, and `validation_grid` per row).
-Choice rule: {CHOICE_RULE}
-Table wall time, grid included: {result["table_wall_s"] / 60:.0f} min.
-Machine: {result["machine"]["cpu"]}, cpu_flags {result["cpu_flags"]}, 2 threads.
-Commands: `{state["grid"]["command"]}`, `{result["table_command"]}`. {args.note}
+Choice rule: {result["choice_rule"]}
+Wall time, grid and table: {result["table_wall_s"] / 60:.0f} min.
+Machine: {result["machine"]["cpu"]}, cpu_flags {result["cpu_flags"]}.
+Commands:
+{commands}
+{note}
 """,
     )
 
@@ -304,11 +381,18 @@ def main():
     )
     step = commands.add_parser("table")
     step.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    step.add_argument(
+        "--choice-tiers",
+        nargs="*",
+        default=[],
+        help="tiers whose grid cells choose each row's setting (default: every tier in the grid)",
+    )
+    commands.add_parser("probe")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    {"grid": grid, "table": table}[args.command](args)
+    {"grid": grid, "table": table, "probe": probe}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,25 @@ def genre_match_task(count, seed=0):
     return users, items, (user_genres == item_genres).astype("float32")
 
 
+def numpy_hsic(x, y, sigma_x=None, sigma_y=None, scale="normalised"):
+    """Direct transcription of tr(K H L H) / (B-1)^2 (or the bare trace) with Gaussian kernels."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = x.shape[0]
+
+    def kernel(a, sigma):
+        d2 = np.array([[np.sum((a[i] - a[j]) ** 2) for j in range(n)] for i in range(n)])
+        if sigma is None:
+            pairs = d2[np.triu_indices(n, k=1)]
+            s2 = max(np.median(pairs), 1e-12)
+        else:
+            s2 = sigma**2
+        return np.exp(-d2 / (2 * s2))
+
+    h = np.eye(n) - np.ones((n, n)) / n
+    trace = np.trace(kernel(x, sigma_x) @ h @ kernel(y, sigma_y) @ h)
+    return trace if scale == "trace" else trace / (n - 1) ** 2
+
+
 def tiny_hub_backbone(vocabulary_size, architecture="bert", seed=0, num_layers=2):
     """A random keras-hub BERT or Llama backbone of width 16, built under the global policy."""
     import marc_keras  # noqa: F401  (selects the torch backend before keras loads)

@@ -413,8 +413,11 @@ def test_config_choices_match_the_library():
     from marc_keras.models.marc import OBJECTIVES
     from marc_keras.config.run_config import OBJECTIVES as CONFIG_OBJECTIVES
     from marc_keras.config.run_config import POOLING_MODES as CONFIG_POOLING
+    from marc_keras.config.run_config import HSIC_SCALES as CONFIG_HSIC_SCALES
+    from marc_keras.losses.hsic import HSIC_SCALES
 
     assert CONFIG_POOLING == POOLING_MODES and tuple(OBJECTIVES) == CONFIG_OBJECTIVES
+    assert CONFIG_HSIC_SCALES == HSIC_SCALES
     for path in ("configs/demo.toml", "configs/compare-cpu.toml", "configs/gpu.toml"):
         RunConfig.from_file(path)  # the shipped configs are in range
 

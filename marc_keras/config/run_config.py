@@ -17,11 +17,13 @@ from marc_keras.config.downstream_config import DownstreamConfig
 
 DATASETS = ("movielens", "files")
 TEXT_HISTORY_ORDERS = ("newest_first", "oldest_first")
-# The same names as `marc_keras.layers.token_pooling.POOLING_MODES` and
-# `marc_keras.models.marc.OBJECTIVES` (a test keeps them equal); spelled out
-# here so that reading a config imports neither Keras nor the models.
+# The same names as `marc_keras.layers.token_pooling.POOLING_MODES`,
+# `marc_keras.models.marc.OBJECTIVES` and `marc_keras.losses.hsic.HSIC_SCALES`
+# (a test keeps them equal); spelled out here so that reading a config imports
+# neither Keras nor the models.
 POOLING_MODES = ("mean", "last", "cls")
 OBJECTIVES = ("bce", "cosine_bce", "cosine", "contrastive", "aoe", "mrl")
+HSIC_SCALES = ("normalised", "trace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,10 @@ class ModelSection:
         matching_hidden_units: hidden sizes of the matching network.
         share_compression: one compression network for users and items.
         hsic_weight: lambda of the HSIC terms.
+        hsic_scale: "normalised" (tr(K H L H) / (B - 1)^2) or "trace"
+            (unnormalised, (B - 1)^2 times larger at the same lambda).
+        hsic_bandwidth: a fixed Gaussian bandwidth for the HSIC kernels, or
+            unset for each batch's median distance.
         explicit_interactions: feed c_u * c_i to the matching network.
         objective: training objective, one of `marc_keras.models.marc.OBJECTIVES`
             ("bce" is MARC; the rest serve baselines and ablations).
@@ -118,6 +124,8 @@ class ModelSection:
     matching_hidden_units: tuple[int, ...] = (128,)
     share_compression: bool = True
     hsic_weight: float = 0.01
+    hsic_scale: str = "normalised"
+    hsic_bandwidth: float | None = None
     explicit_interactions: bool = True
     objective: str = "bce"
     mrl_prefixes: tuple[int, ...] = (16, 32, 64)
@@ -135,6 +143,9 @@ class ModelSection:
         )
         check.whole_numbers("model.matching_hidden_units", self.matching_hidden_units, minimum=1)
         check.real_number("model.hsic_weight", self.hsic_weight, minimum=0)
+        check.choice("model.hsic_scale", self.hsic_scale, HSIC_SCALES)
+        if self.hsic_bandwidth is not None:
+            check.real_number("model.hsic_bandwidth", self.hsic_bandwidth, above=0)
         check.choice("model.objective", self.objective, OBJECTIVES)
         check.whole_numbers("model.mrl_prefixes", self.mrl_prefixes, minimum=1)
         prefixes = list(self.mrl_prefixes)

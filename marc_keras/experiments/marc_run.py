@@ -686,6 +686,8 @@ class MARCRun:
             objective=settings.objective,
             mrl_prefixes=settings.mrl_prefixes,
             reconstruction_weight=settings.reconstruction_weight,
+            hsic_scale=settings.hsic_scale,
+            hsic_bandwidth=settings.hsic_bandwidth,
             frozen_prefix_layers=settings.frozen_prefix_layers,
         )
 

@@ -7,6 +7,11 @@ from keras import ops
 # Squared bandwidths below this are raised to it, so that a batch whose rows
 # are all equal (pairwise distances all 0) gives K = 1 and HSIC = 0, not NaN.
 MIN_SQUARED_BANDWIDTH = 1e-12
+# How the trace tr(K H L H) is scaled: "normalised" divides it by (B - 1)^2
+# (Gretton et al. 2005, the estimator MARC writes down), "trace" keeps it as
+# it is, as the HSIC-bottleneck code does; the latter is (B - 1)^2 times larger,
+# so the same lambda weighs HSIC far more (issue "MARC-C must beat PCA").
+HSIC_SCALES = ("normalised", "trace")
 
 
 def _pairwise_squared_distances(x):
@@ -41,7 +46,13 @@ def _center(kernel):
     return kernel - row_means - column_means + ops.mean(kernel)
 
 
-def hsic(x, y, sigma_x: float | None = None, sigma_y: float | None = None):
+def hsic(
+    x,
+    y,
+    sigma_x: float | None = None,
+    sigma_y: float | None = None,
+    scale: str = "normalised",
+):
     """Biased HSIC estimate between two batches of vectors.
 
     HSIC(X, Y) = tr(K H L H) / (B - 1)^2 with Gaussian kernels
@@ -64,6 +75,8 @@ def hsic(x, y, sigma_x: float | None = None, sigma_y: float | None = None):
         y: tensor of shape (B, d_y), rows paired with the rows of `x`.
         sigma_x: Gaussian bandwidth for `x`, or `None` for the median heuristic.
         sigma_y: Gaussian bandwidth for `y`, or `None` for the median heuristic.
+        scale: "normalised" (divide the trace by (B - 1)^2, the default) or
+            "trace" (the trace itself, as in the HSIC-bottleneck code).
 
     Returns:
         A float32 scalar tensor.
@@ -71,7 +84,7 @@ def hsic(x, y, sigma_x: float | None = None, sigma_y: float | None = None):
     Raises:
         ValueError: the inputs are not 2-D, their batch sizes differ, the batch
             has fewer than 2 rows (HSIC is undefined for one sample), or a
-            bandwidth is not positive.
+            bandwidth is not positive, or the scale is unknown.
 
     Example:
     >>> import numpy as np, marc_keras
@@ -79,6 +92,8 @@ def hsic(x, y, sigma_x: float | None = None, sigma_y: float | None = None):
     >>> float(marc_keras.hsic(x, x[:, :128])) > 0.0
     True
     """
+    if scale not in HSIC_SCALES:
+        raise ValueError(f"hsic scale must be one of {', '.join(HSIC_SCALES)}; got {scale!r}.")
     x = ops.cast(ops.convert_to_tensor(x), "float32")
     y = ops.cast(ops.convert_to_tensor(y), "float32")
     if len(x.shape) != 2 or len(y.shape) != 2:
@@ -104,4 +119,4 @@ def hsic(x, y, sigma_x: float | None = None, sigma_y: float | None = None):
     kernel_x = _gaussian_kernel(x, sigma_x, batch_size)
     kernel_y = _gaussian_kernel(y, sigma_y, batch_size)
     trace = ops.sum(_center(kernel_x) * kernel_y)
-    return trace / float((batch_size - 1) ** 2)
+    return trace if scale == "trace" else trace / float((batch_size - 1) ** 2)

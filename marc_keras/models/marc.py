@@ -14,7 +14,7 @@ from marc_keras.layers.compression_network import CompressionNetwork
 from marc_keras.layers.cosine_scorer import CosineScorer
 from marc_keras.layers.lora_backbone import LoRABackbone
 from marc_keras.layers.matching_network import MatchingNetwork
-from marc_keras.losses.hsic import hsic
+from marc_keras.losses.hsic import HSIC_SCALES, hsic
 from marc_keras.losses.pair_losses import cosine_similarity
 
 # Re-exported: the run config and the method registry check names against it.
@@ -76,6 +76,10 @@ class MARC(keras.Model):
             the compressed width that get their own matching network.
         reconstruction_weight: weight of a linear reconstruction of r from c
             (ESE's PCA-like constraint); 0 leaves it out.
+        hsic_scale: "normalised" (tr(K H L H) / (B - 1)^2, the default) or
+            "trace" (unnormalised); see `marc_keras.losses.hsic`.
+        hsic_bandwidth: one Gaussian bandwidth for both spaces' kernels, or
+            `None` for each batch's median distance (the default).
         **kwargs: base model arguments.
 
     Returns:
@@ -100,11 +104,21 @@ class MARC(keras.Model):
         objective: str = "bce",
         mrl_prefixes: Sequence[int] = (16, 32, 64),
         reconstruction_weight: float = 0.0,
+        hsic_scale: str = "normalised",
+        hsic_bandwidth: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if float(hsic_weight) < 0:
             raise ValueError(f"hsic_weight must be >= 0; got {hsic_weight}.")
+        if hsic_scale not in HSIC_SCALES:
+            raise ValueError(
+                f"hsic_scale must be one of {', '.join(HSIC_SCALES)}; got {hsic_scale!r}."
+            )
+        if hsic_bandwidth is not None and not float(hsic_bandwidth) > 0:
+            raise ValueError(f"hsic_bandwidth must be positive or None; got {hsic_bandwidth}.")
+        self.hsic_scale = hsic_scale
+        self.hsic_bandwidth = None if hsic_bandwidth is None else float(hsic_bandwidth)
         training_objective = resolve_objective(objective)
         if float(reconstruction_weight) < 0:
             raise ValueError(f"reconstruction_weight must be >= 0; got {reconstruction_weight}.")
@@ -218,7 +232,8 @@ class MARC(keras.Model):
             frozen_prefix_layers: train LoRA only above this many blocks
                 (see `LoRABackbone`; a deviation from MARC, off by default).
             **kwargs: `MARC` arguments (`objective`, `mrl_prefixes`,
-                `reconstruction_weight`) and base model arguments.
+                `reconstruction_weight`, `hsic_scale`, `hsic_bandwidth`) and
+                base model arguments.
 
         Returns:
             A `MARC` model, built, with the checkpoint's tokenizer.
@@ -415,8 +430,11 @@ class MARC(keras.Model):
         self.objective_tracker.update_state(objective)
         loss = objective
         if self.hsic_weight > 0:
-            hsic_user = hsic(y_pred["user_original"], y_pred["user_compressed"])
-            hsic_item = hsic(y_pred["item_original"], y_pred["item_compressed"])
+            settings = dict(
+                sigma_x=self.hsic_bandwidth, sigma_y=self.hsic_bandwidth, scale=self.hsic_scale
+            )
+            hsic_user = hsic(y_pred["user_original"], y_pred["user_compressed"], **settings)
+            hsic_item = hsic(y_pred["item_original"], y_pred["item_compressed"], **settings)
             self.hsic_user_tracker.update_state(hsic_user)
             self.hsic_item_tracker.update_state(hsic_item)
             loss = loss - self.hsic_weight * (hsic_user + hsic_item)
@@ -469,6 +487,8 @@ class MARC(keras.Model):
             "objective": self.objective,
             "mrl_prefixes": list(self.mrl_prefixes),
             "reconstruction_weight": self.reconstruction_weight,
+            "hsic_scale": self.hsic_scale,
+            "hsic_bandwidth": self.hsic_bandwidth,
         }
         if self.item_compression is not None:
             config["item_compression"] = serialize_keras_object(self.item_compression)

@@ -11,7 +11,12 @@ from marc_keras.experiments.marc_run import MARCRun
 from marc_keras.export.embedding_store import EmbeddingStore
 
 DIM = 8
-SMALL = ["--seeds", "0", "--set", "evaluate.train_samples=2000", "--set", "evaluate.max_epochs=1"]
+SMALL = [
+    "--seeds", "0",
+    "--set", "evaluate.train_samples=2000",
+    "--set", "evaluate.max_epochs=1",
+    "--set", 'evaluate.tiers=["kar"]',
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +70,12 @@ def test_rank_trains_on_the_stores_and_writes_a_report(run_dir, stores, engine):
     result = rank(run_dir, stores, "--engine", engine, "--column", "original", *SMALL)
     assert result.exit_code == 0, result.output
     report = json.loads((run_dir / f"rank-{engine}.json").read_text())
-    (row,) = report["rows"]
+    (row,) = report["rows"]  # one tier, one seed
     assert (
         row["name"] == f"{engine}-original" and len(row["aucs"]) == 1 and 0.5 < row["auc_mean"] < 1
     )
+    if engine == "keras":
+        assert row["tier"] == "kar" and row["adaptor_setting"] is not None
     assert report["missing"] == {"user": 0, "item": 0} and report["seeds"] == [0]
     assert report["downstream"]["train_samples"] == 2000
     assert f"| {engine}-original | {row['auc_mean']:.4f} +- 0.0000 |" in result.stdout

@@ -45,6 +45,8 @@ def test_json_config_round_trips(tmp_path):
         ),
         ("training.warmup_steps=5", 'warmup_steps \\(5\\) needs.*= "cosine"'),
         ("training.head_warmup_epochs=-1", "training.head_warmup_epochs must be >= 0"),
+        ('model.hsic_scale="sum"', "model.hsic_scale must be one of 'normalised', 'trace'"),
+        ("model.hsic_bandwidth=0", "model.hsic_bandwidth must be > 0"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):

@@ -3,24 +3,7 @@ import pytest
 import torch
 
 import marc_keras
-
-
-def numpy_hsic(x, y, sigma_x=None, sigma_y=None):
-    """Direct transcription of tr(K H L H) / (B-1)^2 with Gaussian kernels."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    n = x.shape[0]
-
-    def kernel(a, sigma):
-        d2 = np.array([[np.sum((a[i] - a[j]) ** 2) for j in range(n)] for i in range(n)])
-        if sigma is None:
-            pairs = d2[np.triu_indices(n, k=1)]
-            s2 = max(np.median(pairs), 1e-12)
-        else:
-            s2 = sigma**2
-        return np.exp(-d2 / (2 * s2))
-
-    h = np.eye(n) - np.ones((n, n)) / n
-    return np.trace(kernel(x, sigma_x) @ h @ kernel(y, sigma_y) @ h) / (n - 1) ** 2
+from helpers import numpy_hsic
 
 
 @pytest.fixture
@@ -95,3 +78,18 @@ def test_bad_shapes_and_bandwidths_are_refused():
         marc_keras.hsic(np.ones((4,)), np.ones((4, 3)))
     with pytest.raises(ValueError, match="sigma_y must be positive"):
         marc_keras.hsic(np.ones((4, 3)), np.ones((4, 3)), sigma_y=0.0)
+
+
+@pytest.mark.parametrize("sigmas", [(None, None), (20.0, 3.0)])
+def test_trace_scale_matches_numpy_and_is_b_minus_1_squared_larger(paired_batches, sigmas):
+    x, y = paired_batches
+    trace = float(marc_keras.hsic(x, y, *sigmas, scale="trace"))
+    assert trace == pytest.approx(numpy_hsic(x, y, *sigmas, scale="trace"), rel=1e-4)
+    normalised = float(marc_keras.hsic(x, y, *sigmas))
+    assert trace == pytest.approx(normalised * (len(x) - 1) ** 2, rel=1e-5)
+
+
+def test_unknown_scale_is_refused_with_the_choices():
+    x = np.ones((4, 3), "float32")
+    with pytest.raises(ValueError, match="scale must be one of normalised, trace; got 'sum'"):
+        marc_keras.hsic(x, x, scale="sum")

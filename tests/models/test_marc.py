@@ -5,7 +5,7 @@ import pytest
 
 import keras
 import marc_keras
-from helpers import genre_match_task
+from helpers import genre_match_task, numpy_hsic
 
 
 def _snapshot(model):
@@ -65,6 +65,42 @@ def test_logs_bce_hsic_and_auc_and_the_loss_adds_up(make_tiny_marc):
     no_hsic.compile(optimizer="adam")
     logs = no_hsic.evaluate(no_hsic.tokenize(users, items), labels, verbose=0, return_dict=True)
     assert set(logs) == {"loss", "bce", "auc"}
+
+
+def test_hsic_scale_and_bandwidth_reach_the_logged_terms(make_tiny_marc, tmp_path):
+    users, items, labels = genre_match_task(32)
+    logs = {}
+    for name, settings in {
+        "normalised": {},
+        "trace": {"hsic_scale": "trace"},
+        "fixed": {"hsic_bandwidth": 2.0},
+    }.items():
+        model = make_tiny_marc(hsic_weight=0.5, **settings)
+        model.compile(optimizer=keras.optimizers.Adam(0.0))
+        x = model.tokenize(users, items)
+        logs[name] = model.evaluate(x, labels, batch_size=32, verbose=0, return_dict=True)
+        predicted = model.predict(x, batch_size=32, verbose=0)
+        expected = numpy_hsic(
+            predicted["user_original"],
+            predicted["user_compressed"],
+            settings.get("hsic_bandwidth"),
+            settings.get("hsic_bandwidth"),
+            settings.get("hsic_scale", "normalised"),
+        )
+        assert logs[name]["hsic_user"] == pytest.approx(expected, rel=1e-3), name
+        model.save(tmp_path / f"{name}.keras")
+        loaded = keras.saving.load_model(tmp_path / f"{name}.keras")
+        assert (loaded.hsic_scale, loaded.hsic_bandwidth) == (
+            model.hsic_scale,
+            model.hsic_bandwidth,
+        )
+    assert logs["trace"]["hsic_user"] == pytest.approx(
+        31**2 * logs["normalised"]["hsic_user"], rel=1e-4
+    )
+    with pytest.raises(ValueError, match="hsic_scale must be one of normalised, trace"):
+        make_tiny_marc(hsic_scale="sum")
+    with pytest.raises(ValueError, match="hsic_bandwidth must be positive"):
+        make_tiny_marc(hsic_bandwidth=0.0)
 
 
 def test_keras_file_round_trip_gives_identical_outputs_and_resumes(make_tiny_marc, tmp_path):
