@@ -18,6 +18,7 @@ import numpy as np
 from marc_keras.config import DownstreamConfig
 from marc_keras.config.run_config import FIT_SECTIONS, RunConfig
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
+from marc_keras.models.gradient_share_logger import GradientShareLogger
 from marc_keras.models.marc import INPUT_NAMES, MARC, TOKEN_FIELDS, TOWERS
 from marc_keras.experiments.downstream_rows import reference_providers, vector_provider
 from marc_keras.pair_batches import PairBatches, distinct_rows, epoch_steps
@@ -783,15 +784,6 @@ class MARCRun:
         early_stopping = keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=2, restore_best_weights=True
         )
-        callbacks = [
-            early_stopping,
-            StepCheckpoint(
-                self.checkpoint_dir, training.checkpoint_steps, state, early_stopping=early_stopping
-            ),
-            keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
-            *progress,
-        ]
-
         started = time.perf_counter()
         prefix_encoder = None
         if self.config.model.frozen_prefix_layers:
@@ -811,6 +803,16 @@ class MARCRun:
         # Distinct texts of the training sample, and the frozen prefix's cache if any.
         timings["batches_s"] = time.perf_counter() - started
         validation = self._batches(*part("validation"))
+        callbacks = [
+            early_stopping,
+            StepCheckpoint(
+                self.checkpoint_dir, training.checkpoint_steps, state, early_stopping=early_stopping
+            ),
+            # Before the CSV logger, so history.csv gets HSIC's gradient share per epoch.
+            GradientShareLogger(*validation[0]),
+            keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
+            *progress,
+        ]
 
         def fit_epochs(first_epoch, last_epoch):
             # Only the interrupted epoch starts past its first batch.
@@ -859,6 +861,8 @@ class MARCRun:
             write_atomically(self.encoder_path, model.encoder().save)
         if self.config.model.lora_rank:
             write_atomically(self.run_dir / "lora.lora.h5", model.backbone.save_lora_weights)
+        # On the first validation batch, with the weights the run keeps.
+        metrics["gradient_shares"] = model.gradient_shares(*validation[0])
         metrics["timings"] = timings
         metrics["resumed_from_step"] = state["global_step"]
         if self.head_warmup_path.is_file():

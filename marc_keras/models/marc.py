@@ -416,7 +416,8 @@ class MARC(keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
         self.optimizer.build(self.trainable_variables)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def _objective_and_hsic(self, y, y_pred, sample_weight=None):
+        # The pair objective and, with hsic_weight > 0, HSIC of each tower (unweighted).
         logits = ops.cast(y_pred["logit"], "float32")
         labels = ops.reshape(ops.cast(y, "float32"), ops.shape(logits))
         names = ["logit", *(f"logit_prefix_{width}" for width in self.mrl_prefixes)]
@@ -427,17 +428,24 @@ class MARC(keras.Model):
             labels,
             sample_weight,
         )
+        if self.hsic_weight == 0:
+            return objective, None
+        settings = dict(
+            sigma_x=self.hsic_bandwidth, sigma_y=self.hsic_bandwidth, scale=self.hsic_scale
+        )
+        return objective, {
+            tower: hsic(y_pred[f"{tower}_original"], y_pred[f"{tower}_compressed"], **settings)
+            for tower in TOWERS
+        }
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        objective, hsic_terms = self._objective_and_hsic(y, y_pred, sample_weight)
         self.objective_tracker.update_state(objective)
         loss = objective
-        if self.hsic_weight > 0:
-            settings = dict(
-                sigma_x=self.hsic_bandwidth, sigma_y=self.hsic_bandwidth, scale=self.hsic_scale
-            )
-            hsic_user = hsic(y_pred["user_original"], y_pred["user_compressed"], **settings)
-            hsic_item = hsic(y_pred["item_original"], y_pred["item_compressed"], **settings)
-            self.hsic_user_tracker.update_state(hsic_user)
-            self.hsic_item_tracker.update_state(hsic_item)
-            loss = loss - self.hsic_weight * (hsic_user + hsic_item)
+        if hsic_terms is not None:
+            self.hsic_user_tracker.update_state(hsic_terms["user"])
+            self.hsic_item_tracker.update_state(hsic_terms["item"])
+            loss = loss - self.hsic_weight * (hsic_terms["user"] + hsic_terms["item"])
         if self.reconstruction is not None:
             # ESE's PCA-like constraint: a linear map back from c must recover
             # r, which is the objective PCA solves in closed form.
@@ -455,6 +463,75 @@ class MARC(keras.Model):
         if self.losses:
             loss = loss + ops.cast(ops.sum(ops.stack(self.losses)), "float32")
         return loss
+
+    def gradient_shares(self, x: dict, y) -> dict:
+        """How much of the training signal HSIC sends, per weight group, on one batch.
+
+        The gradient of the pair objective and of the HSIC part of the loss
+        (`-hsic_weight * (HSIC_u + HSIC_i)`) are taken separately with
+        respect to the compression network(s) and to the LoRA weights
+        (torch backend; dropout off, so the figure is repeatable). Judging
+        HSIC by the gradient it sends, not by lambda or its loss value, says
+        whether it shapes training at all (issue "MARC-C must beat PCA").
+
+        Args:
+            x: one batch of MARC inputs.
+            y: its labels.
+
+        Returns:
+            dict with `objective_norm` and `hsic_norm` (each a dict group ->
+            L2 norm over the group's gradients) and `gradient_share_hsic`
+            (group -> hsic_norm / (objective_norm + hsic_norm), 0 without
+            HSIC); groups are "compression" and "lora" (absent when the
+            backbone has no trainable weights).
+
+        Example:
+        >>> model.gradient_shares(batch_x, batch_y)["gradient_share_hsic"]["compression"]
+        0.012
+        """
+        import torch
+
+        groups = {
+            "compression": [
+                weight.value
+                for network in {
+                    id(n): n for n in (self.compression, self.item_compression) if n
+                }.values()
+                for weight in network.trainable_weights
+            ],
+            "lora": [weight.value for weight in self.backbone.trainable_weights],
+        }
+        groups = {name: weights for name, weights in groups.items() if weights}
+        with torch.enable_grad():
+            y_pred = self(x, training=False)
+            objective, hsic_terms = self._objective_and_hsic(y, y_pred)
+            terms = {"objective": objective}
+            if hsic_terms is not None:
+                terms["hsic"] = -self.hsic_weight * (hsic_terms["user"] + hsic_terms["item"])
+            norms = {}
+            for term, value in terms.items():
+                norms[term] = {}
+                for group, weights in groups.items():
+                    gradients = torch.autograd.grad(
+                        value, weights, retain_graph=True, allow_unused=True
+                    )
+                    norms[term][group] = float(
+                        torch.sqrt(
+                            sum((g.float() ** 2).sum() for g in gradients if g is not None)
+                            + torch.zeros(())
+                        )
+                    )
+        hsic_norms = norms.get("hsic", {group: 0.0 for group in groups})
+        return {
+            "objective_norm": norms["objective"],
+            "hsic_norm": hsic_norms,
+            "gradient_share_hsic": {
+                group: hsic_norms[group] / (norms["objective"][group] + hsic_norms[group])
+                if norms["objective"][group] + hsic_norms[group] > 0
+                else 0.0
+                for group in groups
+            },
+        }
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         logits = ops.cast(y_pred["logit"], "float32")

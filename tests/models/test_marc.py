@@ -320,3 +320,36 @@ def test_heads_train_alone_on_given_backbone_vectors_and_lora_trains_again_after
     model.fit(x, labels, batch_size=16, epochs=1, verbose=0)
     again = _snapshot(model)
     assert {p for p in after if not np.array_equal(after[p], again[p])} == lora_and_heads
+
+
+def test_gradient_shares_equal_a_direct_autograd_computation(make_tiny_marc):
+    import torch
+
+    model = make_tiny_marc(hsic_weight=0.5)
+    users, items, labels = genre_match_task(16)
+    x = model.tokenize(users, items)
+    found = model.gradient_shares(x, labels)
+
+    compression = [w.value for w in model.compression.trainable_weights]
+    lora = [w.value for w in model.backbone.trainable_weights]
+    assert lora and all("lora" in w.path for w in model.backbone.trainable_weights)
+    y_pred = model(x, training=False)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)(labels[:, None], y_pred["logit"])
+    hsic_part = -0.5 * (
+        marc_keras.hsic(y_pred["user_original"], y_pred["user_compressed"])
+        + marc_keras.hsic(y_pred["item_original"], y_pred["item_compressed"])
+    )
+
+    def norm(value, weights):
+        gradients = torch.autograd.grad(value, weights, retain_graph=True)
+        return float(torch.sqrt(sum((g**2).sum() for g in gradients)))
+
+    for group, weights in (("compression", compression), ("lora", lora)):
+        objective, hsic_norm = norm(bce, weights), norm(hsic_part, weights)
+        assert found["objective_norm"][group] == pytest.approx(objective, rel=1e-4)
+        assert found["hsic_norm"][group] == pytest.approx(hsic_norm, rel=1e-4)
+        share = found["gradient_share_hsic"][group]
+        assert share == pytest.approx(hsic_norm / (objective + hsic_norm), rel=1e-4)
+        assert 0 < share < 1
+    without = make_tiny_marc(hsic_weight=0.0).gradient_shares(x, labels)
+    assert without["gradient_share_hsic"] == {"compression": 0.0, "lora": 0.0}
