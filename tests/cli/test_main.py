@@ -41,12 +41,16 @@ def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (
-        set(metrics) == {"validation", "test", "timings", "resumed_from_step", "train_pairs"}
+        set(metrics)
+        == {"validation", "test", "timings", "resumed_from_step", "train_pairs", "gradient_shares"}
         and metrics["resumed_from_step"] == 0
         and metrics["train_pairs"] == 32
     )
     assert result.stdout.rstrip().endswith("}") and '"auc"' in result.stdout
     assert (tmp_path / "run" / "encoder.keras").is_file()
+    assert 0 < metrics["gradient_shares"]["gradient_share_hsic"]["compression"] < 1
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"gradient_share_hsic_compression", "gradient_share_hsic_lora"} <= set(history)
 
     small = [
         "--set",

@@ -37,15 +37,33 @@ def test_bad_adaptor_settings_name_the_key_and_range(override, message):
 def test_rows_get_their_own_setting_and_the_rest_the_generic_one(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text(
-        "[evaluate]\nadaptor_input_dropout = 0.2\n"
+        "[evaluate]\nadaptor_input_dropout = 0.2\nadaptor_weight_decay = 0.0\n"
         "[evaluate.row_adaptors.random]\ninput_noise = 0.5\nweight_decay = 1e-3\n"
     )
     config = RunConfig.from_file(path).evaluate
     assert config.adaptor_setting("random") == AdaptorSetting(input_noise=0.5, weight_decay=1e-3)
+    # A row_adaptors table replaces the default one: other rows take the generic setting.
     assert config.adaptor_setting("frozen") == AdaptorSetting(input_dropout=0.2)
     assert config.adaptor_setting() == AdaptorSetting(input_dropout=0.2)
     overridden = RunConfig.from_file(path, ["evaluate.row_adaptors={}"]).evaluate
     assert overridden.adaptor_setting("random") == AdaptorSetting(input_dropout=0.2)
+
+
+def test_defaults_are_the_grid_choices_and_all_off_is_reachable():
+    config = DownstreamConfig()
+    assert config.adaptor_setting("marc-c") == AdaptorSetting(input_dropout=0.5, weight_decay=1e-3)
+    assert config.adaptor_setting("frozen-item-only") == AdaptorSetting()
+    assert config.adaptor_setting("profile") == AdaptorSetting(input_dropout=0.2)
+    assert DownstreamConfig().row_adaptors is not config.row_adaptors  # no shared mutable default
+    off = RunConfig.from_file(
+        None,
+        [
+            "evaluate.adaptor_input_dropout=0",
+            "evaluate.adaptor_weight_decay=0",
+            "evaluate.row_adaptors={}",
+        ],
+    ).evaluate
+    assert off.adaptor_setting("random") == AdaptorSetting()
 
 
 def test_json_round_trip_keeps_row_adaptors(tmp_path):

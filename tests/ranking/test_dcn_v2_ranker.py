@@ -239,6 +239,8 @@ def test_layer_checks_with_low_rank_crosses():
 
 
 V2_LOGITS = Path(__file__).parent / "data" / "v2-ranker-logits.npy"
+# The v2 adaptor: every regulariser off (the v3 defaults regularise).
+ALL_OFF = dict(adaptor_input_dropout=0.0, adaptor_weight_decay=0.0)
 
 
 def _v2_reference_run(**downstream_settings):
@@ -249,9 +251,8 @@ def _v2_reference_run(**downstream_settings):
         sizes={"train": 600, "validation": 200, "test": 200}
     )
     user_vectors = np.random.default_rng(1).normal(size=(51, 6)).astype("float32")
-    config = DownstreamConfig(
-        max_epochs=2, batch_size=128, seeds=(0,), tiers=("full",), **downstream_settings
-    )
+    settings = {**ALL_OFF, **downstream_settings}
+    config = DownstreamConfig(max_epochs=2, batch_size=128, seeds=(0,), tiers=("full",), **settings)
     evaluator = DownstreamEvaluator(features, config, log=lambda _: None)
     ranker, *_ = evaluator.train_one("full", 0, user_vectors, item_vectors)
     return features, ranker, ranker.predict(features.tier_inputs(TIERS["full"])["test"], verbose=0)
@@ -324,7 +325,7 @@ def test_each_row_trains_with_its_own_setting_and_keeps_results_of_unchanged_row
             batch_size=128,
             seeds=(0,),
             tiers=("kar",),
-            adaptor_input_dropout=0.2,
+            **{**ALL_OFF, "adaptor_input_dropout": 0.2},
             row_adaptors=row_adaptors,
         )
         evaluator = DownstreamEvaluator(
