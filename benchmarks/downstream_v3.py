@@ -80,16 +80,24 @@ def _load():
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _update(values, cells=None, call=None):
-    """Adds `values`, grid `cells` and a finished `call` to the JSON under a file lock.
+def _update(values, cells=None, call=None, tier_rows=None):
+    """Adds `values`, grid `cells`, a finished `call` and table rows to the JSON under a file lock.
 
-    Several grid processes (one thread each, on disjoint rows) may write at once.
+    Several processes (grids on disjoint rows, tables on disjoint tiers, one
+    thread each) may write at once; `tier_rows` replaces the rows of its tiers only.
     """
     RESULTS_DIR.mkdir(exist_ok=True)
     with open(RESULTS_DIR / f".{RESULT}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         current = _load()
         current.update(values)
+        if tier_rows is not None:
+            tiers = {row["tier"] for row in tier_rows}
+            kept = [row for row in current.get("rows", []) if row["tier"] not in tiers]
+            current["rows"] = sorted(
+                kept + tier_rows, key=lambda row: list(TIERS).index(row["tier"])
+            )
+            current["downstream"]["tiers"] = sorted({row["tier"] for row in current["rows"]})
         current.setdefault("grid_cells", {}).update(cells or {})
         if call is not None:
             current.setdefault("calls", []).append(call)
@@ -180,8 +188,12 @@ def grid(args):
 
 
 def _elapsed(calls, step):
-    """Wall time of a step's calls: first start to last finish (calls may run side by side)."""
-    found = [call for call in calls if call["step"] == step]
+    """Wall time of a step's calls: first start to last finish (calls may run side by side).
+
+    Table calls that trained nothing (a re-run that only re-reads its progress
+    file to rebuild the report) are left out.
+    """
+    found = [call for call in calls if call["step"] == step and call.get("trained", 1)]
     return max(call["finished_at"] for call in found) - min(call["started_at"] for call in found)
 
 
@@ -235,10 +247,17 @@ def table(args):
     run, inputs = _inputs(args)
     # One progress file per tier set: tables of different tiers may run side by side.
     progress = Path(args.run_dir) / f"evaluate-v3-progress-{'-'.join(args.tiers)}.json"
+    trained = []
+
+    def log(line):
+        # One line per result trained in this call (results found in the progress file log none).
+        trained.append(line)
+        print(line, flush=True)
+
     evaluator = DownstreamEvaluator(
         inputs.features,
         downstream,
-        log=print,
+        log=log,
         progress_path=progress,
         progress_fingerprint=inputs.sources,
     )
@@ -264,24 +283,24 @@ def table(args):
     for row in new_rows:
         if row["name"] in chosen:
             row["validation_grid"] = chosen[row["name"]][1]
-    rows = [row for row in state.get("rows", []) if row["tier"] not in args.tiers] + new_rows
-    rows.sort(key=lambda row: list(TIERS).index(row["tier"]))
     result = _update(
         {
-            "rows": rows,
             "choice_rule": CHOICE_RULE,
             "choice_tiers": choice_tiers,
             "row_adaptors": row_adaptors,
             "cpu_flags": machine_facts()["cpu_flags"],
-            "downstream": {
-                **dataclasses.asdict(downstream),
-                "tiers": sorted({r["tier"] for r in rows}),
-            },
+            "downstream": dataclasses.asdict(downstream),
             "text_stats": inputs.split.text_stats,
             "run": str(args.run_dir),
             "marc_config": json.loads((Path(args.run_dir) / "config.json").read_text()),
         },
-        call={"step": "table", "tiers": args.tiers, **_call_record(args, started_at)},
+        call={
+            "step": "table",
+            "tiers": args.tiers,
+            "trained": len(trained),
+            **_call_record(args, started_at),
+        },
+        tier_rows=new_rows,
     )
     # Wall time of the grid plus the table (each from its first start to last
     # finish, as processes may run side by side); the chosen cells serve as seed 0.
