@@ -97,9 +97,10 @@ def main():
 Share = |gradient of -lambda * (HSIC_u + HSIC_i)| / (that + |gradient of the BCE|),
 on the compression network, on the first {args.pairs} validation pairs of the run (one
 batch), weights as trained (`MARC.gradient_shares`). The LoRA share is not reported
-here: a `model.keras` holds the LoRA-merged kernels with zero LoRA factors (sum of
-squares of the B factors: {lora_b_norm:.3g}), so no gradient reaches them after
-loading; `GradientShareLogger` measures it during `fit`. Machine: {machine["cpu"]}, cpu_flags
+here: on the reloaded model every LoRA gradient norm came out 0 (its B factors are all
+zero, sum of squares {lora_b_norm:.3g}; keras-hub saves LoRA layers as merged kernels);
+why the A factors get no gradient either was not investigated. `GradientShareLogger`
+measures the LoRA share during `fit`. Machine: {machine["cpu"]}, cpu_flags
 {machine["cpu_flags"]}. Command: `{" ".join(sys.argv)}`. {args.note}
 """,
     )
