@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -508,19 +509,21 @@ class MARC(keras.Model):
             terms = {"objective": objective}
             if hsic_terms is not None:
                 terms["hsic"] = -self.hsic_weight * (hsic_terms["user"] + hsic_terms["item"])
+            # One backward pass per term, over every group's weights at once.
+            weights = [weight for group in groups.values() for weight in group]
             norms = {}
             for term, value in terms.items():
+                gradients = iter(
+                    torch.autograd.grad(value, weights, retain_graph=True, allow_unused=True)
+                )
                 norms[term] = {}
-                for group, weights in groups.items():
-                    gradients = torch.autograd.grad(
-                        value, weights, retain_graph=True, allow_unused=True
-                    )
-                    norms[term][group] = float(
-                        torch.sqrt(
-                            sum((g.float() ** 2).sum() for g in gradients if g is not None)
-                            + torch.zeros(())
-                        )
-                    )
+                for group, members in groups.items():
+                    squares = [
+                        float((gradient.float() ** 2).sum())
+                        for gradient in itertools.islice(gradients, len(members))
+                        if gradient is not None
+                    ]
+                    norms[term][group] = sum(squares) ** 0.5
         hsic_norms = norms.get("hsic", {group: 0.0 for group in groups})
         return {
             "objective_norm": norms["objective"],

@@ -140,12 +140,8 @@ class ExpertAdaptor(keras.layers.Layer):
         outputs = []
         for expert in self.experts:
             x = vectors
-            for layer in expert:
-                x = (
-                    layer(x, training=training)
-                    if isinstance(layer, keras.layers.Dropout)
-                    else layer(x)
-                )
+            for layer in expert:  # dropout layers take `training` from the call context
+                x = layer(x)
             outputs.append(x)
         stacked = ops.stack(outputs, axis=1)  # (B, E, output_dim)
         weights = self.gate(vectors)[:, :, None]  # (B, E, 1)

@@ -135,3 +135,12 @@ def test_layer_checks_with_every_regulariser():
         # the noise scale (input_std)
         expected_num_non_trainable_weights=1,
     )
+
+
+def test_expert_dropout_takes_training_from_the_call():
+    vectors = np.random.default_rng(4).normal(size=(64, 6)).astype("float32")
+    adaptor = ExpertAdaptor(num_experts=2, hidden_units=(16,), output_dim=4, expert_dropout=0.5)
+    inference = keras.ops.convert_to_numpy(adaptor(vectors, training=False))
+    np.testing.assert_array_equal(inference, keras.ops.convert_to_numpy(adaptor(vectors)))
+    trained = keras.ops.convert_to_numpy(adaptor(vectors, training=True))
+    assert not np.allclose(trained, inference)
