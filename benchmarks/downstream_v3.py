@@ -147,26 +147,14 @@ def grid(args):
                 key = f"{tier}/{row}/{setting.label()}"
                 if key in cells:
                     continue
-                began = time.perf_counter()
-                ranker, test_auc, test_logloss, epochs = evaluator.train_one(
-                    tier, 0, *tables[row], adaptor=setting
-                )
-                validation = features.tier_inputs(TIERS[tier])["validation"]
-                scores = ranker.predict(validation, batch_size=4 * base.batch_size, verbose=0)
                 cells[key] = {
-                    "tier": tier,
                     "row": row,
-                    "setting": dataclasses.asdict(setting),
-                    "validation_auc": auc(features.labels["validation"], scores[:, 0]),
-                    "epochs": epochs,
-                    "seconds": time.perf_counter() - began,
+                    **grid_cell(evaluator, tier, tables[row], setting),
                     "threads": args.threads,
-                    # Seed 0 of the table, if this cell is chosen; never read by the choice.
-                    "seed0_test": {"auc": test_auc, "logloss": test_logloss},
                 }
                 print(
                     f"{key}: validation AUC {cells[key]['validation_auc']:.4f}, "
-                    f"{epochs} epochs, {cells[key]['seconds']:.0f}s",
+                    f"{cells[key]['epochs']} epochs, {cells[key]['seconds']:.0f}s",
                     flush=True,
                 )
                 _update({}, cells={key: cells[key]})
@@ -185,6 +173,27 @@ def grid(args):
         },
         call={"step": "grid", "rows": vector_rows, **_call_record(args, started_at)},
     )
+
+
+def grid_cell(evaluator, tier, tables, setting):
+    """One ranker at seed 0: its validation-user AUC (what choices read) and its test figures.
+
+    The test figures are kept as seed 0 of a later table, if this cell is
+    chosen; no choice reads them.
+    """
+    began = time.perf_counter()
+    ranker, test_auc, test_logloss, epochs = evaluator.train_one(tier, 0, *tables, adaptor=setting)
+    features = evaluator.features
+    validation = features.tier_inputs(TIERS[tier])["validation"]
+    scores = ranker.predict(validation, batch_size=4 * evaluator.config.batch_size, verbose=0)
+    return {
+        "tier": tier,
+        "setting": dataclasses.asdict(setting),
+        "validation_auc": auc(features.labels["validation"], scores[:, 0]),
+        "epochs": epochs,
+        "seconds": time.perf_counter() - began,
+        "seed0_test": {"auc": test_auc, "logloss": test_logloss},
+    }
 
 
 def _elapsed(calls, step):

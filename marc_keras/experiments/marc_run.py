@@ -638,25 +638,16 @@ class MARCRun:
         validation_vectors = frozen_vectors(validation[0])
         encode_s = time.perf_counter() - started
         started = time.perf_counter()
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=1, restore_best_weights=True
+        history = model.fit_heads(
+            train_vectors,
+            train[1],
+            (validation_vectors, validation[1]),
+            keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay),
+            epochs=training.head_warmup_epochs,
+            batch_size=training.batch_size,
+            callbacks=callbacks,
+            verbose=verbose,
         )
-        with model.backbone_frozen():
-            model.compile(
-                optimizer=keras.optimizers.AdamW(
-                    training.learning_rate, weight_decay=training.weight_decay
-                )
-            )
-            history = model.fit(
-                train_vectors,
-                train[1],
-                batch_size=training.batch_size,
-                epochs=training.head_warmup_epochs,
-                validation_data=(validation_vectors, validation[1]),
-                shuffle=True,
-                callbacks=[early_stopping, *callbacks],
-                verbose=verbose,
-            )
         validation_auc = [float(value) for value in history.history["val_auc"]]
         measured = {
             "epochs": len(validation_auc),

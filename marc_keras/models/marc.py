@@ -208,6 +208,7 @@ class MARC(keras.Model):
         max_length: int = 128,
         compressed_dim: int = 128,
         compression_hidden_units: Sequence[int] = (256,),
+        compression_dropout: float = 0.0,
         matching_hidden_units: Sequence[int] = (128,),
         share_compression: bool = True,
         hsic_weight: float = 0.01,
@@ -225,6 +226,7 @@ class MARC(keras.Model):
             max_length: maximum tokens per text.
             compressed_dim: width of the compressed vectors.
             compression_hidden_units: hidden sizes of the compression network.
+            compression_dropout: dropout after each of its hidden layers (training only).
             matching_hidden_units: hidden sizes of the matching network.
             share_compression: one compression network for users and items.
             hsic_weight: lambda.
@@ -249,7 +251,9 @@ class MARC(keras.Model):
         )
 
         def compression(name):
-            return CompressionNetwork(compression_hidden_units, compressed_dim, name=name)
+            return CompressionNetwork(
+                compression_hidden_units, compressed_dim, dropout=compression_dropout, name=name
+            )
 
         return cls(
             backbone,
@@ -391,6 +395,61 @@ class MARC(keras.Model):
                 layer.trainable = trainable
             for variable, trainable in variables:
                 variable.trainable = trainable
+
+    def fit_heads(
+        self,
+        vectors: dict[str, np.ndarray],
+        labels: np.ndarray,
+        validation_data: tuple[dict[str, np.ndarray], np.ndarray],
+        optimizer: keras.optimizers.Optimizer,
+        epochs: int,
+        batch_size: int = 64,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        verbose: int = 0,
+    ) -> keras.callbacks.History:
+        """Trains the compression and matching networks alone on given backbone vectors.
+
+        The backbone is frozen and never run: `vectors` holds each pair's
+        `user_original` and `item_original` (N, d), e.g. the pretrained
+        backbone's pooled output of every text computed once. Keeps the epoch
+        with the best validation AUC (early stopping, patience 1). The head
+        warm-up before LoRA training and cross-fitted heads
+        (`CrossFittedHeads`) both train this way; it is linear probing before
+        fine-tuning (Kumar et al., ICLR 2022), an addition to MARC's recipe.
+
+        Args:
+            vectors: dict `user_original`, `item_original` -> (N, d) arrays.
+            labels: (N,) 0/1 click labels.
+            validation_data: `(vectors, labels)` of validation pairs.
+            optimizer: a fresh optimizer; `compile` is called with it.
+            epochs: at most this many passes over the pairs.
+            batch_size: pairs per step (HSIC compares a batch's pairs).
+            callbacks: more Keras callbacks (progress).
+            verbose: Keras verbosity.
+
+        Returns:
+            The Keras `History` (`val_auc` per epoch run).
+
+        Example:
+        >>> history = model.fit_heads(
+        ...     {"user_original": r_u, "item_original": r_i}, labels,
+        ...     (validation_vectors, validation_labels), keras.optimizers.AdamW(1e-3), epochs=6)
+        """
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=1, restore_best_weights=True
+        )
+        with self.backbone_frozen():
+            self.compile(optimizer=optimizer)
+            return self.fit(
+                vectors,
+                labels,
+                batch_size=batch_size,
+                epochs=epochs,
+                validation_data=validation_data,
+                shuffle=True,
+                callbacks=[early_stopping, *callbacks],
+                verbose=verbose,
+            )
 
     def compile(
         self,
