@@ -128,9 +128,7 @@ class Study:
         self.inputs = downstream_inputs([self.run], DownstreamConfig(), log=print)
         split = self.inputs.split
         self.frozen = self.run.encode_vectors(split, include_trained=False)["frozen"]
-        self.pairs = {
-            name: split.sample(name, size, seed=SEED) for name, size in PAIRS.items()
-        }
+        self.pairs = {name: split.sample(name, size, seed=SEED) for name, size in PAIRS.items()}
         self.training_users = split.users["train"]
         self.preset = config.model.preset or default_preset()
         self.evaluator = DownstreamEvaluator(
@@ -219,13 +217,13 @@ def grid(args):
             "threads": args.threads,
             "command": " ".join(sys.argv),
         }
+        cell = cells[name]
         print(
             f"{name}: downstream validation AUC {downstream['validation_auc']:.4f}, own "
-            f"{cells[name]['own_validation_auc']:.4f}, HSIC share "
-            f"{cells[name]['gradient_share_hsic']:.3f}, CKA {cells[name]['cka_r_c_validation_users']:.3f}, "
-            f"probe R^2 {cells[name]['user_probe']['r2_train']:.3f}/"
-            f"{cells[name]['user_probe']['r2_validation']:.3f} ({heads_s:.0f}s + "
-            f"{downstream['seconds']:.0f}s)",
+            f"{cell['own_validation_auc']:.4f}, HSIC share {cell['gradient_share_hsic']:.3f}, "
+            f"CKA {cell['cka_r_c_validation_users']:.3f}, probe R^2 "
+            f"{cell['user_probe']['r2_train']:.3f}/{cell['user_probe']['r2_validation']:.3f} "
+            f"({heads_s:.0f}s + {downstream['seconds']:.0f}s)",
             flush=True,
         )
         _save({"cells": {name: cells[name]}})

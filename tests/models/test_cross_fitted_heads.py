@@ -104,9 +104,7 @@ def test_bad_settings_and_pairs_are_explained(build_heads):
     with pytest.raises(ValueError, match="holdout must be one of all-folds, fold-average"):
         CrossFittedHeads(build_heads, holdout="mean")
     with pytest.raises(ValueError, match="cannot be split into 40 folds"):
-        _heads(build_heads, folds=40).fit_transform(
-            users, items, train, validation, training_users
-        )
+        _heads(build_heads, folds=40).fit_transform(users, items, train, validation, training_users)
     with pytest.raises(ValueError, match="belong to users outside training_users"):
         _heads(build_heads, folds=2).fit_transform(
             users, items, pd.concat([train, validation]), validation, training_users
@@ -114,6 +112,4 @@ def test_bad_settings_and_pairs_are_explained(build_heads):
     with pytest.raises(ValueError, match="pair item_id 'x' has no item vector"):
         broken = train.copy()
         broken.loc[0, "item_id"] = "x"
-        _heads(build_heads, folds=2).fit_transform(
-            users, items, broken, validation, training_users
-        )
+        _heads(build_heads, folds=2).fit_transform(users, items, broken, validation, training_users)

@@ -9,11 +9,11 @@ def _cka_from_gram_matrices(x, y):
     n = len(x)
     centering = np.eye(n) - np.ones((n, n)) / n
 
-    def hsic(k, l):
-        return np.trace(k @ centering @ l @ centering)
+    def hsic(first, second):
+        return np.trace(first @ centering @ second @ centering)
 
-    k, l = x @ x.T, y @ y.T
-    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+    gram_x, gram_y = x @ x.T, y @ y.T
+    return hsic(gram_x, gram_y) / np.sqrt(hsic(gram_x, gram_x) * hsic(gram_y, gram_y))
 
 
 def test_linear_cka_equals_the_gram_matrix_definition():
