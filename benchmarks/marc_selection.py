@@ -50,8 +50,17 @@ from marc_keras.models.marc import MARC
 from marc_keras.probing.linear_cka import linear_cka
 from marc_keras.probing.user_click_probe import UserClickProbe
 from marc_keras.ranking.downstream_evaluator import BASELINE_ROW, DownstreamEvaluator
+from marc_keras.utils.atomic_files import write_atomically
 
 RESULT = "marc-diagnosis.json"
+DIAGNOSIS_KEYS = (
+    "setting",
+    "own_validation_auc",
+    "gradient_share_hsic",
+    "cka_r_c_validation_users",
+    "user_probe",
+    "downstream_validation_auc",
+)
 TIER = "kar"
 SELECTION_RULE = (
     "The grid cell with the highest downstream validation-user AUC (DCNv2, kar tier, ranker "
@@ -83,10 +92,8 @@ CELLS = {
     "lambda-10": HeadSetting(hsic_weight=10.0),
     "lambda-100": HeadSetting(hsic_weight=100.0),
     "trace-lambda-0.01": HeadSetting(hsic_weight=0.01, hsic_scale="trace"),
-    "no-hsic-cross-fit-5": HeadSetting(hsic_weight=0.0, folds=5),
-    "lambda-1-cross-fit-5": HeadSetting(hsic_weight=1.0, folds=5),
-    "lambda-10-cross-fit-5": HeadSetting(hsic_weight=10.0, folds=5),
-    "lambda-1-cross-fit-5-average": HeadSetting(hsic_weight=1.0, folds=5, holdout="fold-average"),
+    "no-hsic-cross-fit-3": HeadSetting(hsic_weight=0.0, folds=3),
+    "lambda-10-cross-fit-3": HeadSetting(hsic_weight=10.0, folds=3),
     "lambda-1-one-epoch": HeadSetting(hsic_weight=1.0, epochs=1),
     "lambda-1-dropout-0.3": HeadSetting(hsic_weight=1.0, dropout=0.3),
 }
@@ -163,8 +170,30 @@ class Study:
             *self.frozen, self.pairs["train"], self.pairs["validation"], self.training_users
         )
 
-    def provider(self, result):
-        vectors = (result.users, result.items)
+    def vectors_path(self, name):
+        return self.run.run_dir / "heads-vectors" / f"{name}.npz"
+
+    def save_vectors(self, name, result):
+        """A cell's vectors, so that `judge` reuses them instead of training again."""
+        path = self.vectors_path(name)
+        path.parent.mkdir(exist_ok=True)
+        arrays = {
+            "user_ids": result.users[0],
+            "users": result.users[1],
+            "item_ids": result.items[0],
+            "items": result.items[1],
+        }
+        write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
+
+    def cell_vectors(self, name):
+        """((user ids, users), (item ids, items)) of a grid cell, trained again if not saved."""
+        path = self.vectors_path(name)
+        if not path.is_file():
+            self.save_vectors(name, self.heads(CELLS[name]))
+        with np.load(path) as stored:
+            return (stored["user_ids"], stored["users"]), (stored["item_ids"], stored["items"])
+
+    def provider(self, vectors):
         return vector_provider(self.inputs.features, lambda seed: vectors)
 
     def diagnose(self, result):
@@ -176,7 +205,7 @@ class Study:
         (user_ids, frozen_users), _ = self.frozen
         validation_users = np.isin(user_ids, self.inputs.split.users["validation"])
         features = self.inputs.features
-        user_table = self.provider(result)(0)[0]
+        user_table = self.provider((result.users, result.items))(0)[0]
         return {
             "own_validation_auc": result.validation_auc[-1],
             "fold_validation_auc": result.validation_auc[:-1],
@@ -202,10 +231,11 @@ def grid(args):
         began = time.perf_counter()
         result = study.heads(setting)
         heads_s = time.perf_counter() - began
+        study.save_vectors(name, result)
         downstream = grid_cell(
             study.evaluator,
             TIER,
-            study.provider(result)(0),
+            study.provider((result.users, result.items))(0),
             study.evaluator.config.adaptor_setting(),
         )
         cells[name] = {
@@ -259,23 +289,18 @@ def judge(args):
     study = Study(args)
     features = study.inputs.features
     references = study.inputs.representations
-    setting = CELLS[best_plain]
     rows = {
         BASELINE_ROW: None,
         "frozen": references["frozen"],
         "pca-128": references["pca-128"],
         "marc-c-lora-demo": references["marc-c"],
     }
+    # The chosen plain heads, the best cross-fitted ones, and heads without HSIC.
     judged = {
-        f"heads-{best_plain}": setting,
-        f"heads-{best_crossed}": CELLS[best_crossed],
-        "heads-no-hsic": dataclasses.replace(setting, hsic_weight=0.0),
+        f"heads-{name}": name for name in dict.fromkeys([best_plain, best_crossed, "no-hsic"])
     }
-    diagnoses = {}
-    for name, cell in judged.items():
-        result = study.heads(cell)
-        rows[name] = study.provider(result)
-        diagnoses[name] = study.diagnose(result)
+    for row, name in judged.items():
+        rows[row] = study.provider(study.cell_vectors(name))
     downstream = DownstreamConfig(seeds=tuple(args.seeds), tiers=(TIER,))
     evaluator = DownstreamEvaluator(
         features,
@@ -290,9 +315,9 @@ def judge(args):
             deltas = np.array(row["aucs"]) - np.array(pca["aucs"])
             row["paired_delta_vs_pca_mean"] = float(deltas.mean())
             row["paired_delta_vs_pca_std"] = float(deltas.std(ddof=1)) if len(deltas) > 1 else None
-        if row["name"] in diagnoses:
-            row.update(diagnoses[row["name"]])
-            row["setting"] = dataclasses.asdict(judged[row["name"]])
+        if row["name"] in judged:
+            cell = cells[judged[row["name"]]]
+            row.update({key: cell[key] for key in DIAGNOSIS_KEYS})
     result = _save(
         {
             "judge": {

@@ -415,9 +415,11 @@ def test_config_choices_match_the_library():
     from marc_keras.config.run_config import POOLING_MODES as CONFIG_POOLING
     from marc_keras.config.run_config import HSIC_SCALES as CONFIG_HSIC_SCALES
     from marc_keras.losses.hsic import HSIC_SCALES
+    from marc_keras.config.run_config import CROSS_FIT_HOLDOUTS
+    from marc_keras.models.cross_fitted_heads import HOLDOUTS
 
     assert CONFIG_POOLING == POOLING_MODES and tuple(OBJECTIVES) == CONFIG_OBJECTIVES
-    assert CONFIG_HSIC_SCALES == HSIC_SCALES
+    assert CONFIG_HSIC_SCALES == HSIC_SCALES and CROSS_FIT_HOLDOUTS == HOLDOUTS
     for path in ("configs/demo.toml", "configs/compare-cpu.toml", "configs/gpu.toml"):
         RunConfig.from_file(path)  # the shipped configs are in range
 

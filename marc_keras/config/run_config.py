@@ -18,12 +18,13 @@ from marc_keras.config.downstream_config import DownstreamConfig
 DATASETS = ("movielens", "files")
 TEXT_HISTORY_ORDERS = ("newest_first", "oldest_first")
 # The same names as `marc_keras.layers.token_pooling.POOLING_MODES`,
-# `marc_keras.models.marc.OBJECTIVES` and `marc_keras.losses.hsic.HSIC_SCALES`
-# (a test keeps them equal); spelled out here so that reading a config imports
-# neither Keras nor the models.
+# `marc_keras.models.marc.OBJECTIVES`, `marc_keras.losses.hsic.HSIC_SCALES` and
+# `marc_keras.models.cross_fitted_heads.HOLDOUTS` (a test keeps them equal);
+# spelled out here so that reading a config imports neither Keras nor the models.
 POOLING_MODES = ("mean", "last", "cls")
 OBJECTIVES = ("bce", "cosine_bce", "cosine", "contrastive", "aoe", "mrl")
 HSIC_SCALES = ("normalised", "trace")
+CROSS_FIT_HOLDOUTS = ("all-folds", "fold-average")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +199,18 @@ class TrainingSection:
             of random ones (linear probing, then fine-tuning: Kumar et al.,
             ICLR 2022). An addition to MARC's recipe, which trains
             everything end to end from random heads (Sec. 3).
+        cross_fit_folds: K >= 2 also writes `marc-c-cross-fit` vectors
+            (`MARCRun.encode_vectors`, a downstream row): K heads trained as
+            the head warm-up trains (`head_warmup_epochs`, which must be set)
+            on the trained backbone's vectors (MARC-O) of K-1 folds of the
+            training users each, every fold's users encoded by the heads that
+            never saw their pairs (`CrossFittedHeads`); `None` (default) skips
+            it. Only the heads are cross-fitted: a LoRA-tuned backbone saw
+            every training user. An addition to MARC (issue "MARC-C must beat
+            PCA", cause 2).
+        cross_fit_holdout: how cross-fitting encodes validation and test
+            users: "all-folds" (heads trained on every fold) or "fold-average"
+            (the mean of the K fold heads' vectors, mapped into that space).
     """
 
     train_samples: int = 2048
@@ -215,6 +228,8 @@ class TrainingSection:
     items_per_user: int | None = None
     steps_per_epoch: int | None = None
     head_warmup_epochs: int = 0
+    cross_fit_folds: int | None = None
+    cross_fit_holdout: str = "all-folds"
 
     def __post_init__(self):
         for name in ("train_samples", "validation_samples", "test_samples", "epochs"):
@@ -241,6 +256,19 @@ class TrainingSection:
         check.whole_number("training.checkpoint_steps", self.checkpoint_steps, minimum=1)
         check.whole_number("training.head_warmup_epochs", self.head_warmup_epochs, minimum=0)
         check.whole_number("training.items_per_user", self.items_per_user, minimum=1, optional=True)
+        check.whole_number(
+            "training.cross_fit_folds",
+            self.cross_fit_folds,
+            minimum=2,
+            optional=True,
+            why=" (K folds of training users, each encoded by heads trained on the others)",
+        )
+        check.choice("training.cross_fit_holdout", self.cross_fit_holdout, CROSS_FIT_HOLDOUTS)
+        if self.cross_fit_folds and not self.head_warmup_epochs:
+            raise ValueError(
+                "training.cross_fit_folds needs training.head_warmup_epochs > 0: the "
+                "cross-fitted heads train for that many epochs, as the head warm-up does."
+            )
         check.whole_number(
             "training.steps_per_epoch", self.steps_per_epoch, minimum=1, optional=True
         )

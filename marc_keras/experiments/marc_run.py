@@ -18,6 +18,7 @@ import numpy as np
 from marc_keras.config import DownstreamConfig
 from marc_keras.config.run_config import FIT_SECTIONS, RunConfig
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
+from marc_keras.models.cross_fitted_heads import CrossFittedHeads
 from marc_keras.models.gradient_share_logger import GradientShareLogger
 from marc_keras.models.marc import INPUT_NAMES, MARC, TOKEN_FIELDS, TOWERS
 from marc_keras.experiments.downstream_rows import reference_providers, vector_provider
@@ -202,8 +203,9 @@ def downstream_inputs(
 
     Rows: those of `reference_providers` (DCNv2 alone, the `lr-2`
     reference, the `random` and `profile` controls, the frozen backbone's
-    vectors for both towers and each alone, and their PCA), then `marc-o` and
-    `marc-c`. With several runs (MARC trained with different seeds),
+    vectors for both towers and each alone, and their PCA), then `marc-o`,
+    `marc-c` and, when the runs cross-fit (`training.cross_fit_folds`),
+    `marc-c-cross-fit`. With several runs (MARC trained with different seeds),
     downstream seed i uses run i's vectors, so the spread covers both
     trainings; with one run every seed uses its vectors. Encodes what is not
     encoded yet.
@@ -243,10 +245,12 @@ def downstream_inputs(
         "marc-o": trained("marc-o"),
         "marc-c": trained("marc-c"),
     }
+    if all("marc-c-cross-fit" in found for found in vectors):
+        representations["marc-c-cross-fit"] = trained("marc-c-cross-fit")
     sources = [
         f"{path.resolve()}@{path.stat().st_mtime_ns}"
         for run in runs
-        for path in (run.vectors_path, run.frozen_vectors_path)
+        for path in (run.vectors_path, run.frozen_vectors_path, run.cross_fit_vectors_path)
         if path.is_file()
     ]
     return DownstreamInputs(split, features, representations, sources)
@@ -411,6 +415,43 @@ class MARCRun:
     def frozen_vectors_path(self) -> Path:
         return self.run_dir / "frozen-vectors.npz"
 
+    @property
+    def cross_fit_vectors_path(self) -> Path:
+        return self.run_dir / "cross-fit-vectors.npz"
+
+    def _cross_fit(self, split, trained):
+        """`marc-c-cross-fit` vectors: heads cross-fitted over training users on MARC-O."""
+        training = self.config.training
+        pairs = {
+            name: split.sample(name, size, seed=training.seed)
+            for name, size in (
+                ("train", training.train_samples),
+                ("validation", training.validation_samples),
+            )
+        }
+        heads = CrossFittedHeads(
+            lambda: self._build_model(lora_rank=0),
+            folds=training.cross_fit_folds,
+            epochs=training.head_warmup_epochs,
+            batch_size=training.batch_size,
+            learning_rate=training.learning_rate,
+            weight_decay=training.weight_decay,
+            seed=training.seed,
+            holdout=training.cross_fit_holdout,
+        )
+        result = heads.fit_transform(
+            *trained, pairs["train"], pairs["validation"], split.users["train"]
+        )
+        arrays = {
+            "user_ids": result.users[0],
+            "item_ids": result.items[0],
+            "marc-c-cross-fit/user": result.users[1],
+            "marc-c-cross-fit/item": result.items[1],
+        }
+        write_atomically(
+            self.cross_fit_vectors_path, lambda temporary: np.savez(temporary, **arrays)
+        )
+
     def encode_vectors(
         self,
         split: KARSplit | None = None,
@@ -424,7 +465,9 @@ class MARCRun:
         Writes `vectors.npz` (MARC-C and MARC-O) and `frozen-vectors.npz`
         (the pretrained backbone's pooled output, LoRA off) with the keys
         `user_ids`, `item_ids` and `{name}/user`, `{name}/item` for
-        name in `marc-c`, `marc-o` (resp. `frozen`). Files already there are
+        name in `marc-c`, `marc-o` (resp. `frozen`); with
+        `training.cross_fit_folds`, also `cross-fit-vectors.npz`
+        (`marc-c-cross-fit`, see `CrossFittedHeads`). Files already there are
         kept, so a re-run or another machine's vectors are reused.
 
         Args:
@@ -466,6 +509,15 @@ class MARCRun:
                 encoders = {tower: model.encoder(tower) for tower in ("user", "item")}
                 encode(encoders, {"marc-c": "compressed", "marc-o": "original"}, self.vectors_path)
             paths.append(self.vectors_path)
+            if self.config.training.cross_fit_folds:
+                if not self.cross_fit_vectors_path.is_file():
+                    with np.load(self.vectors_path) as stored:
+                        trained = tuple(
+                            (stored[f"{tower}_ids"], stored[f"marc-o/{tower}"])
+                            for tower in ("user", "item")
+                        )
+                    self._cross_fit(split, trained)
+                paths.append(self.cross_fit_vectors_path)
         if include_frozen:
             if not self.frozen_vectors_path.is_file():
                 frozen = self._build_model(lora_rank=0).encoder()

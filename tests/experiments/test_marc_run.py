@@ -223,6 +223,23 @@ def test_head_warmup_trains_the_heads_on_frozen_vectors_and_reports_it(tiny_conf
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 2
 
 
+def test_cross_fit_folds_add_cross_fitted_vectors_once(tiny_config, tmp_path):
+    config = tiny_config.replace(
+        training=dataclasses.replace(tiny_config.training, head_warmup_epochs=1, cross_fit_folds=2)
+    )
+    run = MARCRun.open(tmp_path / "run", config)
+    run.fit(log=lambda _: None, verbose=0)
+    vectors = run.encode_vectors(verbose=0, include_frozen=False)
+    (user_ids, users), (item_ids, items) = vectors["marc-c-cross-fit"]
+    np.testing.assert_array_equal(user_ids, vectors["marc-c"][0][0])
+    assert users.shape == (len(user_ids), 8) and items.shape == (len(item_ids), 8)
+    assert np.isfinite(users).all() and not np.allclose(users, vectors["marc-c"][0][1])
+    written = run.cross_fit_vectors_path.stat().st_mtime_ns
+    again = run.encode_vectors(verbose=0, include_frozen=False)["marc-c-cross-fit"]
+    np.testing.assert_array_equal(again[0][1], users)
+    assert run.cross_fit_vectors_path.stat().st_mtime_ns == written
+
+
 def test_cosine_learning_rate_warms_up_linearly_then_decays_to_zero(tiny_config):
     training = dataclasses.replace(
         tiny_config.training, learning_rate=1e-3, learning_rate_schedule="cosine", warmup_steps=10
