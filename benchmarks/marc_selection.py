@@ -5,8 +5,7 @@ matching networks) trained on the frozen backbone's vectors: the same frozen
 MiniLM vectors (max_length 128) that the `frozen` and `pca-128` rows of the
 downstream-v3 table use, so a cell answers "does a trained 128-d compression of
 r beat PCA-128 of the same r?". LoRA is not trained here (24 minutes a run at
-marc-scale on 2 cores would allow three cells in this session's budget); the
-LoRA-tuned MARC of the downstream-v3 table is judged alongside.
+marc-scale on 2 cores would allow three cells in this session's budget).
 
   python benchmarks/marc_selection.py grid [--cells NAME ...]
       each cell: heads trained with its settings (lambda, HSIC scale, cross-fit
@@ -16,10 +15,10 @@ LoRA-tuned MARC of the downstream-v3 table is judged alongside.
       / validation users) and the downstream DCNv2's validation-user AUC on the
       kar tier (ranker seed 0, the generic v3 adaptor setting). Resumable.
   python benchmarks/marc_selection.py judge --seeds 0 1 2
-      the cell with the best downstream validation AUC (SELECTION_RULE), the
-      same setting cross-fitted, and the same without HSIC, against dcnv2,
-      frozen, pca-128 and the LoRA MARC-C at 3 ranker seeds on the kar tier, in
-      one run; paired deltas against dcnv2 and against pca-128. Test users are
+      the plain cell with the best downstream validation AUC (SELECTION_RULE),
+      the best cross-fitted cell, and heads without HSIC, against dcnv2 and
+      pca-128 at 3 ranker seeds on the kar tier, in one run; paired deltas
+      against dcnv2 and against pca-128. Test users are
       read only here, for the chosen cells.
 
 Results: results/marc-diagnosis.json, RESULTS.md section "marc-diagnosis" and
@@ -289,12 +288,8 @@ def judge(args):
     study = Study(args)
     features = study.inputs.features
     references = study.inputs.representations
-    rows = {
-        BASELINE_ROW: None,
-        "frozen": references["frozen"],
-        "pca-128": references["pca-128"],
-        "marc-c-lora-demo": references["marc-c"],
-    }
+    # frozen and the LoRA MARC-C are in the downstream-v3 table at the same seeds.
+    rows = {BASELINE_ROW: None, "pca-128": references["pca-128"]}
     # The chosen plain heads, the best cross-fitted ones, and heads without HSIC.
     judged = {
         f"heads-{name}": name for name in dict.fromkeys([best_plain, best_crossed, "no-hsic"])

@@ -61,7 +61,10 @@ def _with_data_dir(config, data_dir):
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    help="TOML or JSON run config; defaults apply to keys it omits.",
+    help=(
+        "TOML or JSON run config, or a packaged one by name (demo, marc-scale, compare-v2, "
+        "...); defaults apply to keys it omits."
+    ),
 )
 @click.option(
     "--set",
@@ -254,7 +257,7 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, exists=True),
+    type=click.Path(dir_okay=False),
     help=(
         "Instead of --run-dir: a TOML or JSON run config whose pretrained backbone is probed (with "
         "--frozen), e.g. one naming a SmolLM2 checkpoint as model.preset."
@@ -900,6 +903,6 @@ def l2d_export(config_path, overrides, run_dir, data_dir, bundle_dir, precision,
 
     run = _l2d_run(config_path, overrides, run_dir, data_dir)
     manifest = OnnxExporter(
-        run.prompt_encoder(), source={"run_dir": str(run.run_dir.resolve()), "kind": "l2d"}
+        run.prompt_encoder(), source={"run": run.run_dir.resolve().name, "kind": "l2d"}
     ).export(bundle_dir, precision=precision, overwrite=overwrite)
     click.echo(json.dumps({"bundle": bundle_dir, "verification": manifest.verification}, indent=2))

@@ -223,7 +223,7 @@ class OnnxExporter:
                 )
             encoder = keras.saving.load_model(path).encoder("item")
         return cls(
-            encoder, source={"run_dir": str(run_dir.resolve()), "tower": tower, "file": path.name}
+            encoder, source={"run": run_dir.resolve().name, "tower": tower, "file": path.name}
         )
 
     def export(

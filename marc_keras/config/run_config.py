@@ -378,6 +378,38 @@ def sections_from_dict(values: dict, sections: dict[str, type], source: str) -> 
     return built
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The configs the package carries (the repository's `configs/`), name -> file."""
+    from importlib import resources
+
+    folder = resources.files("marc_keras.configs")
+    return {
+        entry.name.removesuffix(".toml"): Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    }
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A config file: `path` itself, or the packaged config of that name (`demo`, `marc-scale`).
+
+    A file path wins over a packaged name, so a local `demo` file is read as it is.
+
+    Raises:
+        FileNotFoundError: neither a file nor a packaged name; lists the names.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    if path.name == str(path) and path.stem in packaged and path.suffix in ("", ".toml"):
+        return packaged[path.stem]
+    raise FileNotFoundError(
+        f"Config file '{path}' does not exist, and it is not a packaged config name "
+        f"({', '.join(sorted(packaged))}); give a file path or one of those names."
+    )
+
+
 def read_config_values(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> dict:
     """The nested dict of a TOML or JSON config file (or `{}`), with overrides applied.
 
@@ -387,9 +419,7 @@ def read_config_values(path: str | os.PathLike | None, overrides: Iterable[str] 
     """
     values = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file '{path}' does not exist.")
+        path = resolve_config_path(path)
         text = path.read_text("utf-8")
         try:
             values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)

@@ -50,6 +50,10 @@ def test_export_then_encode_a_csv_into_a_store(tiny_run, tmp_path):
         report["precision"] == "fp32"
         and max(report["verification"]["max_abs_error"].values()) <= 1e-4
     )
+    # The bundle moves between machines: its manifest names no path of this one.
+    manifest_text = (bundle / "manifest.json").read_text()
+    assert str(tmp_path) not in manifest_text and str(Path.cwd()) not in manifest_text
+    assert json.loads(manifest_text)["source"]["run"] == tiny_run.name
     texts = ["the comedy movie", "", "user likes the drama film " * 20, "action"]
     pd.DataFrame({"movie": ["m1", "m2", "m3", "m4"], "blurb": texts}).to_csv(
         tmp_path / "items.csv", index=False

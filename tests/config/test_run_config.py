@@ -64,3 +64,13 @@ def test_missing_and_broken_files(tmp_path):
     broken.write_text("[model\nlora_rank = ")
     with pytest.raises(ValueError, match="broken.toml' does not parse"):
         RunConfig.from_file(broken)
+
+
+def test_a_packaged_config_is_found_by_name_and_a_wrong_name_lists_them():
+    from marc_keras.config.run_config import packaged_configs
+
+    assert {"demo", "marc-scale", "compare-v2"} <= set(packaged_configs())
+    assert RunConfig.from_file("demo") == RunConfig.from_file("configs/demo.toml")
+    assert RunConfig.from_file("marc-scale.toml") == RunConfig.from_file("configs/marc-scale.toml")
+    with pytest.raises(FileNotFoundError, match="not a packaged config name.*demo, gpu"):
+        RunConfig.from_file("dmeo")
