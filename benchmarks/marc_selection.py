@@ -16,7 +16,7 @@ marc-scale on 2 cores would allow three cells in this session's budget).
       kar tier (ranker seed 0, the generic v3 adaptor setting). Resumable.
   python benchmarks/marc_selection.py judge --seeds 0 1 2
       the plain cell with the best downstream validation AUC (SELECTION_RULE),
-      the best cross-fitted cell, and heads without HSIC, against dcnv2 and
+      the best cross-fitted cell, and each one's twin without HSIC, against dcnv2 and
       pca-128 at 3 ranker seeds on the kar tier, in one run; paired deltas
       against dcnv2 and against pca-128. Test users are
       read only here, for the chosen cells.
@@ -92,6 +92,7 @@ CELLS = {
     "lambda-100": HeadSetting(hsic_weight=100.0),
     "trace-lambda-0.01": HeadSetting(hsic_weight=0.01, hsic_scale="trace"),
     "no-hsic-cross-fit-3": HeadSetting(hsic_weight=0.0, folds=3),
+    "lambda-1-cross-fit-3": HeadSetting(hsic_weight=1.0, folds=3),
     "lambda-10-cross-fit-3": HeadSetting(hsic_weight=10.0, folds=3),
     "lambda-1-one-epoch": HeadSetting(hsic_weight=1.0, epochs=1),
     "lambda-1-dropout-0.3": HeadSetting(hsic_weight=1.0, dropout=0.3),
@@ -282,6 +283,12 @@ def chosen(cells):
     return best(plain), best(crossed)
 
 
+def without_hsic(cells, name):
+    """The grid cell that differs from `name` only by lambda = 0, or None if not in the grid."""
+    wanted = {**cells[name]["setting"], "hsic_weight": 0.0}
+    return next((other for other, cell in cells.items() if cell["setting"] == wanted), None)
+
+
 def judge(args):
     cells = _load()["cells"]
     best_plain, best_crossed = chosen(cells)
@@ -290,10 +297,10 @@ def judge(args):
     references = study.inputs.representations
     # frozen and the LoRA MARC-C are in the downstream-v3 table at the same seeds.
     rows = {BASELINE_ROW: None, "pca-128": references["pca-128"]}
-    # The chosen plain heads, the best cross-fitted ones, and heads without HSIC.
-    judged = {
-        f"heads-{name}": name for name in dict.fromkeys([best_plain, best_crossed, "no-hsic"])
-    }
+    # The chosen plain heads, the best cross-fitted ones, and each one's twin without HSIC.
+    chosen_cells = [best_plain, best_crossed]
+    chosen_cells += [without_hsic(cells, name) for name in chosen_cells]
+    judged = {f"heads-{name}": name for name in dict.fromkeys(chosen_cells) if name}
     for row, name in judged.items():
         rows[row] = study.provider(study.cell_vectors(name))
     downstream = DownstreamConfig(seeds=tuple(args.seeds), tiers=(TIER,))

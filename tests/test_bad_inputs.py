@@ -416,10 +416,13 @@ def test_config_choices_match_the_library():
     from marc_keras.config.run_config import HSIC_SCALES as CONFIG_HSIC_SCALES
     from marc_keras.losses.hsic import HSIC_SCALES
     from marc_keras.config.run_config import CROSS_FIT_HOLDOUTS
+    from marc_keras.config.run_config import HSIC_ROWS as CONFIG_HSIC_ROWS
     from marc_keras.models.cross_fitted_heads import HOLDOUTS
+    from marc_keras.models.marc import HSIC_ROWS
 
     assert CONFIG_POOLING == POOLING_MODES and tuple(OBJECTIVES) == CONFIG_OBJECTIVES
     assert CONFIG_HSIC_SCALES == HSIC_SCALES and CROSS_FIT_HOLDOUTS == HOLDOUTS
+    assert CONFIG_HSIC_ROWS == HSIC_ROWS
     for path in ("configs/demo.toml", "configs/compare-cpu.toml", "configs/gpu.toml"):
         RunConfig.from_file(path)  # the shipped configs are in range
 

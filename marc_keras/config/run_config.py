@@ -18,13 +18,14 @@ from marc_keras.config.downstream_config import DownstreamConfig
 DATASETS = ("movielens", "files")
 TEXT_HISTORY_ORDERS = ("newest_first", "oldest_first")
 # The same names as `marc_keras.layers.token_pooling.POOLING_MODES`,
-# `marc_keras.models.marc.OBJECTIVES`, `marc_keras.losses.hsic.HSIC_SCALES` and
-# `marc_keras.models.cross_fitted_heads.HOLDOUTS` (a test keeps them equal);
+# `marc_keras.models.marc.OBJECTIVES` and `HSIC_ROWS`, `marc_keras.losses.hsic.HSIC_SCALES`
+# and `marc_keras.models.cross_fitted_heads.HOLDOUTS` (a test keeps them equal);
 # spelled out here so that reading a config imports neither Keras nor the models.
 POOLING_MODES = ("mean", "last", "cls")
 OBJECTIVES = ("bce", "cosine_bce", "cosine", "contrastive", "aoe", "mrl")
 HSIC_SCALES = ("normalised", "trace")
 CROSS_FIT_HOLDOUTS = ("all-folds", "fold-average")
+HSIC_ROWS = ("pairs", "distinct")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +106,9 @@ class ModelSection:
             (unnormalised, (B - 1)^2 times larger at the same lambda).
         hsic_bandwidth: a fixed Gaussian bandwidth for the HSIC kernels, or
             unset for each batch's median distance.
+        hsic_rows: "pairs" (HSIC over the batch's pairs) or "distinct" (over
+            its distinct texts, each user once: with `items_per_user = 16`
+            a 64-pair batch holds 4 users, each counted 16 times otherwise).
         explicit_interactions: feed c_u * c_i to the matching network.
         objective: training objective, one of `marc_keras.models.marc.OBJECTIVES`
             ("bce" is MARC; the rest serve baselines and ablations).
@@ -127,6 +131,7 @@ class ModelSection:
     hsic_weight: float = 0.01
     hsic_scale: str = "normalised"
     hsic_bandwidth: float | None = None
+    hsic_rows: str = "pairs"
     explicit_interactions: bool = True
     objective: str = "bce"
     mrl_prefixes: tuple[int, ...] = (16, 32, 64)
@@ -145,6 +150,7 @@ class ModelSection:
         check.whole_numbers("model.matching_hidden_units", self.matching_hidden_units, minimum=1)
         check.real_number("model.hsic_weight", self.hsic_weight, minimum=0)
         check.choice("model.hsic_scale", self.hsic_scale, HSIC_SCALES)
+        check.choice("model.hsic_rows", self.hsic_rows, HSIC_ROWS)
         if self.hsic_bandwidth is not None:
             check.real_number("model.hsic_bandwidth", self.hsic_bandwidth, above=0)
         check.choice("model.objective", self.objective, OBJECTIVES)

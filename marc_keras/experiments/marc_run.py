@@ -732,6 +732,7 @@ class MARCRun:
             reconstruction_weight=settings.reconstruction_weight,
             hsic_scale=settings.hsic_scale,
             hsic_bandwidth=settings.hsic_bandwidth,
+            hsic_rows=settings.hsic_rows,
             frozen_prefix_layers=settings.frozen_prefix_layers,
         )
 

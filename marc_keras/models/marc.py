@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 TOWERS = ("user", "item")
 TOKEN_FIELDS = ("token_ids", "padding_mask")
 INPUT_NAMES = tuple(f"{tower}_{field}" for tower in TOWERS for field in TOKEN_FIELDS)
+HSIC_ROWS = ("pairs", "distinct")
 
 
 def _deserialize(value, default=None):
@@ -81,6 +82,11 @@ class MARC(keras.Model):
             "trace" (unnormalised); see `marc_keras.losses.hsic`.
         hsic_bandwidth: one Gaussian bandwidth for both spaces' kernels, or
             `None` for each batch's median distance (the default).
+        hsic_rows: which rows HSIC compares, one of `HSIC_ROWS`: "pairs"
+            (every pair of the batch, the default: a user with 16 items of
+            a batch counts 16 times) or "distinct" (each distinct text of
+            the batch once; applies to `PairBatches`' inputs, which name
+            them, and falls back to the pairs otherwise).
         **kwargs: base model arguments.
 
     Returns:
@@ -107,6 +113,7 @@ class MARC(keras.Model):
         reconstruction_weight: float = 0.0,
         hsic_scale: str = "normalised",
         hsic_bandwidth: float | None = None,
+        hsic_rows: str = "pairs",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -118,6 +125,9 @@ class MARC(keras.Model):
             )
         if hsic_bandwidth is not None and not float(hsic_bandwidth) > 0:
             raise ValueError(f"hsic_bandwidth must be positive or None; got {hsic_bandwidth}.")
+        if hsic_rows not in HSIC_ROWS:
+            raise ValueError(f"hsic_rows must be one of {', '.join(HSIC_ROWS)}; got {hsic_rows!r}.")
+        self.hsic_rows = hsic_rows
         self.hsic_scale = hsic_scale
         self.hsic_bandwidth = None if hsic_bandwidth is None else float(hsic_bandwidth)
         training_objective = resolve_objective(objective)
@@ -235,7 +245,8 @@ class MARC(keras.Model):
             frozen_prefix_layers: train LoRA only above this many blocks
                 (see `LoRABackbone`; a deviation from MARC, off by default).
             **kwargs: `MARC` arguments (`objective`, `mrl_prefixes`,
-                `reconstruction_weight`, `hsic_scale`, `hsic_bandwidth`) and
+                `reconstruction_weight`, `hsic_scale`, `hsic_bandwidth`,
+                `hsic_rows`) and
                 base model arguments.
 
         Returns:
@@ -311,7 +322,8 @@ class MARC(keras.Model):
         return {field: inputs[f"{tower}_{field}"] for field in TOKEN_FIELDS}
 
     def _encode_tower(self, inputs, tower, training):
-        """The backbone's (B, d) vectors of each pair's `tower` text.
+        """The backbone's (B, d) vectors of each pair's `tower` text, and the
+        (D, d) vectors of the batch's distinct texts (`None` if not named).
 
         Inputs with `{tower}_original` (B, d) give those vectors already
         computed (the frozen backbone's, for `backbone_frozen` training of
@@ -322,10 +334,10 @@ class MARC(keras.Model):
         gathers the pairs' rows from them; otherwise each pair's text is a row.
         """
         if f"{tower}_original" in inputs:
-            return inputs[f"{tower}_original"]
+            return inputs[f"{tower}_original"], None
         index = inputs.get(f"{tower}_index")
         if index is None:
-            return self.backbone(self._tower_inputs(inputs, tower), training=training)
+            return self.backbone(self._tower_inputs(inputs, tower), training=training), None
         field = "prefix_states" if f"{tower}_prefix_states" in inputs else "token_ids"
         buckets, masks = inputs[f"{tower}_{field}"], inputs[f"{tower}_padding_mask"]
         if not isinstance(buckets, (tuple, list)):
@@ -337,16 +349,18 @@ class MARC(keras.Model):
             ],
             axis=0,
         )  # (D, d): one row per distinct text
-        return ops.take(distinct, ops.cast(index, "int32"), axis=0)  # (B, d)
+        return ops.take(distinct, ops.cast(index, "int32"), axis=0), distinct  # (B, d), (D, d)
 
     def call(self, inputs, training=None):
         outputs = {}
         for tower in TOWERS:
-            original = self._encode_tower(inputs, tower, training)
+            original, distinct = self._encode_tower(inputs, tower, training)
+            compression = self.tower_compression(tower)
             outputs[f"{tower}_original"] = original  # (B, d)
-            outputs[f"{tower}_compressed"] = self.tower_compression(tower)(
-                original, training=training
-            )  # (B, k)
+            outputs[f"{tower}_compressed"] = compression(original, training=training)  # (B, k)
+            if distinct is not None and self.hsic_rows == "distinct" and self.hsic_weight > 0:
+                outputs[f"{tower}_distinct_original"] = distinct  # (D, d)
+                outputs[f"{tower}_distinct_compressed"] = compression(distinct, training=training)
         user, item = outputs["user_compressed"], outputs["item_compressed"]
         head = self.training_objective.head
         if head == "matching":
@@ -493,8 +507,15 @@ class MARC(keras.Model):
         settings = dict(
             sigma_x=self.hsic_bandwidth, sigma_y=self.hsic_bandwidth, scale=self.hsic_scale
         )
+        # Each distinct text once when the model computed them (hsic_rows="distinct").
+        rows = {
+            tower: f"{tower}_distinct" if f"{tower}_distinct_original" in y_pred else tower
+            for tower in TOWERS
+        }
         return objective, {
-            tower: hsic(y_pred[f"{tower}_original"], y_pred[f"{tower}_compressed"], **settings)
+            tower: hsic(
+                y_pred[f"{rows[tower]}_original"], y_pred[f"{rows[tower]}_compressed"], **settings
+            )
             for tower in TOWERS
         }
 
@@ -628,6 +649,7 @@ class MARC(keras.Model):
             "reconstruction_weight": self.reconstruction_weight,
             "hsic_scale": self.hsic_scale,
             "hsic_bandwidth": self.hsic_bandwidth,
+            "hsic_rows": self.hsic_rows,
         }
         if self.item_compression is not None:
             config["item_compression"] = serialize_keras_object(self.item_compression)

@@ -47,6 +47,7 @@ def test_json_config_round_trips(tmp_path):
         ("training.head_warmup_epochs=-1", "training.head_warmup_epochs must be >= 0"),
         ('model.hsic_scale="sum"', "model.hsic_scale must be one of 'normalised', 'trace'"),
         ("model.hsic_bandwidth=0", "model.hsic_bandwidth must be > 0"),
+        ('model.hsic_rows="users"', "model.hsic_rows must be one of 'pairs', 'distinct'"),
         ("training.cross_fit_folds=1", "training.cross_fit_folds must be >= 2 \\(K folds"),
         ("training.cross_fit_folds=3", "cross_fit_folds needs training.head_warmup_epochs > 0"),
         ('training.cross_fit_holdout="mean"', "cross_fit_holdout must be one of 'all-folds'"),

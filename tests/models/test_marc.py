@@ -103,6 +103,40 @@ def test_hsic_scale_and_bandwidth_reach_the_logged_terms(make_tiny_marc, tmp_pat
         make_tiny_marc(hsic_bandwidth=0.0)
 
 
+def test_distinct_hsic_rows_count_each_user_of_a_grouped_batch_once(make_tiny_marc, tmp_path):
+    from marc_keras.pair_batches import PairBatches
+
+    users, items, labels = genre_match_task(48, seed=5)
+    x = None
+    terms = {}
+    for rows in ("pairs", "distinct"):
+        model = make_tiny_marc(hsic_weight=0.5, hsic_rows=rows)
+        x = x or model.tokenize(users, items, pad_to_max_length=False)
+        batch, batch_labels = PairBatches(x, labels, 24, seed=0, items_per_user=6)[0]
+        outputs = {key: keras.ops.convert_to_numpy(value) for key, value in model(batch).items()}
+        _, hsic_terms = model._objective_and_hsic(batch_labels, model(batch))
+        terms[rows] = float(keras.ops.convert_to_numpy(hsic_terms["user"]))
+        if rows == "pairs":
+            assert "user_distinct_original" not in outputs
+            expected = numpy_hsic(outputs["user_original"], outputs["user_compressed"])
+        else:
+            distinct_users = outputs["user_distinct_original"]
+            # One row per distinct user of the batch: the pairs' rows, deduplicated.
+            assert len(distinct_users) == len(np.unique(batch["user_index"])) < len(batch_labels)
+            np.testing.assert_allclose(
+                np.unique(outputs["user_original"], axis=0),
+                np.unique(distinct_users, axis=0),
+                atol=1e-6,
+            )
+            expected = numpy_hsic(distinct_users, outputs["user_distinct_compressed"])
+            model.save(tmp_path / "distinct.keras")
+            assert keras.saving.load_model(tmp_path / "distinct.keras").hsic_rows == "distinct"
+        assert terms[rows] == pytest.approx(expected, rel=1e-3), rows
+    assert terms["pairs"] != pytest.approx(terms["distinct"], rel=1e-3)
+    with pytest.raises(ValueError, match="hsic_rows must be one of pairs, distinct"):
+        make_tiny_marc(hsic_rows="users")
+
+
 def test_keras_file_round_trip_gives_identical_outputs_and_resumes(make_tiny_marc, tmp_path):
     model = make_tiny_marc()
     users, items, labels = genre_match_task(32)
