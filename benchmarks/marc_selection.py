@@ -20,6 +20,8 @@ marc-scale on 2 cores would allow three cells in this session's budget).
       pca-128 at 3 ranker seeds on the kar tier, in one run; paired deltas
       against dcnv2 and against pca-128. Test users are
       read only here, for the chosen cells.
+  python benchmarks/marc_selection.py --note "..." report
+      the RESULTS section again from the JSON, with a reading appended.
 
 Results: results/marc-diagnosis.json, RESULTS.md section "marc-diagnosis" and
 results/marc-diagnosis.png (downstream validation AUC against HSIC's gradient
@@ -422,11 +424,14 @@ def main():
     grid_parser.add_argument("--cells", nargs="*", choices=list(CELLS))
     judge_parser = commands.add_parser("judge")
     judge_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    commands.add_parser("report", help="rewrite the RESULTS section from the JSON (with --note)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    {"grid": grid, "judge": judge}[args.command](args)
+    {"grid": grid, "judge": judge, "report": lambda args: _report(_load(), args.note)}[
+        args.command
+    ](args)
 
 
 if __name__ == "__main__":

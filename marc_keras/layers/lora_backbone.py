@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -22,6 +23,14 @@ from marc_keras.utils.backend_guard import (
 
 keras_hub = import_keras_hub()
 LORA_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")
+# Hugging Face model types whose checkpoints tests/layers/test_backbone_families.py
+# checks end to end (hidden states, LoRA, pooling, saving, ONNX), and the models
+# of the MARC paper (Sec. 2.2, Fig. 8) each covers.
+TESTED_MODEL_TYPES = {
+    "bert": "BERT, TinyBERT, MiniLM",
+    "llama": "Llama 2, Llama 3 and 3.1, SmolLM2",
+    "qwen2": "Qwen2, Qwen2.5",
+}
 
 
 def _is_lora_variable(variable):
@@ -58,18 +67,56 @@ def _hidden_states_model(backbone):
     return keras.Model(backbone.input, states, name=f"{backbone.name}_hidden_states")
 
 
+def _hugging_face_config(path):
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return {}
+    try:
+        config = json.loads(config_file.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"'{config_file}' is not a JSON file: {error}.") from error
+    return config if isinstance(config, dict) and "model_type" in config else {}
+
+
+def _converter_overrides(config):
+    """Backbone arguments that keras-hub 0.32's Hugging Face converters drop.
+
+    Its Llama converter ignores `rms_norm_eps` (SmolLM2 and Llama 3 use 1e-5,
+    keras-hub defaults to 1e-6) and reads Llama 3.1 rope scaling only from
+    `rope_scaling`, which transformers 5 writes as `rope_parameters`; both
+    change the hidden states (tests/layers/test_backbone_families.py).
+    """
+    if config.get("model_type") != "llama":
+        return {}
+    overrides = {"layer_norm_epsilon": float(config.get("rms_norm_eps", 1e-6))}
+    rope = config.get("rope_parameters") or {}
+    if config.get("rope_scaling") is None and rope.get("rope_type") == "llama3":
+        overrides.update(
+            rope_frequency_adjustment_factor=rope["factor"],
+            rope_low_freq_factor=rope["low_freq_factor"],
+            rope_high_freq_factor=rope["high_freq_factor"],
+            rope_pretraining_sequence_length=rope["original_max_position_embeddings"],
+        )
+    return overrides
+
+
 def _load_keras_hub_backbone(path, dtype):
+    config = _hugging_face_config(path)
     try:
         # keras-hub asks TensorFlow for gfile URI schemes (gs://, ...); a local
         # directory needs none, and loading TensorFlow costs seconds.
         with without_tensorflow():
-            return keras_hub.models.Backbone.from_preset(str(path), dtype=dtype)
+            return keras_hub.models.Backbone.from_preset(
+                str(path), dtype=dtype, **_converter_overrides(config)
+            )
     except (ValueError, KeyError, NotImplementedError) as error:
+        model_type = f" (model type '{config['model_type']}')" if config else ""
+        tested = "; ".join(f"{name} ({models})" for name, models in TESTED_MODEL_TYPES.items())
         raise ValueError(
-            f"keras-hub could not load a backbone from '{path}': {error}. "
+            f"keras-hub could not load a backbone from '{path}'{model_type}: {error}. "
             "Pass a keras-hub preset directory, or a Hugging Face checkpoint "
-            "(config.json + safetensors) of an architecture keras-hub converts "
-            "(for example bert, llama, qwen2, gemma)."
+            "(config.json + safetensors) of a model type marc-keras is tested with: "
+            f"{tested}. Phi and Phi-3 checkpoints have no keras-hub converter."
         ) from error
 
 
