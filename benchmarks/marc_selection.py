@@ -202,7 +202,7 @@ class Study:
         """Own AUC, HSIC's gradient share, CKA(r, c) on validation users and the user probe."""
         model = result.model
         validation = self.pairs["validation"].iloc[:256]
-        vectors = CrossFittedHeads._vectors(*self.frozen, validation)
+        vectors = CrossFittedHeads.pair_vectors(*self.frozen, validation)
         shares = model.gradient_shares(vectors, validation["label"].to_numpy("float32"))
         (user_ids, frozen_users), _ = self.frozen
         validation_users = np.isin(user_ids, self.inputs.split.users["validation"])

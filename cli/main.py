@@ -191,8 +191,11 @@ def evaluate(run_dirs, overrides, tiers):
     default="keras",
     show_default=True,
     help=(
-        "keras: the Keras 3 DCNv2; tfrs: a TensorFlow Recommenders DCNv2 in a child process (needs "
-        "the tfrs extra)."
+        "keras: the Keras 3 DCNv2 of `evaluate`; tfrs: the same DCNv2 built with TensorFlow "
+        "Recommenders in a child process (needs the tfrs extra). Both engines read every "
+        "evaluate.* setting (tiers, cross_projection_dim, num_experts, the adaptor settings, "
+        "train_samples drawn per seed, learning_rate, batch_size, max_epochs, patience); only "
+        "their random draws differ."
     ),
 )
 @click.option(
@@ -212,9 +215,9 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
     """Rank with user and item vectors read from embedding stores.
 
     Builds the run's split and ranking features as `evaluate` does, trains a
-    DCNv2 on the stores' vectors per seed with early stopping on validation
-    users, and prints test-user AUC and logloss as mean +- std. Writes
-    rank-ENGINE.json into RUN_DIR.
+    DCNv2 on the stores' vectors per tier and seed with early stopping on
+    validation users, and prints test-user AUC and logloss as mean +- std.
+    Writes rank-ENGINE.json into RUN_DIR.
     """
     from pathlib import Path
 

@@ -7,6 +7,14 @@ from marc_keras.config import config_checks as check
 from marc_keras.config.adaptor_setting import AdaptorSetting
 from marc_keras.config.ranker_tier import TIERS
 
+# The downstream DCNv2's shape (DESIGN.md Sec. 4), the one source for both
+# ranking engines: `DCNv2Ranker` (Keras 3) and `TFRSRanker` (TensorFlow
+# Recommenders). Each field (and each vector adaptor's output) is
+# EMBEDDING_DIM wide; the adaptors' experts have ADAPTOR_HIDDEN_UNITS.
+EMBEDDING_DIM = 32
+CROSS_LAYERS = 3
+DEEP_UNITS = (200, 80)
+ADAPTOR_HIDDEN_UNITS = (128,)
 
 # Each reference row's adaptor setting, chosen on validation users by the
 # downstream v3 grid (benchmarks/results/downstream-v3-ml-1m-half.json, rule

@@ -205,6 +205,13 @@ class TrainingSection:
             of random ones (linear probing, then fine-tuning: Kumar et al.,
             ICLR 2022). An addition to MARC's recipe, which trains
             everything end to end from random heads (Sec. 3).
+        head_warmup_samples: train the head warm-up on this many pairs of
+            training users of its own (drawn with `seed`) instead of the
+            run's `train_samples`: their frozen vectors are read from
+            `frozen-vectors.npz`, every user and item encoded once, which
+            `evaluate` reuses, so heads can see many more pairs than LoRA
+            trains on at no extra backbone cost; `None` (default) warms up on
+            the run's training pairs. Needs `head_warmup_epochs`.
         cross_fit_folds: K >= 2 also writes `marc-c-cross-fit` vectors
             (`MARCRun.encode_vectors`, a downstream row): K heads trained as
             the head warm-up trains (`head_warmup_epochs`, which must be set)
@@ -234,6 +241,7 @@ class TrainingSection:
     items_per_user: int | None = None
     steps_per_epoch: int | None = None
     head_warmup_epochs: int = 0
+    head_warmup_samples: int | None = None
     cross_fit_folds: int | None = None
     cross_fit_holdout: str = "all-folds"
 
@@ -270,6 +278,14 @@ class TrainingSection:
             why=" (K folds of training users, each encoded by heads trained on the others)",
         )
         check.choice("training.cross_fit_holdout", self.cross_fit_holdout, CROSS_FIT_HOLDOUTS)
+        check.whole_number(
+            "training.head_warmup_samples", self.head_warmup_samples, minimum=1, optional=True
+        )
+        if self.head_warmup_samples and not self.head_warmup_epochs:
+            raise ValueError(
+                "training.head_warmup_samples needs training.head_warmup_epochs > 0: set how "
+                "many epochs the head warm-up trains, or remove head_warmup_samples."
+            )
         if self.cross_fit_folds and not self.head_warmup_epochs:
             raise ValueError(
                 "training.cross_fit_folds needs training.head_warmup_epochs > 0: the "

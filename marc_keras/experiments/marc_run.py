@@ -640,7 +640,7 @@ class MARCRun:
     def head_warmup_path(self) -> Path:
         return self.run_dir / "head-warmup.json"
 
-    def _warm_up_heads(self, model, train, validation, callbacks, verbose, cache_dir=None):
+    def _warm_up_heads(self, model, split, train, validation, callbacks, verbose, cache_dir=None):
         """Trains the compression and matching networks alone on the frozen
         backbone's vectors (`training.head_warmup_epochs`); returns what it
         measured, also written to `head-warmup.json`.
@@ -649,13 +649,72 @@ class MARCRun:
         one (LoRA's B factors start at zero): each distinct text is encoded
         once, and every step after that costs only the heads. With
         `cache_dir`, texts another run already encoded with the same
-        backbone and pooling are read from there.
+        backbone and pooling are read from there. With
+        `training.head_warmup_samples`, the heads train on that many pairs of
+        their own, looked up in `frozen-vectors.npz`.
         """
         training = self.config.training
         started = time.perf_counter()
         # Built before any encoding: its weights then draw the same random
         # numbers whether the backbone encodes texts or the cache has them all.
         _build_variables(model, train[0])
+        if training.head_warmup_samples:
+            (train_vectors, train_y), (validation_vectors, validation_y) = (
+                self._frozen_pair_vectors(split, verbose)
+            )
+            cache_counts = {}
+        else:
+            (train_vectors, validation_vectors), cache_counts = self._frozen_token_vectors(
+                model, (train[0], validation[0]), cache_dir
+            )
+            train_y, validation_y = train[1], validation[1]
+        encode_s = time.perf_counter() - started
+        started = time.perf_counter()
+        history = model.fit_heads(
+            train_vectors,
+            train_y,
+            (validation_vectors, validation_y),
+            keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay),
+            epochs=training.head_warmup_epochs,
+            batch_size=training.batch_size,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        validation_auc = [float(value) for value in history.history["val_auc"]]
+        measured = {
+            "epochs": len(validation_auc),
+            "pairs": len(train_y),
+            "validation_auc_per_epoch": validation_auc,
+            "validation_auc": max(validation_auc),
+            "encode_s": encode_s,
+            "fit_s": time.perf_counter() - started,
+        }
+        measured.update(cache_counts)
+        write_json(self.head_warmup_path, measured)
+        return measured
+
+    def _frozen_pair_vectors(self, split, verbose):
+        """((x, y) train, (x, y) validation) of `head_warmup_samples` training pairs
+        and the run's validation pairs, from `frozen-vectors.npz` (written if missing)."""
+        training = self.config.training
+        frozen = self.encode_vectors(split, verbose=verbose, include_trained=False)["frozen"]
+        parts = []
+        for name, size in (
+            ("train", training.head_warmup_samples),
+            ("validation", training.validation_samples),
+        ):
+            pairs = split.sample(name, size, seed=training.seed)
+            parts.append(
+                (
+                    CrossFittedHeads.pair_vectors(*frozen, pairs),
+                    pairs["label"].to_numpy("float32"),
+                )
+            )
+        return parts
+
+    def _frozen_token_vectors(self, model, token_inputs, cache_dir):
+        """MARC's `{tower}_original` inputs of each tokenized pair set, each distinct
+        text encoded once, and the cache's hit and miss counts (empty without a cache)."""
         hidden_dim = model.backbone.hidden_dim
 
         def encode(tokens):
@@ -686,33 +745,9 @@ class MARCRun:
                 vectors[f"{tower}_original"] = distinct[inverse]  # (N, d)
             return vectors
 
-        train_vectors = frozen_vectors(train[0])
-        validation_vectors = frozen_vectors(validation[0])
-        encode_s = time.perf_counter() - started
-        started = time.perf_counter()
-        history = model.fit_heads(
-            train_vectors,
-            train[1],
-            (validation_vectors, validation[1]),
-            keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay),
-            epochs=training.head_warmup_epochs,
-            batch_size=training.batch_size,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-        validation_auc = [float(value) for value in history.history["val_auc"]]
-        measured = {
-            "epochs": len(validation_auc),
-            "validation_auc_per_epoch": validation_auc,
-            "validation_auc": max(validation_auc),
-            "encode_s": encode_s,
-            "fit_s": time.perf_counter() - started,
-        }
-        if cache is not None:
-            measured["cached_texts"] = cache.hits
-            measured["encoded_texts"] = cache.misses
-        write_json(self.head_warmup_path, measured)
-        return measured
+        vectors = [frozen_vectors(inputs) for inputs in token_inputs]
+        counts = {"cached_texts": cache.hits, "encoded_texts": cache.misses} if cache else {}
+        return vectors, counts
 
     def _build_model(self, lora_rank=None):
         settings = self.config.model
@@ -808,6 +843,7 @@ class MARCRun:
             )
             self._warm_up_heads(
                 model,
+                split,
                 (train_x, train_y),
                 part("validation"),
                 progress,

@@ -17,6 +17,7 @@ from marc_keras.ranking.tfrs_ranker import TFRSRanker, check_store_coverage, rea
 from marc_keras.utils.atomic_files import write_json
 
 if TYPE_CHECKING:
+    from marc_keras.config import DownstreamConfig
     from marc_keras.experiments.marc_run import MARCRun
 
 ENGINES = ("keras", "tfrs")
@@ -67,17 +68,21 @@ def rank_with_stores(
     engine: str = "keras",
     seeds: Iterable[int] | None = None,
     log: Callable[[str], object] = print,
+    threads: int | None = None,
 ) -> dict:
     """Trains a downstream DCNv2 on vectors from two embedding stores and scores test users.
 
     The split and features are the run's, built exactly as `evaluate_runs`
     builds them, so the numbers compare with `evaluate.json`. The "keras"
-    engine is `DownstreamEvaluator` (Keras 3 DCNv2, vectors through expert
-    adaptors); "tfrs" is `TFRSRanker` (TensorFlow Recommenders DCNv2 in a
-    child process). Both train on the same training subset with the run's
-    `[evaluate]` settings and stop early on validation users. A store may
-    lack vectors for at most 1% of the users (items) in the samples; those
-    get the training mean and are counted in the report.
+    engine is `DownstreamEvaluator` (Keras 3 DCNv2); "tfrs" is `TFRSRanker`
+    (the same DCNv2 built with TensorFlow Recommenders, in a child
+    process). Both read every setting from the run's `[evaluate]` table:
+    each tier of `evaluate.tiers`, the cross rank, experts and adaptor
+    setting, the per-seed training subsample (`evaluate.train_samples`),
+    learning rate, batch size, epoch limit and early stopping on validation
+    users; and both get the same centered vector tables. A store may lack
+    vectors for at most 1% of the users (items) in the samples; those get
+    the training mean and are counted in the report.
 
     Args:
         run: a `MARCRun`; its `[data]` settings give the split and its
@@ -88,13 +93,15 @@ def rank_with_stores(
         engine: "keras" or "tfrs".
         seeds: ranker seeds, `None` for the run's `evaluate.seeds`.
         log: callable taking one progress line.
+        threads: TensorFlow threads of the "tfrs" engine, `None` for its default.
 
     Returns:
         The report written atomically to `rank-{engine}.json` in the run
         directory: engine, column, stores, dataset, seeds, downstream
         settings, `missing` (ids per tower without a vector) and `rows`
-        (one row in the format of `DownstreamEvaluator.evaluate`; the "tfrs"
-        engine adds per-seed `runs` with validation AUC per epoch).
+        (one row per tier in the format of `DownstreamEvaluator.evaluate`;
+        the "tfrs" engine adds per-tier and per-seed `runs` with validation
+        AUC per epoch).
 
     Raises:
         ValueError: an unknown engine, or a store that does not fit the split
@@ -107,34 +114,25 @@ def rank_with_stores(
     >>> print(downstream_markdown(report["rows"]))
     """
     if engine not in ENGINES:
-        raise ValueError(f"Unknown ranking engine '{engine}'; choose one of {', '.join(ENGINES)}.")
+        raise ValueError(
+            f"Unknown ranking engine '{engine}' (--engine); choose one of {', '.join(ENGINES)}."
+        )
     downstream = run.config.evaluate
     if seeds is not None:
         downstream = dataclasses.replace(downstream, seeds=tuple(int(seed) for seed in seeds))
     paths = {"user": str(user_store), "item": str(item_store)}
     # The stores are read first, so one that does not fit fails before the split is built.
-    if engine == "tfrs":
-        ranker = TFRSRanker(
-            user_store,
-            item_store,
-            column,
-            max_epochs=downstream.max_epochs,
-            patience=downstream.patience,
-            batch_size=downstream.batch_size,
-            learning_rate=downstream.learning_rate,
-            weight_decay=downstream.weight_decay,
-            log=log,
-        )
-        stores = ranker.stores
-    else:
-        stores = {tower: read_store_vectors(paths[tower], column) for tower in TOWERS}
+    stores = {tower: read_store_vectors(paths[tower], column) for tower in TOWERS}
     _check_widths(run, stores, paths, column)
     started = time.perf_counter()
     split, interactions = build_split(run.config, with_interactions=True)
     features = RankingFeatures(split, interactions)
     log(f"features ready in {time.perf_counter() - started:.0f}s")
-    evaluator = DownstreamEvaluator(features, downstream, log=log)
-    name = f"{engine}-{column}"
+    tables, missing = {}, {}
+    for tower in TOWERS:
+        tables[tower], missing[tower] = _vector_table(
+            features, tower, paths[tower], *stores[tower], log
+        )
     report = {
         "engine": engine,
         "column": column,
@@ -143,34 +141,71 @@ def rank_with_stores(
         "dataset": str(run.config.data.data_dir or run.config.data.dataset),
         "seeds": list(downstream.seeds),
         "downstream": dataclasses.asdict(downstream),
+        "missing": missing,
     }
-    if engine == "tfrs":
-        # The TFRS child trains every seed on one row set: the first seed's.
-        train_rows = evaluator.train_rows(downstream.seeds[0])
-        result = ranker.evaluate(features, downstream.seeds, train_rows=train_rows)
-        runs = result["runs"]
-        aucs = [seed_run["test_auc"] for seed_run in runs]
-        loglosses = [seed_run["test_logloss"] for seed_run in runs]
-        report.update(
-            missing=result["missing"],
-            rows=[
-                evaluator.summary_row(
-                    name,
-                    [
-                        {"auc": auc, "logloss": loss, "seconds": result["seconds"] / len(aucs)}
-                        for auc, loss in zip(aucs, loglosses)
-                    ],
-                )
-            ],
-            runs=runs,
+    report.update(
+        rank_tables(
+            features, tables, downstream, engine, f"{engine}-{column}", log=log, threads=threads
         )
-    else:
-        tables, missing = {}, {}
-        for tower in TOWERS:
-            tables[tower], missing[tower] = _vector_table(
-                features, tower, paths[tower], *stores[tower], log
-            )
-        rows = evaluator.evaluate({name: lambda seed: (tables["user"], tables["item"])})
-        report.update(missing=missing, rows=rows)
+    )
     write_json(run.run_dir / f"rank-{engine}.json", report)
     return report
+
+
+def rank_tables(
+    features: RankingFeatures,
+    tables: dict,
+    config: DownstreamConfig,
+    engine: str,
+    name: str,
+    log: Callable[[str], object] = print,
+    threads: int | None = None,
+) -> dict:
+    """Trains one engine's DCNv2 per tier and seed on vector tables; the report's rows.
+
+    Args:
+        features: a `RankingFeatures`.
+        tables: "user" and "item" -> table from `RankingFeatures.vector_table` (or `None`).
+        config: the `DownstreamConfig` both engines read (tiers, seeds,
+            subsample, training, cross rank, adaptor setting of row `name`).
+        engine: "keras" (`DownstreamEvaluator`) or "tfrs" (`TFRSRanker`).
+        name: the row's name, e.g. "tfrs-compressed".
+        log: callable taking one progress line.
+        threads: TensorFlow threads of the "tfrs" engine, `None` for its default.
+
+    Returns:
+        `rows`: one row per tier in the format of `DownstreamEvaluator.evaluate`
+        (with `adaptor_setting`); the "tfrs" engine adds `runs` (per tier and
+        seed: validation AUC per epoch, best epoch, ...).
+    """
+    evaluator = DownstreamEvaluator(features, config, log=log)
+    if engine == "keras":
+        return {"rows": evaluator.evaluate({name: lambda seed: (tables["user"], tables["item"])})}
+    if engine != "tfrs":
+        raise ValueError(
+            f"Unknown ranking engine '{engine}' (--engine); choose one of {', '.join(ENGINES)}."
+        )
+    ranker = TFRSRanker(config, threads, log=log)
+    adaptor = config.adaptor_setting(name)
+    rows, runs = [], []
+    for tier in config.tiers:
+        result = ranker.evaluate(
+            features, tier, tables["user"], tables["item"], config.seeds, adaptor
+        )
+        results = [
+            {
+                "auc": seed_run["test_auc"],
+                "logloss": seed_run["test_logloss"],
+                "epochs": seed_run["epochs"],
+                "seconds": result["seconds"] / len(result["runs"]),
+            }
+            for seed_run in result["runs"]
+        ]
+        rows.append(
+            {
+                "adaptor_setting": dataclasses.asdict(adaptor),
+                **evaluator.summary_row(name, results, tier),
+            }
+        )
+        runs.extend({"tier": tier, **seed_run} for seed_run in result["runs"])
+    return {"rows": rows, "runs": runs}

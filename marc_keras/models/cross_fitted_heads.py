@@ -132,9 +132,9 @@ class CrossFittedHeads:
         keras.utils.set_random_seed(self.seed)
         model = self.build_model()
         history = model.fit_heads(
-            self._vectors(users, items, pairs.iloc[rows]),
+            self.pair_vectors(users, items, pairs.iloc[rows]),
             pairs["label"].to_numpy("float32")[rows],
-            (self._vectors(users, items, validation), validation["label"].to_numpy("float32")),
+            (self.pair_vectors(users, items, validation), validation["label"].to_numpy("float32")),
             keras.optimizers.AdamW(self.learning_rate, weight_decay=self.weight_decay),
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -142,7 +142,19 @@ class CrossFittedHeads:
         return model, max(float(value) for value in history.history["val_auc"])
 
     @staticmethod
-    def _vectors(users, items, pairs):
+    def pair_vectors(
+        users: tuple[np.ndarray, np.ndarray],
+        items: tuple[np.ndarray, np.ndarray],
+        pairs: pd.DataFrame,
+    ) -> dict[str, np.ndarray]:
+        """MARC's inputs for `pairs` (`user_id`, `item_id`) from per-id backbone vectors.
+
+        Returns:
+            `{"user_original": (N, d), "item_original": (N, d)}`, row i for pair i.
+
+        Raises:
+            ValueError: a pair's id has no vector (the id is named).
+        """
         rows = {}
         for tower, (ids, vectors) in (("user", users), ("item", items)):
             position = {key: index for index, key in enumerate(ids)}

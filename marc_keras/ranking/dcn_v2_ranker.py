@@ -10,6 +10,12 @@ import keras_rs
 import numpy as np
 from keras import ops
 
+from marc_keras.config.downstream_config import (
+    ADAPTOR_HIDDEN_UNITS,
+    CROSS_LAYERS,
+    DEEP_UNITS,
+    EMBEDDING_DIM,
+)
 from marc_keras.ranking.expert_adaptor import ExpertAdaptor
 from marc_keras.ranking.ranking_features import MAX_RATING
 
@@ -100,10 +106,10 @@ class DCNv2Ranker(keras.Model):
         user_vector_dim: int | None = None,
         item_vector_dim: int | None = None,
         num_experts: int = 3,
-        embedding_dim: int = 32,
-        cross_layers: int = 3,
+        embedding_dim: int = EMBEDDING_DIM,
+        cross_layers: int = CROSS_LAYERS,
         cross_projection_dim: int | None = None,
-        deep_units: Sequence[int] = (200, 80),
+        deep_units: Sequence[int] = DEEP_UNITS,
         adaptor_input_dropout: float = 0.0,
         adaptor_expert_dropout: float = 0.0,
         adaptor_input_noise: float = 0.0,
@@ -164,6 +170,7 @@ class DCNv2Ranker(keras.Model):
             width = self.user_adaptor_dim if tower == "user" else None
             self.adaptors[tower] = ExpertAdaptor(
                 num_experts,
+                hidden_units=ADAPTOR_HIDDEN_UNITS,
                 output_dim=width or embedding_dim,
                 name=f"{tower}_adaptor",
                 **self.adaptor_settings,

@@ -19,6 +19,7 @@ from marc_keras.config.adaptor_setting import AdaptorSetting
 from marc_keras.config.ranker_tier import resolve_tier
 from marc_keras.ranking.ctr_metrics import auc, logloss, relative_improvement
 from marc_keras.ranking.dcn_v2_ranker import DCNv2Ranker
+from marc_keras.ranking.ranking_features import training_rows
 from marc_keras.ranking.two_feature_logistic import TwoFeatureLogistic
 from marc_keras.ranking.validation_auc import ValidationAUC
 from marc_keras.utils.atomic_files import write_json
@@ -78,11 +79,7 @@ class DownstreamEvaluator:
 
     def train_rows(self, seed: int) -> np.ndarray:
         """Indices of the training samples a seed trains on (all, or a per-seed subsample)."""
-        available = len(self.features.labels["train"])
-        wanted = self.config.train_samples
-        if wanted is None or wanted >= available:
-            return np.arange(available)
-        return np.sort(np.random.default_rng(seed).choice(available, wanted, replace=False))
+        return training_rows(len(self.features.labels["train"]), self.config.train_samples, seed)
 
     def train_one(
         self,

@@ -34,6 +34,25 @@ def _lookup(vocabulary, values):
     )
 
 
+def training_rows(available: int, train_samples: int | None, seed: int) -> np.ndarray:
+    """Indices of the training samples a ranker seed trains on, for both ranking engines.
+
+    `DownstreamEvaluator.train_rows` (Keras) and `TFRSRanker` both draw here.
+
+    Args:
+        available: number of training samples.
+        train_samples: `DownstreamConfig.train_samples`, `None` for all.
+        seed: the ranker seed; the subsample is drawn from it alone, anew per
+            seed and the same for every row and engine of that seed.
+
+    Returns:
+        A sorted int array: all indices, or `train_samples` of them.
+    """
+    if train_samples is None or train_samples >= available:
+        return np.arange(available)
+    return np.sort(np.random.default_rng(seed).choice(available, train_samples, replace=False))
+
+
 class RankingFeatures:
     """Turns a `KARSplit` into the ranker's inputs, with vocabularies from the whole catalogue.
 

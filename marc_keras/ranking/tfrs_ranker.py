@@ -1,15 +1,23 @@
-"""A TensorFlow Recommenders DCNv2 ranker over embedding stores, run in its own process.
+"""The downstream DCNv2 built with TensorFlow Recommenders, run in its own process.
 
 TFRS runs only on legacy Keras 2 (`tf-keras`, `TF_USE_LEGACY_KERAS=1`), which
 cannot share a process with marc-keras' Keras 3 on torch (DESIGN.md Sec. 3).
 This file therefore has two sides:
 
 - the parent side (`TFRSRanker`, `read_store_vectors`, `check_store_coverage`)
-  imports neither TensorFlow nor Keras: it reads the stores with numpy, writes
-  the split to a temporary `.npz`, runs this file as a script and reads back
-  a JSON result;
+  imports neither TensorFlow nor Keras: it takes the tier's inputs and the
+  vector tables as numpy arrays, writes them to a temporary `.npz`, runs
+  this file as a script and reads back a JSON result;
 - the child side, `_child_main`, imports TensorFlow, `tf_keras` and
   `tensorflow_recommenders` inside the function, trains and scores the ranker.
+
+The ranker is the Keras evaluator's (`DCNv2Ranker` trained by
+`DownstreamEvaluator.train_one`), layer for layer, and every setting comes
+from the same objects: the `DownstreamConfig` (learning rate, batch size,
+epochs, early stopping, cross rank, experts, per-seed training subsample),
+the `RankerTier` (which features) and the `AdaptorSetting` (the vector
+adaptors' regularisation), with the shape constants of
+`marc_keras.config.downstream_config`.
 
 This is the only module of the package that imports TensorFlow.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import importlib.util
 import json
 import os
@@ -25,21 +34,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from marc_keras.config.downstream_config import (
+    ADAPTOR_HIDDEN_UNITS,
+    CROSS_LAYERS,
+    DEEP_UNITS,
+    EMBEDDING_DIM,
+    DownstreamConfig,
+)
+from marc_keras.config.ranker_tier import resolve_tier
 from marc_keras.export.embedding_store import load_embedding_table
-from marc_keras.ranking.vector_centering import center
+from marc_keras.ranking.ranking_features import training_rows
 
 if TYPE_CHECKING:
+    from marc_keras.config.adaptor_setting import AdaptorSetting
+    from marc_keras.config.ranker_tier import RankerTier
     from marc_keras.ranking.ranking_features import RankingFeatures
 
 SPLITS = ("train", "validation", "test")
 TOWERS = ("user", "item")
-SAMPLE_KEYS = ("item", "history_items", "history_ratings", "user_fields")
+# The inputs of `RankingFeatures.tier_inputs`, as DCNv2Ranker reads them.
+SAMPLE_KEYS = ("user", "item", "history_items", "history_genres", "history_ratings", "user_fields")
 # A store may lack vectors for at most this share of the distinct users (or
 # items) the split needs; those map to the out-of-vocabulary row: the training mean.
 # More than that means the store was encoded for other data.
@@ -126,184 +146,157 @@ def check_store_coverage(
     return missing
 
 
-def _index_to_id(vocabulary):
-    """`{id: index from 1}` -> str array with [index] = id; [0] (unknown) is ""."""
-    names = np.empty(len(vocabulary) + 1, dtype=object)
-    names[0] = ""
-    for identifier, index in vocabulary.items():
-        names[index] = str(identifier)
-    return names
-
-
 class TFRSRanker:
-    """Trains a TFRS DCNv2 on the split with frozen store vectors; scores test users.
+    """Trains the downstream DCNv2 with TensorFlow Recommenders; scores test users.
 
-    The same features as `DCNv2Ranker` (item id, item genres, history items,
-    ratings and genres, the categorical user columns; each 32-d), plus each
-    store's vectors: a `StringLookup` over the store ids feeds a frozen
-    `Embedding` holding the vectors (row 0, unknown ids, is zeros), then a
-    small dense projection [128] -> 32. Three full-matrix
-    `tfrs.layers.dcn.Cross` layers, a deep tower [200, 80] and one logit,
-    trained with `tfrs.tasks.Ranking` (BCE) and AdamW, stopping early on
-    validation AUC with the best weights restored. Test AUC and logloss come
-    from `marc_keras.ranking.ctr_metrics`, like the Keras evaluator's.
+    The same model as `DCNv2Ranker` and the same training as
+    `DownstreamEvaluator.train_one`, built from the same settings: the
+    tier's fields (item id, item genres, history items, genres and ratings,
+    the categorical user columns when the tier has them; each
+    `EMBEDDING_DIM` wide), each vector table through a gated mixture of
+    `num_experts` experts (hidden `ADAPTOR_HIDDEN_UNITS`) with the
+    `AdaptorSetting`'s input dropout, expert dropout, input noise, L2 and
+    user width, `CROSS_LAYERS` `tfrs.layers.dcn.Cross` layers of rank
+    `cross_projection_dim` (glorot-uniform kernels, as keras-rs'
+    `FeatureCross`), a deep tower `DEEP_UNITS` and one logit; binary
+    cross-entropy (`tfrs.tasks.Ranking`) and AdamW with the config's
+    learning rate, weight decay, batch size and epoch limit, stopping early
+    on the exact validation AUC (`ctr_metrics.auc`) with the best epoch's
+    weights restored. Each seed trains on its own subsample from
+    `ranking_features.training_rows` (`config.train_samples`, the seed), the
+    one the Keras evaluator draws for that seed. Test AUC and
+    logloss come from `marc_keras.ranking.ctr_metrics`, like the Keras
+    evaluator's. Only the random draws (initial weights, data order,
+    dropout) differ between the engines.
 
     Training runs in a child Python process (legacy Keras 2 cannot live beside
-    Keras 3): the split goes across as a temporary `.npz`, the child's
+    Keras 3): the inputs go across as a temporary `.npz`, the child's
     progress lines go to `log`, and its result comes back as JSON.
 
     Args:
-        user_store: embedding store of user vectors.
-        item_store: embedding store of item vectors.
-        column: the vector column to read from both stores.
-        user_vector_dim: expected user vector width, `None` for the store's.
-        item_vector_dim: expected item vector width, `None` for the store's.
-        max_epochs: epoch limit.
-        patience: epochs without validation AUC gain before stopping.
-        batch_size: samples per step.
-        learning_rate: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        embedding_dim: width of every field.
-        cross_layers: number of `Cross` layers.
-        deep_units: sizes of the deep tower.
-        projection_units: hidden sizes of the store vector projections.
-        threads: TensorFlow intra-op threads, `None` for its default.
-        max_missing_fraction: see `check_store_coverage`.
+        config: a `DownstreamConfig` (the run's `[evaluate]` table), by
+            default its defaults.
+        threads: TensorFlow intra- and inter-op threads, `None` for its default.
         log: callable taking one progress line.
 
-    Raises:
-        ValueError: a store's width differs from the one given, or it repeats
-            ids (see `read_store_vectors`).
-        KeyError: a store has no such column.
-
     Example:
-    >>> ranker = TFRSRanker("users.parquet", "items.parquet", column="compressed")
-    >>> result = ranker.evaluate(features, seeds=(0, 1, 2))
+    >>> ranker = TFRSRanker(DownstreamConfig(seeds=(0, 1, 2)))
+    >>> result = ranker.evaluate(features, "kar", user_table, item_table)
     >>> [run["test_auc"] for run in result["runs"]]
     [0.79, 0.79, 0.79]
     """
 
     def __init__(
         self,
-        user_store: str | os.PathLike,
-        item_store: str | os.PathLike,
-        column: str = "compressed",
-        user_vector_dim: int | None = None,
-        item_vector_dim: int | None = None,
-        max_epochs: int = 5,
-        patience: int = 1,
-        batch_size: int = 1024,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 1e-4,
-        embedding_dim: int = 32,
-        cross_layers: int = 3,
-        deep_units: Sequence[int] = (200, 80),
-        projection_units: Sequence[int] = (128,),
+        config: DownstreamConfig | None = None,
         threads: int | None = None,
-        max_missing_fraction: float = MAX_MISSING_FRACTION,
         log: Callable[[str], object] = print,
     ) -> None:
-        self.paths = {"user": Path(user_store), "item": Path(item_store)}
-        self.column = column
-        # Read now, so a store that does not fit fails before the split is built.
-        self.stores = {
-            "user": read_store_vectors(self.paths["user"], column, user_vector_dim),
-            "item": read_store_vectors(self.paths["item"], column, item_vector_dim),
-        }
-        self.settings = {
-            "max_epochs": int(max_epochs),
-            "patience": int(patience),
-            "batch_size": int(batch_size),
-            "learning_rate": float(learning_rate),
-            "weight_decay": float(weight_decay),
-            "embedding_dim": int(embedding_dim),
-            "cross_layers": int(cross_layers),
-            "deep_units": [int(units) for units in deep_units],
-            "projection_units": [int(units) for units in projection_units],
-            "threads": None if threads is None else int(threads),
-        }
-        self.max_missing_fraction = float(max_missing_fraction)
+        self.config = config or DownstreamConfig()
+        self.threads = None if threads is None else int(threads)
         self.log = log
+
+    def settings(
+        self,
+        tier: RankerTier,
+        user_field_sizes: Iterable[int],
+        seeds: Iterable[int],
+        adaptor: AdaptorSetting,
+    ) -> dict:
+        """What the child process builds and trains, all read from the config, tier and adaptor."""
+        config = self.config
+        return {
+            "tier": tier.name,
+            "seeds": [int(seed) for seed in seeds],
+            "max_epochs": config.max_epochs,
+            "patience": config.patience,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "weight_decay": config.weight_decay,
+            "num_experts": config.num_experts,
+            "cross_projection_dim": config.cross_projection_dim,
+            "embedding_dim": EMBEDDING_DIM,
+            "cross_layers": CROSS_LAYERS,
+            "deep_units": list(DEEP_UNITS),
+            "adaptor_hidden_units": list(ADAPTOR_HIDDEN_UNITS),
+            "adaptor": dataclasses.asdict(adaptor),
+            "user_field_sizes": [int(size) for size in user_field_sizes]
+            if tier.user_fields
+            else [],
+            "threads": self.threads,
+        }
 
     def evaluate(
         self,
         features: RankingFeatures,
-        seeds: Iterable[int] = (0,),
-        train_rows: np.ndarray | None = None,
+        tier: str | RankerTier,
+        user_vectors: np.ndarray | None = None,
+        item_vectors: np.ndarray | None = None,
+        seeds: Iterable[int] | None = None,
+        adaptor: AdaptorSetting | None = None,
     ) -> dict:
         """Trains one ranker per seed in a child process and scores test users.
 
         Args:
-            features: a `RankingFeatures`, or any object with its `inputs`,
-                `labels`, `item_genres`, `user_field_sizes`,
-                `user_vocabulary` and `item_vocabulary`.
-            seeds: one training per seed.
-            train_rows: indices of the training samples to use (e.g.
-                `DownstreamEvaluator.train_rows`), `None` for all.
+            features: a `RankingFeatures` (its `tier_inputs`,
+                `item_genre_shares`, `labels` and `user_field_sizes` are used).
+            tier: a tier name ("kar", "full") or `RankerTier`.
+            user_vectors: optional table from `RankingFeatures.vector_table`
+                (row = user index), as `DownstreamEvaluator.train_one` takes it.
+            item_vectors: likewise for items.
+            seeds: one training per seed, by default the config's `seeds`.
+            adaptor: the vector adaptors' `AdaptorSetting`, by default the
+                config's generic one.
 
         Returns:
             A dict: `runs` (per seed: `seed`, `test_auc`, `test_logloss`,
-            `validation_auc` per epoch, `best_epoch`, `seconds`), `missing`
-            (per tower, how many needed ids the store lacked), `column` and
-            `seconds` (wall time, process start-up included).
+            `validation_auc` per epoch, `best_epoch`, `epochs`,
+            `train_samples`, `trainable_parameters`, `seconds`), `tier`, `settings` (what the child
+            trained with) and `seconds` (wall time, process start-up included).
 
         Raises:
-            ValueError: a store lacks too many of the split's ids (see
-                `check_store_coverage`).
             RuntimeError: the child process failed; the message ends with
                 the tail of its stderr.
         """
         started = time.perf_counter()
-        arrays, missing = self._arrays(features, train_rows)
-        settings = {
-            **self.settings,
-            "seeds": [int(seed) for seed in seeds],
-            "user_field_sizes": [int(size) for size in features.user_field_sizes],
-        }
+        tier = resolve_tier(tier) if isinstance(tier, str) else tier
+        seeds = self.config.seeds if seeds is None else tuple(seeds)
+        adaptor = adaptor or self.config.adaptor_setting()
+        arrays = self._arrays(features, tier, seeds, {"user": user_vectors, "item": item_vectors})
+        settings = self.settings(tier, features.user_field_sizes, seeds, adaptor)
         with tempfile.TemporaryDirectory(prefix="marc-keras-tfrs-") as directory:
             directory = Path(directory)
             np.savez(directory / "inputs.npz", **arrays)
             (directory / "settings.json").write_text(json.dumps(settings))
             self._run_child(directory)
             result = json.loads((directory / "result.json").read_text())
-        result.update(missing=missing, column=self.column, seconds=time.perf_counter() - started)
+        result.update(tier=tier.name, settings=settings, seconds=time.perf_counter() - started)
         return result
 
-    def _arrays(self, features, train_rows):
-        arrays = {"item_genres": np.asarray(features.item_genres, "int32")}
-        names = {
-            "user": _index_to_id(features.user_vocabulary),
-            "item": _index_to_id(features.item_vocabulary),
-        }
+    def _arrays(self, features, tier, seeds, tables):
+        inputs = features.tier_inputs(tier)
+        arrays = {"item_genre_shares": np.asarray(features.item_genre_shares(tier), "float32")}
         for split in SPLITS:
-            rows = train_rows if split == "train" and train_rows is not None else slice(None)
-            inputs = features.inputs[split]
             for key in SAMPLE_KEYS:
-                arrays[f"{split}/{key}"] = np.asarray(inputs[key])[rows]
-            for tower in TOWERS:
-                # Ids cross as strings: the child looks them up in the store's StringLookup.
-                arrays[f"{split}/{tower}_id"] = names[tower][
-                    np.asarray(inputs[tower])[rows]
-                ].astype(str)
-            arrays[f"{split}/label"] = np.asarray(features.labels[split], "float32")[rows]
-        missing = {}
-        for tower in TOWERS:
-            ids, vectors = self.stores[tower]
-            needed = np.unique(np.concatenate([arrays[f"{split}/{tower}_id"] for split in SPLITS]))
-            absent = check_store_coverage(self.paths[tower], ids, needed, self.max_missing_fraction)
-            if absent:
-                self.log(
-                    f"{len(absent)} of {len(needed)} {tower}s have no vector in "
-                    f"{self.paths[tower]}; they get the training mean"
-                )
-            # Centered as the Keras evaluator centers them (RankingFeatures.vector_table).
-            training = np.isin(ids, np.unique(arrays[f"train/{tower}_id"]))
-            arrays[f"{tower}_store/ids"], arrays[f"{tower}_store/vectors"] = (
-                ids,
-                center(vectors, vectors[training]),
+                arrays[f"{split}/{key}"] = np.asarray(inputs[split][key])
+            arrays[f"{split}/label"] = np.asarray(features.labels[split], "float32")
+        available = len(arrays["train/label"])
+        for seed in seeds:
+            # The Keras evaluator's subsample for this seed.
+            arrays[f"rows/{int(seed)}"] = training_rows(
+                available, self.config.train_samples, int(seed)
             )
-            missing[tower] = len(absent)
-        return arrays, missing
+        for tower, table in tables.items():
+            if table is None:
+                continue
+            table = np.asarray(table, "float32")
+            arrays[f"{tower}_table"] = table
+            # The noise scale, from all training samples' rows as DCNv2Ranker.from_features
+            # sets it (ExpertAdaptor.adapt).
+            arrays[f"{tower}_std"] = (
+                table[np.unique(inputs["train"][tower])].astype("float64").std(axis=0)
+            ).astype("float32")
+        return arrays
 
     def _run_child(self, directory):
         environment = dict(os.environ)
@@ -360,82 +353,111 @@ def _load_ctr_metrics():
 
 
 def _build_model(tf, tfrs, arrays, settings):
-    """The TFRS DCNv2 ranker (a `tfrs.models.Model`) for the split in `arrays`."""
+    """The TFRS DCNv2 ranker (a `tfrs.models.Model`): `DCNv2Ranker` layer for layer."""
     embedding_dim = settings["embedding_dim"]
-    num_items = arrays["item_genres"].shape[0]
-    num_genres = int(arrays["item_genres"].max()) + 1
-    num_ratings = (
-        max(int(arrays[f"{split}/history_ratings"].max(initial=0)) for split in SPLITS) + 1
-    )
+    adaptor = settings["adaptor"]
+    genre_shares = arrays["item_genre_shares"]  # (items + 1, genres + 1)
 
-    def masked_mean(embedded, mask):
-        # embedded (..., L, D), mask (..., L) -> (..., D)
-        mask = tf.cast(mask, embedded.dtype)[..., None]
-        return tf.reduce_sum(embedded * mask, axis=-2) / tf.maximum(
-            tf.reduce_sum(mask, axis=-2), 1.0
-        )
+    class ExpertAdaptor(tf.keras.layers.Layer):
+        """`marc_keras.ranking.expert_adaptor.ExpertAdaptor` in legacy Keras 2."""
 
-    def dense_stack(units, name):
-        layers = [tf.keras.layers.Dense(width, activation="relu") for width in units]
-        return tf.keras.Sequential([*layers, tf.keras.layers.Dense(embedding_dim)], name=name)
+        def __init__(self, output_dim, std, **kwargs):
+            super().__init__(**kwargs)
+            decay = adaptor["weight_decay"]
+            regularizer = tf.keras.regularizers.L2(decay) if decay else None
+            self.dropout = (
+                tf.keras.layers.Dropout(adaptor["input_dropout"])
+                if adaptor["input_dropout"]
+                else None
+            )
+            self.noise = adaptor["input_noise"] * tf.constant(std)
+            self.experts = []
+            for _ in range(settings["num_experts"]):
+                layers = []
+                for units in settings["adaptor_hidden_units"]:
+                    layers.append(
+                        tf.keras.layers.Dense(
+                            units, activation="relu", kernel_regularizer=regularizer
+                        )
+                    )
+                    if adaptor["expert_dropout"]:
+                        layers.append(tf.keras.layers.Dropout(adaptor["expert_dropout"]))
+                layers.append(tf.keras.layers.Dense(output_dim, kernel_regularizer=regularizer))
+                self.experts.append(layers)
+            self.gate = tf.keras.layers.Dense(
+                settings["num_experts"], activation="softmax", kernel_regularizer=regularizer
+            )
+
+        def call(self, vectors, training=None):
+            if training and adaptor["input_noise"]:
+                vectors = vectors + tf.random.normal(tf.shape(vectors)) * self.noise
+            if self.dropout is not None:
+                vectors = self.dropout(vectors, training=training)
+            outputs = []
+            for layers in self.experts:
+                x = vectors
+                for layer in layers:
+                    x = layer(x, training=training)
+                outputs.append(x)
+            weights = self.gate(vectors)[:, :, None]  # (B, E, 1)
+            return tf.reduce_sum(tf.stack(outputs, axis=1) * weights, axis=1)
 
     class StoreRanker(tfrs.models.Model):
         def __init__(self):
             super().__init__()
-            self.genre_table = tf.constant(arrays["item_genres"])
-            self.item_embedding = tf.keras.layers.Embedding(num_items, embedding_dim)
-            self.genre_embedding = tf.keras.layers.Embedding(num_genres, embedding_dim)
-            self.rating_embedding = tf.keras.layers.Embedding(num_ratings, embedding_dim)
+            self.genre_shares = tf.constant(genre_shares)
+            self.item_embedding = tf.keras.layers.Embedding(genre_shares.shape[0], embedding_dim)
+            # Dense layers without bias over shares = embedding tables (as DCNv2Ranker).
+            self.genre_embedding = tf.keras.layers.Dense(embedding_dim, use_bias=False)
+            self.rating_embedding = tf.keras.layers.Dense(embedding_dim, use_bias=False)
             self.user_field_embeddings = [
                 tf.keras.layers.Embedding(size, embedding_dim)
                 for size in settings["user_field_sizes"]
             ]
-            self.lookups, self.store_embeddings, self.projections = {}, {}, {}
+            self.tables, self.adaptors = {}, {}
             for tower in TOWERS:
-                ids, vectors = arrays[f"{tower}_store/ids"], arrays[f"{tower}_store/vectors"]
-                # One OOV index (0) and no mask token: store ids map to 1..N.
-                self.lookups[tower] = tf.keras.layers.StringLookup(
-                    vocabulary=ids, num_oov_indices=1, mask_token=None
+                if f"{tower}_table" not in arrays:
+                    continue
+                self.tables[tower] = tf.constant(arrays[f"{tower}_table"])
+                width = adaptor["user_dim"] if tower == "user" else None
+                self.adaptors[tower] = ExpertAdaptor(
+                    width or embedding_dim, arrays[f"{tower}_std"], name=f"{tower}_adaptor"
                 )
-                table = np.concatenate([np.zeros((1, vectors.shape[1]), "float32"), vectors])
-                self.store_embeddings[tower] = tf.keras.layers.Embedding(
-                    len(table),
-                    vectors.shape[1],
-                    embeddings_initializer=tf.keras.initializers.Constant(table),
-                    trainable=False,
+            self.crosses = [
+                # keras-rs' FeatureCross initialises its kernels glorot-uniform; TFRS' default
+                # is a truncated normal.
+                tfrs.layers.dcn.Cross(
+                    projection_dim=settings["cross_projection_dim"],
+                    kernel_initializer="glorot_uniform",
                 )
-                self.projections[tower] = dense_stack(
-                    settings["projection_units"], f"{tower}_projection"
-                )
-            self.crosses = [tfrs.layers.dcn.Cross() for _ in range(settings["cross_layers"])]
+                for _ in range(settings["cross_layers"])
+            ]
             self.deep = [
                 tf.keras.layers.Dense(units, activation="relu") for units in settings["deep_units"]
             ]
             self.logit = tf.keras.layers.Dense(1)
             self.task = tfrs.tasks.Ranking(
-                loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
-                metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")],
+                loss=tf.keras.losses.BinaryCrossentropy(from_logits=True)
             )
 
-        def genre_field(self, items):
-            genres = tf.gather(self.genre_table, items)  # (..., G)
-            return masked_mean(self.genre_embedding(genres), genres > 0)
-
-        def call(self, features):
+        def call(self, features, training=None):
             item, history = features["item"], features["history_items"]  # (B,), (B, H)
-            history_mask = history > 0
+            mask = tf.cast(history > 0, tf.float32)[..., None]  # (B, H, 1)
+            history_mean = tf.reduce_sum(self.item_embedding(history) * mask, axis=-2) / (
+                tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
+            )
             fields = [
                 self.item_embedding(item),
-                self.genre_field(item),
-                masked_mean(self.item_embedding(history), history_mask),
-                masked_mean(self.rating_embedding(features["history_ratings"]), history_mask),
-                masked_mean(self.genre_field(history), history_mask),
+                self.genre_embedding(tf.gather(self.genre_shares, item)),
+                history_mean,
+                self.genre_embedding(features["history_genres"]),
+                self.rating_embedding(features["history_ratings"]),
             ]
             for index, embedding in enumerate(self.user_field_embeddings):
                 fields.append(embedding(features["user_fields"][:, index]))
-            for tower in TOWERS:
-                vectors = self.store_embeddings[tower](self.lookups[tower](features[f"{tower}_id"]))
-                fields.append(self.projections[tower](vectors))
+            for tower, table in self.tables.items():
+                vectors = tf.gather(table, features[tower])
+                fields.append(self.adaptors[tower](vectors, training=training))
             x0 = tf.concat(fields, axis=-1)
             x = x0
             for cross in self.crosses:
@@ -446,7 +468,8 @@ def _build_model(tf, tfrs, arrays, settings):
 
         def compute_loss(self, inputs, training=False):
             features, labels = inputs
-            return self.task(labels=labels, predictions=self(features), training=training)
+            predictions = self(features, training=training)
+            return self.task(labels=labels, predictions=predictions, training=training)
 
     return StoreRanker()
 
@@ -459,8 +482,14 @@ def _child_main(argv=None):
     parser.add_argument("--result", required=True)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
-    import tensorflow_recommenders as tfrs
+    try:
+        import tensorflow as tf
+        import tensorflow_recommenders as tfrs
+    except ImportError as error:
+        raise RuntimeError(
+            f"The tfrs ranking engine (--engine tfrs) needs TensorFlow Recommenders ({error}); "
+            "install the extra with `pip install 'marc-keras[tfrs]'` or use --engine keras."
+        ) from error
 
     if not tf.keras.__name__.startswith("tf_keras") or "keras" in sys.modules:
         raise RuntimeError(
@@ -471,22 +500,33 @@ def _child_main(argv=None):
     settings = json.loads(Path(args.settings).read_text())
     if settings["threads"]:
         tf.config.threading.set_intra_op_parallelism_threads(settings["threads"])
+        tf.config.threading.set_inter_op_parallelism_threads(settings["threads"])
     metrics = _load_ctr_metrics()
     with np.load(args.inputs) as stored:
         arrays = {key: stored[key] for key in stored.files}
+    keys = [key for key in SAMPLE_KEYS if key != "user_fields" or settings["user_field_sizes"]]
 
-    def dataset(split, batch_size, shuffle_seed=None):
-        features = {key: arrays[f"{split}/{key}"] for key in SAMPLE_KEYS}
-        features.update({f"{tower}_id": arrays[f"{split}/{tower}_id"] for tower in TOWERS})
-        data = tf.data.Dataset.from_tensor_slices((features, arrays[f"{split}/label"][:, None]))
-        if shuffle_seed is not None:
-            data = data.shuffle(len(arrays[f"{split}/label"]), seed=shuffle_seed)
-        return data.batch(batch_size)
+    def features(split, rows=slice(None)):
+        return {key: arrays[f"{split}/{key}"][rows] for key in keys}
 
-    batch_size = settings["batch_size"]
+    def predict(model, split):
+        data = tf.data.Dataset.from_tensor_slices(features(split))
+        logits = model.predict(data.batch(4 * settings["batch_size"]), verbose=0)
+        return logits[:, 0].astype("float64")
+
+    class ValidationAUC(tf.keras.callbacks.Callback):
+        """`marc_keras.ranking.validation_auc.ValidationAUC`: the exact AUC as `val_auc`."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["val_auc"] = metrics.auc(
+                    arrays["validation/label"], predict(self.model, "validation")
+                )
+
     runs = []
     for seed in settings["seeds"]:
         started = time.perf_counter()
+        rows = arrays[f"rows/{seed}"]
         tf.keras.utils.set_random_seed(seed)
         model = _build_model(tf, tfrs, arrays, settings)
         model.compile(
@@ -497,16 +537,19 @@ def _child_main(argv=None):
 
         def report(epoch, logs, seed=seed):
             print(
-                f"tfrs seed {seed} epoch {epoch + 1}: train AUC {logs['auc']:.4f}, "
+                f"tfrs {settings['tier']} seed {seed} epoch {epoch + 1}: loss {logs['loss']:.4f}, "
                 f"validation AUC {logs['val_auc']:.4f}",
                 flush=True,
             )
 
+        train = tf.data.Dataset.from_tensor_slices(
+            (features("train", rows), arrays["train/label"][rows, None])
+        )
         history = model.fit(
-            dataset("train", batch_size, shuffle_seed=seed),
-            validation_data=dataset("validation", 4 * batch_size),
+            train.shuffle(len(rows), seed=seed).batch(settings["batch_size"]),
             epochs=settings["max_epochs"],
             callbacks=[
+                ValidationAUC(),
                 tf.keras.callbacks.EarlyStopping(
                     monitor="val_auc",
                     mode="max",
@@ -517,8 +560,7 @@ def _child_main(argv=None):
             ],
             verbose=0,
         )
-        test = dataset("test", 4 * batch_size).map(lambda features, labels: features)
-        logits = model.predict(test, verbose=0)[:, 0].astype("float64")
+        logits = predict(model, "test")
         labels = arrays["test/label"]
         validation_auc = [float(value) for value in history.history["val_auc"]]
         run = {
@@ -527,10 +569,16 @@ def _child_main(argv=None):
             "test_logloss": metrics.logloss(labels, 1.0 / (1.0 + np.exp(-logits))),
             "validation_auc": validation_auc,
             "best_epoch": int(np.argmax(validation_auc)) + 1,
+            "epochs": len(validation_auc),
+            "train_samples": len(rows),
+            "trainable_parameters": int(
+                sum(np.prod(weight.shape) for weight in model.trainable_weights)
+            ),
             "seconds": time.perf_counter() - started,
         }
         print(
-            f"tfrs seed {seed}: test AUC {run['test_auc']:.4f}, logloss {run['test_logloss']:.4f}",
+            f"tfrs {settings['tier']} seed {seed}: test AUC {run['test_auc']:.4f}, "
+            f"logloss {run['test_logloss']:.4f}, {run['epochs']} epochs",
             flush=True,
         )
         runs.append(run)

@@ -5,6 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 
+def _seed_count(row: dict) -> int:
+    return len(row.get("aucs") or row.get("seeds") or ())
+
+
+def _mean_std(row: dict, prefix: str, signed: bool = False) -> str:
+    """`mean +- std`, or `mean +- n/a` when one seed gives no spread to report."""
+    mean = f"{row[f'{prefix}_mean']:{'+' if signed else ''}.4f}"
+    if _seed_count(row) == 1:
+        return f"{mean} +- n/a"
+    return f"{mean} +- {row[f'{prefix}_std']:.4f}"
+
+
 def downstream_markdown(
     rows: Iterable[dict],
     extra_columns: Sequence[tuple[str, Callable[[dict], str]]] = (),
@@ -12,7 +24,8 @@ def downstream_markdown(
     """Rows of `DownstreamEvaluator.evaluate` as a Markdown table, mean +- std over seeds.
 
     The paired delta is the row's AUC minus DCNv2 alone's on the same seed;
-    "lift" says whether its mean exceeds its std.
+    "lift" says whether its mean exceeds its std. One seed has no spread:
+    its std prints as "n/a" and nothing is called a lift.
 
     Args:
         rows: the rows.
@@ -33,17 +46,15 @@ def downstream_markdown(
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
-        paired = (
-            f"{row['paired_delta_mean']:+.4f} +- {row['paired_delta_std']:.4f}"
-            if "paired_delta_mean" in row
-            else "-"
-        )
+        paired = _mean_std(row, "paired_delta", signed=True) if "paired_delta_mean" in row else "-"
         lift = {True: "yes", False: "no"}.get(row.get("lift"), "-")
+        if _seed_count(row) == 1 and lift != "-":
+            lift = "n/a (1 seed)"
         epochs = "/".join(str(epochs) for epochs in row.get("epochs") or []) or "-"
         lines.append(
             f"| {row.get('tier') or '-'} | {row['name']} "
-            f"| {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | {paired} | {lift} "
-            f"| {row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} "
+            f"| {_mean_std(row, 'auc')} | {paired} | {lift} "
+            f"| {_mean_std(row, 'logloss')} | {relaimpr} "
             f"| {epochs} | {row['seconds']:.0f} |"
             + "".join(f" {cell(row)} |" for _, cell in extra_columns)
         )
@@ -63,8 +74,8 @@ def mra_markdown(rows: Iterable[dict], markers: Iterable[dict] = ()) -> str:
     for name, layer, row in named:
         relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
         lines.append(
-            f"| {name} | {layer} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
-            f"{row['logloss_mean']:.4f} +- {row['logloss_std']:.4f} | {relaimpr} "
+            f"| {name} | {layer} | {_mean_std(row, 'auc')} | "
+            f"{_mean_std(row, 'logloss')} | {relaimpr} "
             f"| {row['seconds']:.0f} |"
         )
     return "\n".join(lines)

@@ -51,6 +51,8 @@ def test_json_config_round_trips(tmp_path):
         ("training.cross_fit_folds=1", "training.cross_fit_folds must be >= 2 \\(K folds"),
         ("training.cross_fit_folds=3", "cross_fit_folds needs training.head_warmup_epochs > 0"),
         ('training.cross_fit_holdout="mean"', "cross_fit_holdout must be one of 'all-folds'"),
+        ("training.head_warmup_samples=0", "training.head_warmup_samples must be >= 1"),
+        ("training.head_warmup_samples=5000", "head_warmup_samples needs training.head_warmup_ep"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):

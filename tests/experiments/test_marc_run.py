@@ -7,7 +7,8 @@ import pytest
 
 import keras
 from marc_keras.config import RunConfig
-from marc_keras.experiments.marc_run import MARCRun, learning_rate
+from marc_keras.experiments.marc_run import MARCRun, build_split, learning_rate, tokenize_pairs
+from marc_keras.models.cross_fitted_heads import CrossFittedHeads
 from marc_keras.utils.atomic_files import write_atomically
 
 
@@ -221,6 +222,34 @@ def test_head_warmup_trains_the_heads_on_frozen_vectors_and_reports_it(tiny_conf
     assert metrics["timings"]["head_warmup_s"] >= warmup["fit_s"] > 0
     # The fine-tuning epochs after it are the run's own: one, as configured.
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 2
+
+
+def test_head_warmup_samples_train_on_their_own_pairs_from_the_frozen_vectors_file(
+    tiny_config, tmp_path
+):
+    training = tiny_config.training
+    config = tiny_config.replace(
+        training=dataclasses.replace(
+            training, head_warmup_epochs=2, head_warmup_samples=3 * training.train_samples
+        )
+    )
+    run = MARCRun.open(tmp_path / "run", config)
+    warmup = run.fit(log=lambda _: None, verbose=0)["head_warmup"]
+    assert warmup["pairs"] == 3 * training.train_samples
+    assert (tmp_path / "run" / "frozen-vectors.npz").is_file()
+    # The warm-up's frozen pass is the one evaluate reads: no second encoding.
+    stamp = (tmp_path / "run" / "frozen-vectors.npz").stat().st_mtime_ns
+    vectors = run.encode_vectors(verbose=0)
+    assert (tmp_path / "run" / "frozen-vectors.npz").stat().st_mtime_ns == stamp
+    # Its vectors are the frozen backbone's, as the token path computes them.
+    split = build_split(config)
+    pairs = split.sample("train", 4, seed=training.seed)
+    tokens = tokenize_pairs(run._build_model(lora_rank=0).backbone, split, pairs)
+    model = run._build_model()
+    ((from_tokens,), _) = run._frozen_token_vectors(model, (tokens,), None)
+    from_file = CrossFittedHeads.pair_vectors(*vectors["frozen"], pairs)
+    for name, values in from_tokens.items():
+        np.testing.assert_allclose(from_file[name], values, atol=1e-5)
 
 
 def test_cross_fit_folds_add_cross_fitted_vectors_once(tiny_config, tmp_path):
