@@ -640,7 +640,9 @@ class MARCRun:
     def head_warmup_path(self) -> Path:
         return self.run_dir / "head-warmup.json"
 
-    def _warm_up_heads(self, model, split, train, validation, callbacks, verbose, cache_dir=None):
+    def _warm_up_heads(
+        self, model, split, train, validation, callbacks, verbose, cache_dir=None, encode_verbose=0
+    ):
         """Trains the compression and matching networks alone on the frozen
         backbone's vectors (`training.head_warmup_epochs`); returns what it
         measured, also written to `head-warmup.json`.
@@ -660,7 +662,7 @@ class MARCRun:
         _build_variables(model, train[0])
         if training.head_warmup_samples:
             (train_vectors, train_y), (validation_vectors, validation_y) = (
-                self._frozen_pair_vectors(split, verbose)
+                self._frozen_pair_vectors(split, encode_verbose)
             )
             cache_counts = {}
         else:
@@ -840,6 +842,12 @@ class MARCRun:
             log(
                 f"warming up the heads on frozen backbone vectors for up to "
                 f"{training.head_warmup_epochs} epochs"
+                + (
+                    f" over {training.head_warmup_samples} pairs; every user and item is "
+                    "encoded once into frozen-vectors.npz, which evaluate reuses"
+                    if training.head_warmup_samples
+                    else ""
+                )
             )
             self._warm_up_heads(
                 model,
@@ -849,6 +857,7 @@ class MARCRun:
                 progress,
                 verbose=1 if interactive else 0,
                 cache_dir=frozen_vector_cache,
+                encode_verbose=verbose,
             )
             compile_for_fine_tuning()
             # Saved as step 0: a run killed before its first step checkpoint
