@@ -16,8 +16,10 @@ Two steps, each adding its figures to results/downstream-v3-ml-1m-half.json:
       R^2 on training users against validation users (what carries to new users).
 
 The vectors are the run's (`marc-keras fit --config configs/demo.toml
---run-dir runs/demo-v3` trains the same MARC as the v2 table's run), encoded
-once into the run directory.
+--run-dir runs/demo-v3` with the demo config as of commit 319b7bd, before the
+demo warmed up its heads and shortened the history to 15: the same MARC as
+the v2 table's run), encoded once into the run directory; later steps read
+the run's own config.json.
 """
 
 import argparse
@@ -117,7 +119,7 @@ def _call_record(args, started_at):
 
 
 def _inputs(args):
-    config = RunConfig.from_file(args.config)
+    config = RunConfig.from_file(args.config or args.run_dir / "config.json")
     run = MARCRun.open(args.run_dir, config)
     return run, downstream_inputs([run], DownstreamConfig(), log=print)
 
@@ -389,7 +391,11 @@ Commands:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/demo.toml")
+    parser.add_argument(
+        "--config",
+        help="the run's settings (default: the run directory's own config.json; "
+        "configs/demo.toml to train a new run)",
+    )
     parser.add_argument("--run-dir", type=Path, default=Path("runs/demo-v3"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="what else ran during the measurement")

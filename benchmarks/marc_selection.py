@@ -20,6 +20,10 @@ marc-scale on 2 cores would allow three cells in this session's budget).
       pca-128 at 3 ranker seeds on the kar tier, in one run; paired deltas
       against dcnv2 and against pca-128. Test users are
       read only here, for the chosen cells.
+  python benchmarks/marc_selection.py heads-seeds --seeds 0 1 2
+      the best cross-fitted cell and its no-HSIC twin again, heads trained at
+      seed i for ranker seed i (the judge's spread covers ranker seeds only),
+      with frozen, pca-128 and dcnv2; paired deltas against each.
   python benchmarks/marc_selection.py --note "..." report
       the RESULTS section again from the JSON, with a reading appended.
 
@@ -132,7 +136,7 @@ class Study:
     """The run's split, features, frozen vectors and pairs, built once."""
 
     def __init__(self, args):
-        config = RunConfig.from_file(args.config)
+        config = RunConfig.from_file(args.config or Path(args.run_dir) / "config.json")
         self.run = MARCRun.open(args.run_dir, config)
         self.inputs = downstream_inputs([self.run], DownstreamConfig(), log=print)
         split = self.inputs.split
@@ -157,8 +161,8 @@ class Study:
 
         return build
 
-    def heads(self, setting):
-        """The setting's `CrossFitResult`."""
+    def heads(self, setting, seed=SEED):
+        """The setting's `CrossFitResult`, heads initialised and shuffled with `seed`."""
         return CrossFittedHeads(
             self.build_model(setting),
             folds=setting.folds,
@@ -166,18 +170,19 @@ class Study:
             batch_size=BATCH_SIZE,
             learning_rate=LEARNING_RATE,
             weight_decay=WEIGHT_DECAY,
-            seed=SEED,
+            seed=seed,
             holdout=setting.holdout,
         ).fit_transform(
             *self.frozen, self.pairs["train"], self.pairs["validation"], self.training_users
         )
 
-    def vectors_path(self, name):
-        return self.run.run_dir / "heads-vectors" / f"{name}.npz"
+    def vectors_path(self, name, seed=SEED):
+        suffix = "" if seed == SEED else f"-heads-seed-{seed}"
+        return self.run.run_dir / "heads-vectors" / f"{name}{suffix}.npz"
 
-    def save_vectors(self, name, result):
+    def save_vectors(self, name, result, seed=SEED):
         """A cell's vectors, so that `judge` reuses them instead of training again."""
-        path = self.vectors_path(name)
+        path = self.vectors_path(name, seed)
         path.parent.mkdir(exist_ok=True)
         arrays = {
             "user_ids": result.users[0],
@@ -187,11 +192,12 @@ class Study:
         }
         write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
 
-    def cell_vectors(self, name):
-        """((user ids, users), (item ids, items)) of a grid cell, trained again if not saved."""
-        path = self.vectors_path(name)
+    def cell_vectors(self, name, seed=SEED):
+        """((user ids, users), (item ids, items)) of a grid cell's heads trained with
+        `seed`, trained again if not saved."""
+        path = self.vectors_path(name, seed)
         if not path.is_file():
-            self.save_vectors(name, self.heads(CELLS[name]))
+            self.save_vectors(name, self.heads(CELLS[name], seed), seed)
         with np.load(path) as stored:
             return (stored["user_ids"], stored["users"]), (stored["item_ids"], stored["items"])
 
@@ -313,12 +319,8 @@ def judge(args):
         progress_fingerprint=study.inputs.sources + [json.dumps(sorted(judged))],
     )
     found = evaluator.evaluate(rows)
-    pca = next(row for row in found if row["name"] == "pca-128")
+    _add_paired_deltas(found, "pca-128", "pca")
     for row in found:
-        if row.get("aucs") and row["name"] != "pca-128":
-            deltas = np.array(row["aucs"]) - np.array(pca["aucs"])
-            row["paired_delta_vs_pca_mean"] = float(deltas.mean())
-            row["paired_delta_vs_pca_std"] = float(deltas.std(ddof=1)) if len(deltas) > 1 else None
         if row["name"] in judged:
             cell = cells[judged[row["name"]]]
             row.update({key: cell[key] for key in DIAGNOSIS_KEYS})
@@ -330,6 +332,62 @@ def judge(args):
                 "seeds": list(args.seeds),
                 "tier": TIER,
                 "downstream": dataclasses.asdict(downstream),
+                "command": " ".join(sys.argv),
+                "threads": args.threads,
+            },
+            "cpu_flags": machine_facts()["cpu_flags"],
+        }
+    )
+    _report(result, args.note)
+
+
+def _add_paired_deltas(found, reference, label):
+    """`paired_delta_vs_{label}_mean/_std`: each row's AUCs minus `reference`'s, per seed."""
+    base = next(row for row in found if row["name"] == reference)
+    for row in found:
+        if row.get("aucs") and row["name"] != reference:
+            deltas = np.array(row["aucs"]) - np.array(base["aucs"])
+            row[f"paired_delta_vs_{label}_mean"] = float(deltas.mean())
+            row[f"paired_delta_vs_{label}_std"] = (
+                float(deltas.std(ddof=1)) if len(deltas) > 1 else None
+            )
+
+
+def heads_seeds(args):
+    """The best cross-fitted cell and its no-HSIC twin with heads trained at seed i for
+    ranker seed i, so the spread covers both trainings; with frozen, pca-128, dcnv2."""
+    cells = _load()["cells"]
+    _, best_crossed = chosen(cells)
+    twin = without_hsic(cells, best_crossed)
+    study = Study(args)
+    references = study.inputs.representations
+    rows = {
+        BASELINE_ROW: None,
+        "pca-128": references["pca-128"],
+        "frozen": references["frozen"],
+    }
+    judged = {f"heads-{name}": name for name in (best_crossed, twin) if name}
+    for row, name in judged.items():
+        per_seed = {seed: study.cell_vectors(name, seed) for seed in args.seeds}
+        rows[row] = vector_provider(study.inputs.features, per_seed.__getitem__)
+    downstream = DownstreamConfig(seeds=tuple(args.seeds), tiers=(TIER,))
+    evaluator = DownstreamEvaluator(
+        study.inputs.features,
+        downstream,
+        progress_path=Path(args.run_dir) / "marc-selection-heads-seeds-progress.json",
+        progress_fingerprint=study.inputs.sources + [json.dumps(sorted(judged))],
+    )
+    found = evaluator.evaluate(rows)
+    _add_paired_deltas(found, "pca-128", "pca")
+    if twin:
+        _add_paired_deltas(found, f"heads-{twin}", "no_hsic")
+    result = _save(
+        {
+            "judge_heads_seeds": {
+                "rows": found,
+                "cells": judged,
+                "seeds": list(args.seeds),
+                "tier": TIER,
                 "command": " ".join(sys.argv),
                 "threads": args.threads,
             },
@@ -403,6 +461,30 @@ def _report(result, note):
             f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
             f"{row['paired_delta_mean']:+.4f} +- {row['paired_delta_std']:.4f} | {versus_pca} |"
         )
+    heads_seeded = result.get("judge_heads_seeds")
+    if heads_seeded:
+        lines += [
+            "",
+            f"Heads trained at seed i for ranker seed i, i in {heads_seeded['seeds']} (the "
+            f"spread covers both trainings): `{heads_seeded['command']}`",
+            "",
+            "| row | test AUC | vs dcnv2 | vs pca-128 | vs its no-HSIC twin |",
+            "|---|---|---|---|---|",
+        ]
+        for row in heads_seeded["rows"]:
+            if row["name"] == BASELINE_ROW:
+                continue
+            cells = [
+                f"{row[f'{key}_mean']:+.4f} +- {row[f'{key}_std']:.4f}"
+                if f"{key}_mean" in row
+                else "-"
+                for key in ("paired_delta", "paired_delta_vs_pca", "paired_delta_vs_no_hsic")
+            ]
+            lines.append(
+                f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     body = "\n".join(lines)
     if note:
         body += "\n\n" + note
@@ -415,7 +497,11 @@ def _report(result, note):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/demo.toml")
+    parser.add_argument(
+        "--config",
+        help="the run's settings (default: the run directory's own config.json, so later "
+        "edits of configs/demo.toml do not change what is measured)",
+    )
     parser.add_argument("--run-dir", default="runs/demo-v3")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="reading appended to the RESULTS section")
@@ -424,14 +510,20 @@ def main():
     grid_parser.add_argument("--cells", nargs="*", choices=list(CELLS))
     judge_parser = commands.add_parser("judge")
     judge_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    seeds_parser = commands.add_parser("heads-seeds")
+    seeds_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     commands.add_parser("report", help="rewrite the RESULTS section from the JSON (with --note)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    {"grid": grid, "judge": judge, "report": lambda args: _report(_load(), args.note)}[
-        args.command
-    ](args)
+    actions = {
+        "grid": grid,
+        "judge": judge,
+        "heads-seeds": heads_seeds,
+        "report": lambda args: _report(_load(), args.note),
+    }
+    actions[args.command](args)
 
 
 if __name__ == "__main__":
