@@ -423,6 +423,31 @@ def plot(cells, path):
     plt.close(figure)
 
 
+def _judged_table(title, rows, versus):
+    """Markdown lines: `title`, then each row's test AUC and paired deltas against
+    dcnv2 and against each `versus` header's row (header -> key prefix)."""
+    lines = [
+        "",
+        title,
+        "",
+        "| row | test AUC | vs dcnv2 | " + " | ".join(versus) + " |",
+        "|---|---|---|" + "---|" * len(versus),
+    ]
+    for row in rows:
+        if row["name"] == BASELINE_ROW:
+            continue
+        deltas = [
+            f"{row[f'{key}_mean']:+.4f} +- {row[f'{key}_std']:.4f}" if f"{key}_mean" in row else "-"
+            for key in ("paired_delta", *versus.values())
+        ]
+        lines.append(
+            f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
+            + " | ".join(deltas)
+            + " |"
+        )
+    return lines
+
+
 def _report(result, note):
     cells = result["cells"]
     png = RESULTS_DIR / "marc-diagnosis.png"
@@ -442,49 +467,19 @@ def _report(result, note):
             f"{cell['user_probe']['r2_validation']:.3f} | {cell['downstream_validation_auc']:.4f} |"
         )
     judged = result["judge"]
-    lines += [
-        "",
+    lines += _judged_table(
         f"Judged at ranker seeds {judged['seeds']} (kar tier): `{judged['command']}`",
-        "",
-        "| row | test AUC | paired delta vs dcnv2 | paired delta vs pca-128 |",
-        "|---|---|---|---|",
-    ]
-    for row in judged["rows"]:
-        if row["name"] == BASELINE_ROW:
-            continue
-        versus_pca = (
-            f"{row['paired_delta_vs_pca_mean']:+.4f} +- {row['paired_delta_vs_pca_std']:.4f}"
-            if "paired_delta_vs_pca_mean" in row
-            else "-"
-        )
-        lines.append(
-            f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
-            f"{row['paired_delta_mean']:+.4f} +- {row['paired_delta_std']:.4f} | {versus_pca} |"
-        )
+        judged["rows"],
+        {"vs pca-128": "paired_delta_vs_pca"},
+    )
     heads_seeded = result.get("judge_heads_seeds")
     if heads_seeded:
-        lines += [
-            "",
+        lines += _judged_table(
             f"Heads trained at seed i for ranker seed i, i in {heads_seeded['seeds']} (the "
             f"spread covers both trainings): `{heads_seeded['command']}`",
-            "",
-            "| row | test AUC | vs dcnv2 | vs pca-128 | vs its no-HSIC twin |",
-            "|---|---|---|---|---|",
-        ]
-        for row in heads_seeded["rows"]:
-            if row["name"] == BASELINE_ROW:
-                continue
-            cells = [
-                f"{row[f'{key}_mean']:+.4f} +- {row[f'{key}_std']:.4f}"
-                if f"{key}_mean" in row
-                else "-"
-                for key in ("paired_delta", "paired_delta_vs_pca", "paired_delta_vs_no_hsic")
-            ]
-            lines.append(
-                f"| {row['name']} | {row['auc_mean']:.4f} +- {row['auc_std']:.4f} | "
-                + " | ".join(cells)
-                + " |"
-            )
+            heads_seeded["rows"],
+            {"vs pca-128": "paired_delta_vs_pca", "vs its no-HSIC twin": "paired_delta_vs_no_hsic"},
+        )
     body = "\n".join(lines)
     if note:
         body += "\n\n" + note
