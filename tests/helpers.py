@@ -58,6 +58,28 @@ def numpy_hsic(x, y, sigma_x=None, sigma_y=None, scale="normalised"):
     return trace if scale == "trace" else trace / (n - 1) ** 2
 
 
+def hidden_states_of_both(layer, reference, tokens):
+    """Every layer's hidden states of `tokens`, numpy (N, T, d) each: the
+    `LoRABackbone` `layer`'s and the transformers model `reference`'s."""
+    import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
+
+    import keras
+    import torch
+
+    inputs = dict(tokens)
+    if layer._segment_input:
+        inputs["segment_ids"] = np.zeros_like(tokens["token_ids"])
+    states = layer._hidden_states(inputs, training=False)
+    ours = [keras.ops.convert_to_numpy(state) for state in states]
+    with torch.no_grad():
+        theirs = reference(
+            input_ids=torch.tensor(tokens["token_ids"], dtype=torch.long),
+            attention_mask=torch.tensor(tokens["padding_mask"], dtype=torch.long),
+            output_hidden_states=True,
+        ).hidden_states
+    return ours, [state.numpy() for state in theirs]
+
+
 def tiny_hub_backbone(vocabulary_size, architecture="bert", seed=0, num_layers=2):
     """A random keras-hub BERT or Llama backbone of width 16, built under the global policy."""
     import marc_keras  # noqa: F401  (selects the torch backend before keras loads)

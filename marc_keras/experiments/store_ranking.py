@@ -113,10 +113,7 @@ def rank_with_stores(
     >>> report = rank_with_stores(run, "users.parquet", "items.parquet", engine="tfrs")
     >>> print(downstream_markdown(report["rows"]))
     """
-    if engine not in ENGINES:
-        raise ValueError(
-            f"Unknown ranking engine '{engine}' (--engine); choose one of {', '.join(ENGINES)}."
-        )
+    _check_engine(engine)
     downstream = run.config.evaluate
     if seeds is not None:
         downstream = dataclasses.replace(downstream, seeds=tuple(int(seed) for seed in seeds))
@@ -152,6 +149,13 @@ def rank_with_stores(
     return report
 
 
+def _check_engine(engine):
+    if engine not in ENGINES:
+        raise ValueError(
+            f"Unknown ranking engine '{engine}' (--engine); choose one of {', '.join(ENGINES)}."
+        )
+
+
 def rank_tables(
     features: RankingFeatures,
     tables: dict,
@@ -178,13 +182,10 @@ def rank_tables(
         (with `adaptor_setting`); the "tfrs" engine adds `runs` (per tier and
         seed: validation AUC per epoch, best epoch, ...).
     """
+    _check_engine(engine)
     evaluator = DownstreamEvaluator(features, config, log=log)
     if engine == "keras":
         return {"rows": evaluator.evaluate({name: lambda seed: (tables["user"], tables["item"])})}
-    if engine != "tfrs":
-        raise ValueError(
-            f"Unknown ranking engine '{engine}' (--engine); choose one of {', '.join(ENGINES)}."
-        )
     ranker = TFRSRanker(config, threads, log=log)
     adaptor = config.adaptor_setting(name)
     rows, runs = [], []

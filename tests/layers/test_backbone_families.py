@@ -14,6 +14,7 @@ import torch
 
 import marc_keras
 import keras
+from helpers import hidden_states_of_both
 from marc_keras.layers.lora_backbone import TESTED_MODEL_TYPES
 
 TEXTS = ["the action movie", "user likes drama film a stars", "a comedy"]
@@ -118,22 +119,13 @@ def test_every_hidden_state_matches_transformers(checkpoints, family):
     directory, reference = checkpoints[family]
     layer = marc_keras.LoRABackbone.from_preset(directory, lora_rank=2, max_length=16)
     tokens = layer.tokenize(TEXTS)
-    inputs = dict(tokens)
-    if layer._segment_input:
-        inputs["segment_ids"] = np.zeros_like(tokens["token_ids"])
-    ours = layer._hidden_states(inputs, training=False)
-    with torch.no_grad():
-        theirs = reference(
-            input_ids=torch.tensor(tokens["token_ids"], dtype=torch.long),
-            attention_mask=torch.tensor(tokens["padding_mask"], dtype=torch.long),
-            output_hidden_states=True,
-        ).hidden_states
+    ours, theirs = hidden_states_of_both(layer, reference, tokens)
     assert len(ours) == len(theirs) == layer.num_layers + 1
     mask = tokens["padding_mask"].astype(bool)
     for index, (mine, hf) in enumerate(zip(ours, theirs)):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(mine)[mask],
-            hf.numpy()[mask],
+            mine[mask],
+            hf[mask],
             atol=1e-4,
             err_msg=f"{family}: hidden state {index}",
         )

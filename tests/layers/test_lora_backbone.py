@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_WORDS, run_layer_test, tiny_hub_backbone
+from helpers import TINY_WORDS, hidden_states_of_both, run_layer_test, tiny_hub_backbone
 
 import marc_keras
 import keras
@@ -130,24 +130,16 @@ def test_minilm_every_layer_matches_transformers(minilm_path):
     ]
     layer = marc_keras.LoRABackbone.from_preset(minilm_path, lora_rank=4)
     inputs = layer.tokenize(texts)
-    ours = layer._hidden_states(
-        {**inputs, "segment_ids": np.zeros_like(inputs["token_ids"])}, training=False
-    )
     reference = BertModel.from_pretrained(str(minilm_path), local_files_only=True).eval()
-    with torch.no_grad():
-        theirs = reference(
-            input_ids=torch.tensor(inputs["token_ids"], dtype=torch.long),
-            attention_mask=torch.tensor(inputs["padding_mask"], dtype=torch.long),
-            output_hidden_states=True,
-        ).hidden_states
+    ours, theirs = hidden_states_of_both(layer, reference, inputs)
     assert len(ours) == len(theirs) == 7
     mask = inputs["padding_mask"].astype(bool)
     for index, (mine, hf) in enumerate(zip(ours, theirs)):
-        a, b = keras.ops.convert_to_numpy(mine)[mask], hf.numpy()[mask]
+        a, b = mine[mask], hf[mask]
         cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         assert cosine.min() >= 0.9999, f"hidden state {index}: min cosine {cosine.min()}"
     pooled = keras.ops.convert_to_numpy(layer(inputs, return_all_layers=True)["layers"])
-    hf_mean = [(h.numpy() * mask[..., None]).sum(1) / mask.sum(1, keepdims=True) for h in theirs]
+    hf_mean = [(h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True) for h in theirs]
     np.testing.assert_allclose(pooled, np.stack(hf_mean, axis=1), atol=5e-3)
 
 
