@@ -17,9 +17,8 @@ Two steps, each adding its figures to results/downstream-v3-ml-1m-half.json:
 
 The vectors are the run's (`marc-keras fit --config configs/demo.toml
 --run-dir runs/demo-v3` with the demo config as of commit 319b7bd, before the
-demo warmed up its heads and shortened the history to 15: the same MARC as
-the v2 table's run), encoded once into the run directory; later steps read
-the run's own config.json.
+demo warmed up its heads: the same MARC as the v2 table's run), encoded
+once into the run directory; later steps read the run's own config.json.
 """
 
 import argparse
