@@ -353,9 +353,19 @@ def probe(
 
 
 def _bundle_options(bundle_help):
-    """The --bundle-dir and --precision options of the ONNX export commands."""
+    """The --bundle-dir, --precision and --optimize options of the ONNX export commands."""
 
     def add(command):
+        command = click.option(
+            "--optimize",
+            type=click.Choice(["none", "basic", "fused"]),
+            default=None,
+            help=(
+                "Graph passes: none (torch's export as is), basic (Einsum as MatMul), fused "
+                "(also attention as ONNX Runtime's Attention op). Default: fused where it "
+                "applies and passes the parity gate, else basic; the manifest records which."
+            ),
+        )(command)
         command = click.option(
             "--precision",
             type=click.Choice(["fp32", "fp16", "int8"]),
@@ -536,7 +546,7 @@ def prepare_smollm2(wheel, output_dir, overwrite):
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset of the graph.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @_report_errors
-def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
+def export_command(run_dir, bundle_dir, precision, optimize, tower, opset, overwrite):
     """Export a trained encoder to a verified ONNX bundle.
 
     The graph has LoRA merged, pooling and compression inside, dynamic batch
@@ -548,11 +558,16 @@ def export_command(run_dir, bundle_dir, precision, tower, opset, overwrite):
     from marc_keras.export.onnx_exporter import OnnxExporter
 
     manifest = OnnxExporter.from_run(run_dir, tower=tower).export(
-        bundle_dir, precision=precision, opset=opset, overwrite=overwrite
+        bundle_dir, precision=precision, opset=opset, overwrite=overwrite, optimize=optimize
     )
     click.echo(
         json.dumps(
-            {"bundle": bundle_dir, "precision": precision, "verification": manifest.verification},
+            {
+                "bundle": bundle_dir,
+                "precision": precision,
+                "optimization": manifest.optimization,
+                "verification": manifest.verification,
+            },
             indent=2,
         )
     )
@@ -896,7 +911,9 @@ def l2d_evaluate(config_path, overrides, run_dir, data_dir):
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @_report_errors
-def l2d_export(config_path, overrides, run_dir, data_dir, bundle_dir, precision, overwrite):
+def l2d_export(
+    config_path, overrides, run_dir, data_dir, bundle_dir, precision, optimize, overwrite
+):
     """Export the fine-tuned prompt encoder (prompt -> last-token state) to ONNX.
 
     The same parity gate as `export`: onnx.checker, then ONNX Runtime against
@@ -907,5 +924,14 @@ def l2d_export(config_path, overrides, run_dir, data_dir, bundle_dir, precision,
     run = _l2d_run(config_path, overrides, run_dir, data_dir)
     manifest = OnnxExporter(
         run.prompt_encoder(), source={"run": run.run_dir.resolve().name, "kind": "l2d"}
-    ).export(bundle_dir, precision=precision, overwrite=overwrite)
-    click.echo(json.dumps({"bundle": bundle_dir, "verification": manifest.verification}, indent=2))
+    ).export(bundle_dir, precision=precision, overwrite=overwrite, optimize=optimize)
+    click.echo(
+        json.dumps(
+            {
+                "bundle": bundle_dir,
+                "optimization": manifest.optimization,
+                "verification": manifest.verification,
+            },
+            indent=2,
+        )
+    )

@@ -49,6 +49,10 @@ class BundleManifest:
         verification: the parity check that the export passed.
         quantization: for int8 bundles, the quantization scheme (formats,
             granularity, `reduce_range`); empty otherwise.
+        optimization: the graph passes (`OnnxExporter.export`'s `optimize`):
+            `requested`, `applied`, the count of each pass's rewrites, and
+            why "fused" fell back to "basic" if it did; empty in bundles
+            written before it was recorded.
         format: always `marc-keras-onnx-bundle`.
         format_version: manifest layout version.
 
@@ -73,6 +77,7 @@ class BundleManifest:
     versions: dict = dataclasses.field(default_factory=dict)
     verification: dict = dataclasses.field(default_factory=dict)
     quantization: dict = dataclasses.field(default_factory=dict)
+    optimization: dict = dataclasses.field(default_factory=dict)
     inputs: tuple = INPUT_NAMES
     format: str = BUNDLE_FORMAT
     format_version: int = BUNDLE_FORMAT_VERSION

@@ -247,7 +247,10 @@ INT8_SCHEME = {
 
 
 def quantize_int8(
-    source_path: str | os.PathLike, target_path: str | os.PathLike, use_external_data: bool = False
+    source_path: str | os.PathLike,
+    target_path: str | os.PathLike,
+    use_external_data: bool = False,
+    fused_attention: bool = False,
 ) -> dict:
     """Dynamic int8 quantization of every MatMul weight (ONNX Runtime CPU only).
 
@@ -260,19 +263,27 @@ def quantize_int8(
         target_path: where the quantized model goes.
         use_external_data: write the weights to `model.onnx.data` beside it
             (models over 2 GB).
+        fused_attention: also quantize `Attention` nodes (`fuse_attention`)
+            into `QAttention`, whose packed Q/K/V weights get the same
+            7-bit per-channel scheme.
 
     Returns:
-        `INT8_SCHEME`, for the bundle manifest.
+        `INT8_SCHEME` (with "Attention" among its op types when
+        `fused_attention`), for the bundle manifest.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    scheme = dict(INT8_SCHEME)
+    if fused_attention:
+        scheme["op_types"] = [*INT8_SCHEME["op_types"], "Attention"]
 
     quantize_dynamic(
         str(source_path),
         str(target_path),
         weight_type=QuantType.QInt8,
         per_channel=True,
-        reduce_range=INT8_SCHEME["reduce_range"],
-        op_types_to_quantize=INT8_SCHEME["op_types"],
+        reduce_range=scheme["reduce_range"],
+        op_types_to_quantize=scheme["op_types"],
         use_external_data_format=use_external_data,
     )
-    return dict(INT8_SCHEME)
+    return scheme

@@ -197,3 +197,87 @@ def test_minilm_bundle_matches_keras_on_real_texts(minilm_bundle):
     assert (
         manifest["outputs"] == {"compressed": 128, "original": 384} and manifest["num_layers"] == 6
     )
+
+
+def _op_types(bundle):
+    return {node.op_type for node in onnx.load(str(bundle / "model.onnx")).graph.node}
+
+
+def test_default_export_fuses_attention_and_records_it(tiny_bundle):
+    bundle, _ = tiny_bundle
+    manifest = BundleManifest.load(bundle)
+    assert manifest.optimization == {
+        "requested": "auto",
+        "applied": "fused",
+        "einsum_as_matmul": 12,
+        "fused_attention": 2,
+    }
+    assert "Attention" in _op_types(bundle) and "Softmax" not in _op_types(bundle)
+
+
+def test_int8_quantizes_the_fused_attention(make_tiny_encoder, tmp_path):
+    encoder = make_tiny_encoder()
+    manifest = OnnxExporter(encoder).export(tmp_path / "int8", precision="int8")
+    assert manifest.optimization["applied"] == "fused"
+    assert "Attention" in manifest.quantization["op_types"]
+    assert "QAttention" in _op_types(tmp_path / "int8")
+    _compare_at_other_shapes(
+        tmp_path / "int8",
+        encoder,
+        lambda a, b: np.testing.assert_array_less(0.97, row_cosines(a, b)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("optimize", "present", "absent"),
+    [("none", "Einsum", "Attention"), ("basic", "Softmax", "Einsum")],
+)
+def test_lower_optimizations_keep_their_graph(tiny_bundle, tmp_path, optimize, present, absent):
+    bundle, encoder = tiny_bundle
+    manifest = OnnxExporter(encoder).export(tmp_path / optimize, optimize=optimize)
+    assert manifest.optimization["applied"] == optimize
+    assert present in _op_types(tmp_path / optimize)
+    assert absent not in _op_types(tmp_path / optimize)
+    _compare_at_other_shapes(
+        tmp_path / optimize, encoder, lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4)
+    )
+
+
+def test_fused_on_a_decoder_falls_back_to_basic_with_a_warning(make_tiny_encoder, tmp_path):
+    encoder = make_tiny_encoder(architecture="llama", pooling="last")
+    with pytest.warns(UserWarning, match="optimize='basic' instead of 'fused'.*decoder"):
+        manifest = OnnxExporter(encoder).export(tmp_path / "llama", optimize="fused")
+    assert manifest.optimization["applied"] == "basic"
+    assert "no attention block matched" in manifest.optimization["fallback"]
+
+
+def test_fp16_is_not_fused_and_says_why(tiny_bundle, tmp_path):
+    _, encoder = tiny_bundle
+    manifest = OnnxExporter(encoder).export(tmp_path / "fp16", precision="fp16")
+    assert manifest.optimization["applied"] == "basic"
+    assert "float32-only" in manifest.optimization["fallback"]
+
+
+def test_a_fused_graph_that_fails_the_gate_falls_back(tiny_bundle, tmp_path, monkeypatch):
+    from marc_keras.export import attention_fusion, onnx_exporter
+
+    def fuse_wrongly(model):
+        fused = attention_fusion.fuse_attention(model)
+        for tensor in model.graph.initializer:
+            if tensor.name.endswith("qkv_bias"):
+                bias = onnx.numpy_helper.to_array(tensor) + 1.0
+                tensor.CopyFrom(onnx.numpy_helper.from_array(bias, tensor.name))
+        return fused
+
+    monkeypatch.setattr(onnx_exporter, "fuse_attention", fuse_wrongly)
+    _, encoder = tiny_bundle
+    with pytest.warns(UserWarning, match="failed the parity gate"):
+        manifest = OnnxExporter(encoder).export(tmp_path / "fallback", optimize="fused")
+    assert manifest.optimization["applied"] == "basic"
+    assert "Attention" not in _op_types(tmp_path / "fallback")
+
+
+def test_unknown_optimization_is_an_error_listing_the_options(tiny_bundle, tmp_path):
+    _, encoder = tiny_bundle
+    with pytest.raises(ValueError, match="optimize must be one of none, basic, fused; got 'max'"):
+        OnnxExporter(encoder).export(tmp_path / "x", optimize="max")
