@@ -36,6 +36,7 @@ import keras  # after marc_keras, which selects the torch backend
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode_throughput import encoder_flops, matmul_gflops
 from report import machine_facts, update_results_section, write_json
 
 REFERENCE = "sentence-transformers torch"
@@ -132,10 +133,20 @@ def main():
     ):
         towers[tower] = [texts[i] for i in rng.choice(len(texts), count, replace=False)]
     encoders = peers(args, max_length)
-    tokenizer = keras.saving.load_model(args.run_dir / "encoder.keras").backbone
-    tokens = {
-        tower: float(tokenizer.tokenize(texts)["padding_mask"].sum(axis=1).mean())
+    backbone = keras.saving.load_model(args.run_dir / "encoder.keras").backbone
+    lengths = {
+        tower: backbone.tokenize(texts)["padding_mask"].sum(axis=1)
         for tower, texts in towers.items()
+    }
+    hub = backbone.backbone
+    # The backbone's work per text (what every peer computes), for GFLOP/s
+    # against this machine's float32 GEMM ceiling.
+    flops = {
+        tower: encoder_flops(
+            counts, hub.hidden_dim, len(hub.transformer_layers), hub.intermediate_dim, 0
+        )
+        / len(counts)
+        for tower, counts in lengths.items()
     }
 
     vectors = {}
@@ -160,6 +171,7 @@ def main():
             "texts_per_s": round(median, 1),
             "vs_sentence_transformers": round(median / reference, 2),
             "runs": [round(value, 1) for value in runs],
+            "gflops_per_s": round(median * flops[tower] / 1e9, 1),
         }
         if name.startswith("ort"):
             exact = vectors["ort fp32 basic"][tower]
@@ -178,7 +190,11 @@ def main():
         "batch_size": args.batch_size,
         "max_length": max_length,
         "texts_per_tower": {tower: len(texts) for tower, texts in towers.items()},
-        "mean_tokens_per_tower": {tower: round(value, 1) for tower, value in tokens.items()},
+        "mean_tokens_per_tower": {
+            tower: round(float(counts.mean()), 1) for tower, counts in lengths.items()
+        },
+        "backbone_gflop_per_text": {tower: round(value / 1e9, 3) for tower, value in flops.items()},
+        "fp32_gemm_gflops_per_s": round(matmul_gflops(args.threads), 1),
         "repeats": args.repeats,
         "versions": facts["versions"],
         "machine": facts,
@@ -199,14 +215,15 @@ def markdown(result):
     lines = [
         f"## Encoding against its peers, `{result['run_dir']}` (issue 32)",
         "",
-        "| peer | " + " | ".join(f"{tower}: texts/s (x ST)" for tower in towers) + " |",
+        "| peer | " + " | ".join(f"{tower}: texts/s (x ST, GFLOP/s)" for tower in towers) + " |",
         "|---|" + "---|" * len(towers),
     ]
     for name, cells in by_name.items():
         lines.append(
             f"| {name} | "
             + " | ".join(
-                f"{cells[t]['texts_per_s']:.1f} ({cells[t]['vs_sentence_transformers']:.2f}x)"
+                f"{cells[t]['texts_per_s']:.1f} ({cells[t]['vs_sentence_transformers']:.2f}x, "
+                f"{cells[t]['gflops_per_s']:.0f})"
                 for t in towers
             )
             + " |"
@@ -218,7 +235,10 @@ def markdown(result):
         f"Texts per tower {result['texts_per_tower']} (mean tokens "
         f"{result['mean_tokens_per_tower']}), batch {result['batch_size']}, max_length "
         f"{result['max_length']}, {result['threads']} threads, median of "
-        f"{result['repeats']} interleaved repeats, tokenization included. "
+        f"{result['repeats']} interleaved repeats, tokenization included. GFLOP/s: the "
+        f"backbone's multiply-adds x 2 ({result['backbone_gflop_per_text']} GFLOP per text) "
+        f"per second; torch's float32 2048x2048 GEMM runs at "
+        f"{result['fp32_gemm_gflops_per_s']} GFLOP/s on these threads. "
         f"Machine: {result['machine']['cpu']}, cpu_flags {result['cpu_flags']}, "
         f"versions {result['versions']}. Command: `{result['command']}`. "
         f"{result['note']}",
