@@ -155,6 +155,22 @@ class PRMReranker(keras.Model):
             if self.dropout:
                 self.mlp.append(keras.layers.Dropout(self.dropout, name=f"mlp_dropout_{index}"))
         self.score = keras.layers.Dense(1, activation="sigmoid", name="score")
+        self.build()
+
+    def build(self, input_shape=None) -> None:
+        # Every shape follows from the configuration; the inputs' is not needed.
+        candidates = (None, self.list_length, self.input_dim)
+        self.item_embedding.build((None, self.list_length))
+        self.genre_embedding.build((None, self.list_length, self.num_genres))
+        if self.adaptor is not None:
+            self.adaptor.build((None, self.user_vector_dim + self.item_vector_dim))
+        self.attention.build(candidates, candidates)
+        width = 2 * self.input_dim
+        for layer in self.mlp:
+            layer.build((None, self.list_length, width))
+            width = getattr(layer, "units", width)
+        self.score.build((None, self.list_length, width))
+        self.built = True
 
     def set_tables(
         self,

@@ -1,0 +1,166 @@
+"""The re-ranking table (MARC Sec. 4.2.2, Table 3): PRM per vector row, KAR's protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+
+import keras
+import numpy as np
+
+from marc_keras.data.kar_split import KARSplit
+from marc_keras.data.rerank_lists import RerankLists
+from marc_keras.ranking.downstream_evaluator import mean_std
+from marc_keras.ranking.list_metrics import list_metrics
+from marc_keras.ranking.prm_reranker import PRMReranker
+from marc_keras.config.ranker_tier import TIERS
+from marc_keras.ranking.ranking_features import RankingFeatures
+
+BASELINE_ROW = "prm"
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankSettings:
+    """How each PRM is trained and judged.
+
+    Args:
+        seeds: training seeds (one PRM per row and seed).
+        list_seed: seed of the lists' padding and shuffles (KAR fixes one).
+        max_epochs: epochs at most; the best validation epoch is kept.
+        patience: epochs without a better validation `selection_metric`.
+        batch_size: lists per step.
+        learning_rate: Adam's learning rate.
+        dropout: PRM's dropout.
+        cutoffs: the k of MAP@k and NDCG@k.
+        selection_metric: the validation metric that picks the epoch.
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    list_seed: int = 12345
+    max_epochs: int = 10
+    patience: int = 2
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    dropout: float = 0.0
+    cutoffs: tuple[int, ...] = (1, 3, 5, 7)
+    selection_metric: str = "map@5"
+
+
+def _indices(vocabulary, values):
+    return np.vectorize(lambda value: vocabulary.get(str(value), 0), otypes=["int32"])(values)
+
+
+def rerank_table(
+    split: KARSplit,
+    features: RankingFeatures,
+    rows: Mapping[str, Callable[[int], tuple[np.ndarray | None, np.ndarray | None]] | None],
+    settings: RerankSettings = RerankSettings(),
+    log: Callable[[str], object] = print,
+) -> list[dict]:
+    """Trains one PRM per row and seed on KAR's lists and scores the test lists.
+
+    Args:
+        split: the `KARSplit`.
+        features: `RankingFeatures` of the split (vocabularies, genre shares,
+            centered vector tables).
+        rows: row name -> callable seed -> (user table, item table) as
+            `downstream_rows.vector_provider` gives, or `None` for PRM
+            without vectors; "prm" should be one of them, the reference of
+            the paired deltas.
+        settings: a `RerankSettings`.
+        log: callable taking one progress line.
+
+    Returns:
+        One dict per row: `name`, `{metric}_mean/_std` and `{metric}s` per
+        seed for every MAP@k / NDCG@k, `paired_delta_vs_prm_{metric}_mean/_std`
+        for MAP@5 and NDCG@5, the chosen `epochs` and `wall_s`.
+    """
+    lists = {name: RerankLists.from_split(split, name, seed=settings.list_seed) for name in SPLITS}
+    inputs = {
+        name: {
+            "user": _indices(features.user_vocabulary, lists[name].user_ids),
+            "items": _indices(features.item_vocabulary, lists[name].item_ids),
+        }
+        for name in SPLITS
+    }
+    shares = features.item_genre_shares(TIERS["full"])
+    results = []
+    for row, provider in rows.items():
+        per_seed, epochs, started = [], [], time.perf_counter()
+        for seed in settings.seeds:
+            tables = provider(seed) if provider is not None else (None, None)
+            metrics, epoch = _train_one(inputs, lists, shares, tables, seed, settings)
+            per_seed.append(metrics)
+            epochs.append(epoch)
+            log(
+                f"rerank {row} seed {seed}: test MAP@5 {metrics['map@5']:.4f}, "
+                f"NDCG@5 {metrics['ndcg@5']:.4f} (epoch {epoch})"
+            )
+        result = {"name": row, "epochs": epochs, "wall_s": time.perf_counter() - started}
+        for metric in per_seed[0]:
+            if metric.startswith(("map@", "ndcg@")):
+                values = [seed_metrics[metric] for seed_metrics in per_seed]
+                result.update(mean_std(metric, values))
+                result[f"{metric}s"] = values
+        results.append(result)
+    reference = next((row for row in results if row["name"] == BASELINE_ROW), None)
+    if reference is not None:
+        for row in results:
+            for metric in ("map@5", "ndcg@5"):
+                deltas = [a - b for a, b in zip(row[f"{metric}s"], reference[f"{metric}s"])]
+                row.update(mean_std(f"paired_delta_vs_prm_{metric}", deltas))
+    return results
+
+
+def _train_one(inputs, lists, shares, tables, seed, settings):
+    """One PRM: trained with early stopping on validation lists; test metrics of its best epoch."""
+    user_table, item_table = tables
+    keras.utils.set_random_seed(seed)
+    vectors = {}
+    if user_table is not None:
+        vectors = dict(
+            user_vector_dim=user_table.shape[1],
+            item_vector_dim=item_table.shape[1],
+            num_users=len(user_table),
+        )
+    model = PRMReranker(
+        num_items=len(shares),
+        num_genres=shares.shape[1],
+        list_length=lists["train"].item_ids.shape[1],
+        dropout=settings.dropout,
+        **vectors,
+    )
+    model.set_tables(shares, user_table, item_table)
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate), loss="binary_crossentropy"
+    )
+    best, best_epoch, best_weights, waited = -np.inf, 0, None, 0
+    order = np.random.default_rng(seed)
+    for epoch in range(1, settings.max_epochs + 1):
+        rows = order.permutation(len(lists["train"]))
+        model.fit(
+            {key: value[rows] for key, value in inputs["train"].items()},
+            lists["train"].labels[rows],
+            batch_size=settings.batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+        )
+        score = _scores(model, inputs["validation"], lists["validation"], settings)[
+            settings.selection_metric
+        ]
+        if score > best:
+            best, best_epoch, best_weights, waited = score, epoch, model.get_weights(), 0
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                break
+    model.set_weights(best_weights)
+    return _scores(model, inputs["test"], lists["test"], settings), best_epoch
+
+
+def _scores(model, inputs, lists, settings: RerankSettings) -> dict:
+    predicted = model.predict(inputs, batch_size=4096, verbose=0)
+    return list_metrics(lists.labels, np.asarray(predicted), settings.cutoffs)
