@@ -37,6 +37,10 @@ def parse_args():
     parser.add_argument("--heads-vectors", type=Path, help="an npz of marc_selection's heads")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument(
+        "--rows", nargs="+", default=list(ROWS), choices=ROWS, help="vector rows besides prm"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="rerank-ml-1m-half")
     parser.add_argument("--note", default="")
@@ -49,7 +53,7 @@ def main():
     torch.set_num_threads(args.threads)
     run = MARCRun(args.run_dir, RunConfig.from_file(args.run_dir / "config.json"))
     prepared = downstream_inputs([run], run.config.evaluate)
-    rows = {BASELINE_ROW: None, **{name: prepared.representations[name] for name in ROWS}}
+    rows = {BASELINE_ROW: None, **{name: prepared.representations[name] for name in args.rows}}
     if args.heads_vectors:
         with np.load(args.heads_vectors) as stored:
             heads = tuple(
@@ -58,7 +62,9 @@ def main():
         rows[f"heads-{args.heads_vectors.stem}"] = vector_provider(
             prepared.features, lambda seed: heads
         )
-    settings = RerankSettings(seeds=tuple(args.seeds), max_epochs=args.max_epochs)
+    settings = RerankSettings(
+        seeds=tuple(args.seeds), max_epochs=args.max_epochs, patience=args.patience
+    )
     results = rerank_table(prepared.split, prepared.features, rows, settings)
     report = {
         "what": "PRM re-ranking on KAR's lists, test users; epoch chosen on validation MAP@5",
@@ -100,7 +106,8 @@ def markdown(report, args):
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Means over seeds {list(args.seeds)} (PRM trained per seed; the lists are fixed). "
+        f"Means over seeds {list(args.seeds)} (PRM trained per seed; the lists are fixed); "
+        f"at most {args.max_epochs} epochs, patience {args.patience}. "
         f"Machine: {report['machine']['cpu']}, cpu_flags {report['cpu_flags']}, "
         f"{args.threads} threads. Command: `{report['command']}`. {report['note']}",
     ]
