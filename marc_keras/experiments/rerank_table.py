@@ -48,10 +48,6 @@ class RerankSettings:
     selection_metric: str = "map@5"
 
 
-def _indices(vocabulary, values):
-    return np.vectorize(lambda value: vocabulary.get(str(value), 0), otypes=["int32"])(values)
-
-
 def rerank_table(
     split: KARSplit,
     features: RankingFeatures,
@@ -80,8 +76,8 @@ def rerank_table(
     lists = {name: RerankLists.from_split(split, name, seed=settings.list_seed) for name in SPLITS}
     inputs = {
         name: {
-            "user": _indices(features.user_vocabulary, lists[name].user_ids),
-            "items": _indices(features.item_vocabulary, lists[name].item_ids),
+            "user": features.indices(lists[name].user_ids, "user"),
+            "items": features.indices(lists[name].item_ids, "item"),
         }
         for name in SPLITS
     }

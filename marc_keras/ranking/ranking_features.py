@@ -222,6 +222,12 @@ class RankingFeatures:
         self._tier_inputs[tier.name] = tier_inputs
         return tier_inputs
 
+    def indices(self, ids: np.ndarray, tower: str) -> np.ndarray:
+        """The vocabulary indices of `ids` (any shape) of a tower; unknown ids are 0."""
+        vocabulary = self.user_vocabulary if tower == "user" else self.item_vocabulary
+        ids = np.asarray(ids)
+        return _lookup(vocabulary, ids.ravel().tolist()).reshape(ids.shape)
+
     def vector_table(
         self, ids: Sequence, vectors: np.ndarray, tower: str, allow_missing: bool = False
     ) -> np.ndarray:

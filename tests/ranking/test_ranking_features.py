@@ -114,3 +114,17 @@ def test_tier_inputs_keep_the_most_recent_items_and_their_shares(real):
     has_history = (history > 0).any(axis=1)
     np.testing.assert_allclose(full["history_genres"][has_history].sum(axis=1), 1.0, atol=1e-5)
     assert (full["history_genres"][~has_history] == 0).all()
+
+
+def test_indices_keep_the_shape_and_match_the_sample_inputs(real):
+    split, features = real
+    samples = split.samples["test"]
+    items = samples["item_id"].to_numpy()[:12].reshape(3, 4)
+    np.testing.assert_array_equal(
+        features.indices(items, "item"), features.inputs["test"]["item"][:12].reshape(3, 4)
+    )
+    np.testing.assert_array_equal(
+        features.indices(samples["user_id"].to_numpy()[:5], "user"),
+        features.inputs["test"]["user"][:5],
+    )
+    assert features.indices(np.array(["no such item"]), "item").tolist() == [0]
