@@ -131,9 +131,24 @@ def fit(config_path, overrides, run_dir, data_dir):
     help="Ranker feature set (repeatable): kar (KAR's released features: item id, first "
     "genre, 5-item history, no demographics) or full. Default: evaluate.tiers (both).",
 )
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    type=click.Choice(["ctr", "rerank", "retrieval"]),
+    help="Which stage judges the vectors (repeatable; default ctr): ctr (DCNv2 click AUC), "
+    "rerank (PRM on KAR's lists, MAP@k / NDCG@k) or retrieval (two-tower, full catalogue, "
+    "HR@K / NDCG@K / MRR). All tasks share the runs' cached vectors.",
+)
+@click.option(
+    "--cold-items",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="Hold this share of the items out of all training (evaluate.cold_item_share) and "
+    "judge rerank / retrieval on those cold items only, e.g. 0.2. Default: the run's setting.",
+)
 @_report_errors
-def evaluate(run_dirs, overrides, tiers):
-    """Measure how much the vectors help a downstream DCNv2 ranker.
+def evaluate(run_dirs, overrides, tiers, tasks, cold_items):
+    """Measure how much the vectors help a downstream ranker, re-ranker or retriever.
 
     Encodes every user and item with the trained MARC (MARC-C, MARC-O) and
     with the frozen backbone, then trains DCNv2 per tier, representation and
@@ -143,20 +158,35 @@ def evaluate(run_dirs, overrides, tiers):
     Rows: dcnv2, lr-2 (two-feature logistic regression), random and profile
     (controls), frozen, frozen-user-only, frozen-item-only, pca-128, marc-o,
     marc-c. Writes evaluate.json and evaluate.md into the first run directory.
+
+    --task rerank and --task retrieval train PRM and a two-tower retriever
+    per row and seed instead (rows: the model alone, random, profile, frozen,
+    pca-128, marc-o, marc-c) and write evaluate-{task}.json / .md, with
+    "-cold" added under --cold-items.
     """
     from pathlib import Path
 
     from marc_keras.config import RunConfig
     from marc_keras.experiments.marc_run import CONFIG_FILE, MARCRun, evaluate_runs
+    from marc_keras.experiments.stage_evaluation import evaluate_stage, report_stem
 
     if tiers:
         overrides = (*overrides, f"evaluate.tiers={list(tiers)}")
+    if cold_items is not None:
+        overrides = (*overrides, f"evaluate.cold_item_share={cold_items}")
     runs = []
     for run_dir in run_dirs:
         config = RunConfig.from_file(Path(run_dir) / CONFIG_FILE, overrides)
         runs.append(MARCRun(run_dir, config))
-    evaluate_runs(runs, log=lambda line: click.echo(line, err=True))
-    click.echo((runs[0].run_dir / "evaluate.md").read_text("utf-8").rstrip())
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    for task in tasks or ("ctr",):
+        if task == "ctr":
+            evaluate_runs(runs, log=log)
+            click.echo((runs[0].run_dir / "evaluate.md").read_text("utf-8").rstrip())
+            continue
+        evaluate_stage(runs, task, log=log)
+        stem = report_stem(task, runs[0].config.evaluate)
+        click.echo((runs[0].run_dir / f"{stem}.md").read_text("utf-8").rstrip())
 
 
 @main.command()

@@ -108,6 +108,27 @@ def ml1m_dir():
     return path
 
 
+@pytest.fixture(scope="session")
+def first_users_split(ml1m_dir):
+    """`build(users)`: (KARSplit, InteractionData) of ml-1m-half's users 1..`users`, cached."""
+    from marc_keras.data.interaction_data import InteractionData
+    from marc_keras.data.kar_split import KARSplit, SplitConfig
+    from marc_keras.data.movie_lens import MovieLens
+
+    built = {}
+
+    def build(users=150):
+        if users not in built:
+            full = MovieLens.load(ml1m_dir)
+            interactions = full.interactions
+            kept = interactions[interactions["user_id"].astype(int) <= users]
+            data = InteractionData(kept.reset_index(drop=True), full.items, full.users)
+            built[users] = KARSplit.build(data, MovieLens.text_templates(), SplitConfig()), data
+        return built[users]
+
+    return build
+
+
 # Tiny MARC encoders (BERT with mean pooling, Llama with last-token pooling)
 # and their ONNX bundles, for the export tests.
 def _perturb_lora(backbone, seed):

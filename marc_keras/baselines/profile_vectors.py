@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,8 +53,16 @@ class ProfileVectors:
         }
         self.genres = sorted({g for values in self.item_genres.values() for g in values})
 
-    def vectors(self) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
-        """`((user ids, (users, 2 + 2 * genres)), (item ids, (items, 2)))` float32 arrays."""
+    def vectors(
+        self, unseen_items: Collection[str] = ()
+    ) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
+        """`((user ids, (users, 2 + 2 * genres)), (item ids, (items, 2)))` float32 arrays.
+
+        Args:
+            unseen_items: items whose interactions the item vectors must not
+                use (cold items): they get the unseen item's vector.
+        """
+        unseen_items = frozenset(unseen_items)
         genre_index = {genre: index for index, genre in enumerate(self.genres)}
         halves = self.split.text_halves
         user_ids = sorted(halves)
@@ -77,6 +86,8 @@ class ProfileVectors:
         for user in self.split.users["train"]:
             items, ratings = halves.get(user, ((), ()))
             for item, rating in zip(items, np.nan_to_num(np.asarray(ratings, float), nan=1.0)):
+                if item in unseen_items:
+                    continue
                 seen[item] = seen.get(item, 0) + 1
                 totals[item] = totals.get(item, 0.0) + rating
         global_mean = sum(totals.values()) / max(sum(seen.values()), 1)

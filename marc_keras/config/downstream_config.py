@@ -62,6 +62,13 @@ class DownstreamConfig:
         row_adaptors: row name -> table of `AdaptorSetting` fields, the
             whole setting of that row (fields left out are off). In TOML:
             `[evaluate.row_adaptors.random]` with `input_dropout = 0.5`.
+        cold_item_share: share of the items with interactions held out as
+            cold items (ColdRec's protocol, `marc_keras.data.cold_items`), 0
+            for none. Their pairs leave every training split, MARC's
+            included, so a run is fit for the cold-item tables only when it
+            was trained with the same share; the re-ranking and retrieval
+            tables then judge validation and test users on cold items only.
+            The CTR table needs 0.
     """
 
     max_epochs: int = 10
@@ -94,6 +101,7 @@ class DownstreamConfig:
     adaptor_weight_decay: float = 1e-3
     adaptor_user_dim: int | None = None
     row_adaptors: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(ROW_ADAPTORS))
+    cold_item_share: float = 0.0
 
     def adaptor_setting(self, row: str | None = None) -> AdaptorSetting:
         """The `AdaptorSetting` a representation row trains with."""
@@ -126,6 +134,10 @@ class DownstreamConfig:
             check.choice("evaluate.tiers", tier, tuple(TIERS))
         if len(set(self.tiers)) != len(self.tiers):
             raise ValueError(f"evaluate.tiers must not repeat a tier; got {list(self.tiers)}.")
+        check.real_number(
+            "evaluate.cold_item_share", self.cold_item_share, minimum=0.0, below=1.0,
+            why=" (a share of the items; 0 turns cold items off)",
+        )  # fmt: skip
         self.adaptor_setting().check("evaluate.adaptor_")
         self._check_row_adaptors()
 

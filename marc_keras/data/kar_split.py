@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from marc_keras.config.run_config import TEXT_HISTORY_ORDERS
+from marc_keras.data.cold_items import ColdItems
 from marc_keras.data.interaction_data import InteractionData
 from marc_keras.data.text_templates import TextTemplates
 
@@ -117,6 +118,8 @@ class KARSplit:
             `build` got one): `users`, `shortened` (texts written with fewer
             history items so that they fit), `truncated` (texts still too
             long, cut by the tokenizer) and `truncated_share`.
+        cold_items: the `ColdItems` held out of the training samples
+            (`holding_out`), or `None`.
 
     Example:
     ```python
@@ -137,6 +140,7 @@ class KARSplit:
         config: SplitConfig,
         text_halves: dict[str, tuple[list[str], list[float]]] | None = None,
         text_stats: dict[str, float] | None = None,
+        cold_items: ColdItems | None = None,
     ) -> None:
         self.user_texts = user_texts
         self.item_texts = item_texts
@@ -145,6 +149,28 @@ class KARSplit:
         self.config = config
         self.text_halves = text_halves or {}
         self.text_stats = text_stats
+        self.cold_items = cold_items
+
+    def holding_out(self, cold_items: ColdItems) -> KARSplit:
+        """This split with the cold items' samples out of the training split.
+
+        The cold-item protocol (`marc_keras.data.cold_items`): MARC, the
+        rankers and the retrievers then never train on a cold item's pair;
+        validation and test samples are kept, and the re-ranking and
+        retrieval tables judge users on their split's cold items.
+        """
+        train = self.samples["train"]
+        kept = train[~train["item_id"].isin(cold_items.all)].reset_index(drop=True)
+        return KARSplit(
+            user_texts=self.user_texts,
+            item_texts=self.item_texts,
+            samples={**self.samples, "train": kept},
+            users=self.users,
+            config=self.config,
+            text_halves=self.text_halves,
+            text_stats=self.text_stats,
+            cold_items=cold_items,
+        )
 
     @classmethod
     def build(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,6 +56,7 @@ class RerankLists:
         items_from_history: int = 4,
         list_length: int = 10,
         catalogue: Sequence[str] | None = None,
+        rated_items: Collection[str] | None = None,
     ) -> RerankLists:
         """The lists of split `name` ("train", "validation" or "test").
 
@@ -66,6 +67,9 @@ class RerankLists:
             items_from_history: rated items per list (KAR: 4).
             list_length: items per list (KAR: 10).
             catalogue: item ids to pad from; `None` is every item with a text.
+            rated_items: keep only the rated items among these (the cold
+                split's lists: `ColdItems`) before cutting the chunks; `None`
+                keeps all.
 
         Raises:
             ValueError: an unknown split, or sizes that leave no room for a
@@ -84,6 +88,8 @@ class RerankLists:
                 f"list_length {list_length} exceeds the catalogue of {len(catalogue)} items."
             )
         samples = split.samples[name]
+        if rated_items is not None:
+            samples = samples[samples["item_id"].isin(set(rated_items))]
         rng = np.random.default_rng(seed)
         users, items, labels, positions = [], [], [], []
         for user, rows in samples.groupby("user_id", sort=False):

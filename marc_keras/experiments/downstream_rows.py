@@ -76,7 +76,9 @@ def reference_providers(
     (user_ids, frozen_users), (item_ids, frozen_items) = frozen
     training_users = np.isin(user_ids, split.users["train"])
     fit_rows = np.concatenate([frozen_users[training_users], frozen_items])
-    profile = ProfileVectors(split, items).vectors()
+    # Cold items must look unseen: their interactions are held out of training.
+    cold = split.cold_items.all if split.cold_items is not None else ()
+    profile = ProfileVectors(split, items).vectors(unseen_items=cold)
 
     def random(seed):
         draw = RandomVectors(fit_rows, seed)

@@ -17,6 +17,7 @@ import numpy as np
 
 from marc_keras.config import DownstreamConfig
 from marc_keras.config.run_config import FIT_SECTIONS, RunConfig
+from marc_keras.data.cold_items import ColdItems
 from marc_keras.data import InteractionData, KARSplit, MovieLens, SplitConfig, TextTemplates
 from marc_keras.models.cross_fitted_heads import CrossFittedHeads
 from marc_keras.models.gradient_share_logger import GradientShareLogger
@@ -111,7 +112,9 @@ def build_split(
     """The KAR split of a run's data (and the data itself when asked).
 
     User texts are fitted to the run's encoder: its tokenizer and
-    `model.max_length` (see `SplitConfig.text_history_order`).
+    `model.max_length` (see `SplitConfig.text_history_order`). With
+    `evaluate.cold_item_share`, the cold items' samples leave the training
+    split (`KARSplit.holding_out`), for MARC and every downstream model.
 
     Args:
         config: a `RunConfig` (its `[data]` and `[model]` sections are read).
@@ -130,6 +133,10 @@ def build_split(
         config.model.preset or default_preset(), max_length=config.model.max_length
     )
     split = KARSplit.build(interactions, templates, split_config, fits=tokenizer.fits)
+    if config.evaluate.cold_item_share:
+        split = split.holding_out(
+            ColdItems.draw(split, config.evaluate.cold_item_share, seed=data.seed)
+        )
     return (split, interactions) if with_interactions else split
 
 
@@ -220,7 +227,9 @@ def downstream_inputs(
             f"{len(runs)} runs need {len(runs)} downstream seeds; got {downstream.seeds}."
         )
     started = time.perf_counter()
-    split, interactions = build_split(runs[0].config, with_interactions=True)
+    split, interactions = build_split(
+        dataclasses.replace(runs[0].config, evaluate=downstream), with_interactions=True
+    )
     features = RankingFeatures(split, interactions)
     vectors = [
         run.encode_vectors(split, include_frozen=index == 0) for index, run in enumerate(runs)
@@ -278,6 +287,12 @@ def evaluate_runs(
     """
     runs = list(runs)
     downstream = downstream or runs[0].config.evaluate
+    if downstream.cold_item_share:
+        raise ValueError(
+            "evaluate.cold_item_share is for the re-ranking and retrieval tables "
+            "(`marc-keras evaluate --task rerank|retrieval --cold-items SHARE`); the CTR table "
+            "needs 0."
+        )
     shrunk = {
         field.name: getattr(downstream, field.name)
         for field in dataclasses.fields(downstream)

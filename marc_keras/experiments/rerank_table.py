@@ -11,7 +11,7 @@ import numpy as np
 
 from marc_keras.data.kar_split import KARSplit
 from marc_keras.data.rerank_lists import RerankLists
-from marc_keras.ranking.downstream_evaluator import mean_std
+from marc_keras.experiments.seed_summary import add_paired_deltas, summarise_seeds
 from marc_keras.ranking.list_metrics import list_metrics
 from marc_keras.ranking.prm_reranker import PRMReranker
 from marc_keras.config.ranker_tier import TIERS
@@ -35,6 +35,10 @@ class RerankSettings:
         dropout: PRM's dropout.
         cutoffs: the k of MAP@k and NDCG@k.
         selection_metric: the validation metric that picks the epoch.
+        cold_item_id_dropout: PRM's `item_id_dropout` on the cold split
+            (0 on KAR's lists, as KAR's PRM). Fixed, not chosen per row as
+            the retrieval table does: a choice would double a table that
+            already takes most of the 30 minutes a task may take.
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -46,6 +50,7 @@ class RerankSettings:
     dropout: float = 0.0
     cutoffs: tuple[int, ...] = (1, 3, 5, 7)
     selection_metric: str = "map@5"
+    cold_item_id_dropout: float = 0.5
 
 
 def rerank_table(
@@ -58,7 +63,10 @@ def rerank_table(
     """Trains one PRM per row and seed on KAR's lists and scores the test lists.
 
     Args:
-        split: the `KARSplit`.
+        split: the `KARSplit`. With cold items (`split.cold_items`), training
+            lists leave them out (rated and padding items), they share one
+            out-of-vocabulary id, and validation and test lists hold only
+            their split's half of them; without, KAR's lists.
         features: `RankingFeatures` of the split (vocabularies, genre shares,
             centered vector tables).
         rows: row name -> callable seed -> (user table, item table) as
@@ -69,11 +77,12 @@ def rerank_table(
         log: callable taking one progress line.
 
     Returns:
-        One dict per row: `name`, `{metric}_mean/_std` and `{metric}s` per
-        seed for every MAP@k / NDCG@k, `paired_delta_vs_prm_{metric}_mean/_std`
+        One dict per row: `name`, `split` ("warm" or "cold"), `{metric}_mean/_std`
+        and `{metric}s` per seed for every MAP@k / NDCG@k, `paired_delta_vs_prm_{metric}_mean/_std`
         for MAP@5 and NDCG@5, the chosen `epochs` and `wall_s`.
     """
-    lists = {name: RerankLists.from_split(split, name, seed=settings.list_seed) for name in SPLITS}
+    cold = split.cold_items
+    lists = {name: _lists(split, name, cold, settings.list_seed) for name in SPLITS}
     inputs = {
         name: {
             "user": features.indices(lists[name].user_ids, "user"),
@@ -82,35 +91,43 @@ def rerank_table(
         for name in SPLITS
     }
     shares = features.item_genre_shares(TIERS["full"])
+    cold_indices = None if cold is None else features.indices(sorted(cold.all, key=str), "item")
     results = []
     for row, provider in rows.items():
         per_seed, epochs, started = [], [], time.perf_counter()
         for seed in settings.seeds:
             tables = provider(seed) if provider is not None else (None, None)
-            metrics, epoch = _train_one(inputs, lists, shares, tables, seed, settings)
+            metrics, epoch = _train_one(inputs, lists, shares, tables, cold_indices, seed, settings)
             per_seed.append(metrics)
             epochs.append(epoch)
             log(
                 f"rerank {row} seed {seed}: test MAP@5 {metrics['map@5']:.4f}, "
                 f"NDCG@5 {metrics['ndcg@5']:.4f} (epoch {epoch})"
             )
-        result = {"name": row, "epochs": epochs, "wall_s": time.perf_counter() - started}
-        for metric in per_seed[0]:
-            if metric.startswith(("map@", "ndcg@")):
-                values = [seed_metrics[metric] for seed_metrics in per_seed]
-                result.update(mean_std(metric, values))
-                result[f"{metric}s"] = values
-        results.append(result)
-    reference = next((row for row in results if row["name"] == BASELINE_ROW), None)
-    if reference is not None:
-        for row in results:
-            for metric in ("map@5", "ndcg@5"):
-                deltas = [a - b for a, b in zip(row[f"{metric}s"], reference[f"{metric}s"])]
-                row.update(mean_std(f"paired_delta_vs_prm_{metric}", deltas))
+        result = {
+            "name": row,
+            "split": "warm" if cold is None else "cold",
+            "epochs": epochs,
+            "wall_s": time.perf_counter() - started,
+        }
+        ranked = [metric for metric in per_seed[0] if metric.startswith(("map@", "ndcg@"))]
+        results.append({**result, **summarise_seeds(per_seed, ranked)})
+    add_paired_deltas(results, BASELINE_ROW, ("map@5", "ndcg@5"))
     return results
 
 
-def _train_one(inputs, lists, shares, tables, seed, settings):
+def _lists(split, name, cold, seed):
+    """KAR's lists of split `name`; with cold items, of the warm or that split's cold items."""
+    if cold is None:
+        return RerankLists.from_split(split, name, seed=seed)
+    if name == "train":
+        items = [item for item in sorted(split.item_texts, key=str) if item not in cold.all]
+    else:
+        items = sorted(cold.of(name), key=str)
+    return RerankLists.from_split(split, name, seed=seed, catalogue=items, rated_items=items)
+
+
+def _train_one(inputs, lists, shares, tables, cold_indices, seed, settings):
     """One PRM: trained with early stopping on validation lists; test metrics of its best epoch."""
     user_table, item_table = tables
     keras.utils.set_random_seed(seed)
@@ -126,9 +143,10 @@ def _train_one(inputs, lists, shares, tables, seed, settings):
         num_genres=shares.shape[1],
         list_length=lists["train"].item_ids.shape[1],
         dropout=settings.dropout,
+        item_id_dropout=0.0 if cold_indices is None else settings.cold_item_id_dropout,
         **vectors,
     )
-    model.set_tables(shares, user_table, item_table)
+    model.set_tables(shares, user_table, item_table, cold_items=cold_indices)
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate), loss="binary_crossentropy"
     )

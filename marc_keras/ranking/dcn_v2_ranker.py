@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 TOWERS = ("user", "item")
 
 
-def _history_mean(embedding, history):
-    # history (B, H) item indices, 0 = padding -> (B, D) mean over real items.
+def history_mean(embedding, history):
+    """The mean of `embedding` over the real items of `history` (0 = padding): (B, H) -> (B, D)."""
     # Summing every slot and taking back the padding row's share is exact and
     # cheaper on CPU than masking the (B, H, D) gather.
     embedded = embedding(history)  # (B, H, D)
@@ -231,7 +231,7 @@ class DCNv2Ranker(keras.Model):
         fields = [
             self.item_embedding(item),
             self.genre_embedding(ops.take(self.item_genre_shares, item, axis=0)),  # (B, V)
-            _history_mean(self.item_embedding, history),
+            history_mean(self.item_embedding, history),
             self.genre_embedding(inputs["history_genres"]),  # (B, V) shares
             self.rating_embedding(inputs["history_ratings"]),  # (B, R) shares
         ]

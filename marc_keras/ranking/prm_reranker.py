@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from marc_keras.layers.item_id_index import ItemIdIndex
 from marc_keras.ranking.expert_adaptor import ExpertAdaptor
 
 EMBEDDING_DIM = 32
@@ -58,6 +59,8 @@ class PRMReranker(keras.Model):
         hidden_units: the MLP (KAR: [200, 80]).
         dropout: dropout after each MLP layer and on the attention weights.
         num_experts: experts of the vector adaptor.
+        item_id_dropout: in training, the share of candidates whose id
+            embedding is the shared out-of-vocabulary one (`ItemIdIndex`).
         **kwargs: base model arguments.
 
     Returns:
@@ -83,6 +86,7 @@ class PRMReranker(keras.Model):
         hidden_units: Sequence[int] = HIDDEN_UNITS,
         dropout: float = 0.0,
         num_experts: int = 3,
+        item_id_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -114,6 +118,9 @@ class PRMReranker(keras.Model):
             initializer="zeros",
             trainable=False,
             name="item_genre_shares",
+        )
+        self.item_id_index = ItemIdIndex(
+            self.num_items, item_id_dropout=item_id_dropout, name="item_id_index"
         )
         self.item_embedding = keras.layers.Embedding(
             self.num_items, self.embedding_dim, name="item_embedding"
@@ -177,9 +184,15 @@ class PRMReranker(keras.Model):
         item_genre_shares: np.ndarray,
         user_vectors: np.ndarray | None = None,
         item_vectors: np.ndarray | None = None,
+        cold_items: np.ndarray | None = None,
     ) -> None:
-        """Fills the non-trainable tables (row i = item index i, row u = user index u)."""
+        """Fills the non-trainable tables (row i = item index i, row u = user index u).
+
+        `cold_items` (item indices) share the id embedding of row 0, the
+        out-of-vocabulary id: only their genres and vectors tell them apart.
+        """
         self.item_genre_shares.assign(np.asarray(item_genre_shares, "float32"))
+        self.item_id_index.set_cold(cold_items)
         for tower, table in (("user", user_vectors), ("item", item_vectors)):
             if table is not None:
                 self.vector_tables[tower].assign(np.asarray(table, "float32"))
@@ -188,7 +201,7 @@ class PRMReranker(keras.Model):
         """The (L, n, F) candidate inputs, position table added."""
         items = ops.cast(inputs["items"], "int32")  # (L, n)
         parts = [
-            self.item_embedding(items),  # (L, n, E)
+            self.item_embedding(self.item_id_index(items, training=training)),  # (L, n, E)
             self.genre_embedding(ops.take(self.item_genre_shares, items, axis=0)),  # (L, n, E)
         ]
         if self.adaptor is not None:
@@ -224,4 +237,5 @@ class PRMReranker(keras.Model):
             "hidden_units": list(self.hidden_units),
             "dropout": self.dropout,
             "num_experts": self.num_experts,
+            "item_id_dropout": self.item_id_index.item_id_dropout,
         }

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 
 def _seed_count(row: dict) -> int:
-    return len(row.get("aucs") or row.get("seeds") or ())
+    return len(row.get("aucs") or row.get("seeds") or row.get("epochs") or ())
 
 
 def _mean_std(row: dict, prefix: str, signed: bool = False) -> str:
@@ -57,6 +57,43 @@ def downstream_markdown(
             f"| {_mean_std(row, 'logloss')} | {relaimpr} "
             f"| {epochs} | {row['seconds']:.0f} |"
             + "".join(f" {cell(row)} |" for _, cell in extra_columns)
+        )
+    return "\n".join(lines)
+
+
+def stage_markdown(
+    rows: Iterable[dict], metrics: Sequence[str], deltas: Sequence[str], reference: str
+) -> str:
+    """Rows of the re-ranking or retrieval table as Markdown, mean +- std over seeds.
+
+    Args:
+        rows: the rows (`rerank_table` or `retrieval_table`).
+        metrics: the metric columns, e.g. ("map@5", "ndcg@5").
+        deltas: the metrics whose paired delta against `reference` gets a column.
+        reference: the reference row's name (its deltas are 0 by construction).
+    """
+    headers = [
+        "split",
+        "row",
+        *metrics,
+        *(f"{metric} vs {reference}" for metric in deltas),
+        "epochs",
+        "wall (s)",
+    ]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [_mean_std(row, metric) for metric in metrics]
+        cells += [
+            _mean_std(row, f"paired_delta_vs_{reference}_{metric}", signed=True)
+            if f"paired_delta_vs_{reference}_{metric}_mean" in row
+            else "-"
+            for metric in deltas
+        ]
+        epochs = "/".join(str(epochs) for epochs in row.get("epochs") or []) or "-"
+        lines.append(
+            f"| {row.get('split', 'warm')} | {row['name']} | "
+            + " | ".join(cells)
+            + f" | {epochs} | {row['wall_s']:.0f} |"
         )
     return "\n".join(lines)
 

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from marc_keras.cli.main import main
@@ -138,3 +140,53 @@ def test_a_data_dir_with_backslashes_and_quotes_is_taken_as_a_path(tmp_path):
     )
     assert result.exit_code == 1
     assert str(strange) in result.stderr and "lacks the MovieLens-1M files" in result.stderr
+
+
+@pytest.mark.slow
+def test_rerank_and_retrieval_on_cold_items_from_the_cli(tiny_preset, ml1m_dir, tmp_path):
+    from marc_keras.config import RunConfig
+    from marc_keras.experiments.marc_run import build_split
+
+    run_dir = tmp_path / "run"
+    tiny = [
+        f'model.preset="{tiny_preset}"',
+        "model.lora_rank=2",
+        "model.max_length=24",
+        "model.compressed_dim=8",
+        "training.train_samples=64",
+        "training.validation_samples=16",
+        "training.test_samples=16",
+        "training.batch_size=16",
+        "evaluate.cold_item_share=0.2",
+    ]
+    fit = ["fit", "--run-dir", str(run_dir), "--data-dir", str(ml1m_dir)]
+    result = CliRunner().invoke(main, fit + [arg for key in tiny for arg in ("--set", key)])
+    assert result.exit_code == 0, result.output
+    # MARC's own training pairs come from this split: no cold item among them.
+    split = build_split(RunConfig.from_file(run_dir / "config.json"))
+    assert split.cold_items is not None
+    assert not set(split.samples["train"].item_id) & split.cold_items.all
+
+    small = ["--set", "evaluate.seeds=[0]", "--set", "evaluate.max_epochs=1"]
+    evaluate = ["evaluate", "--run-dir", str(run_dir), "--task", "retrieval", "--task", "rerank"]
+    result = CliRunner().invoke(main, evaluate + small)
+    assert result.exit_code == 0, result.output
+    names = ["random", "profile", "frozen", "pca-8", "marc-o", "marc-c"]
+    for task, baseline in (("retrieval", "base"), ("rerank", "prm")):
+        report = json.loads((run_dir / f"evaluate-{task}-cold.json").read_text())
+        assert report["split"] == "cold" and report["runs_trained_on_cold_items"] == []
+        assert [row["name"] for row in report["rows"]] == [baseline, *names]
+        assert not any(row["marc_saw_cold_items"] for row in report["rows"])
+        assert f"| cold | {baseline} |" in result.stdout
+
+    other_share = ["--cold-items", "0.3", "--task", "retrieval"]
+    result = CliRunner().invoke(main, ["evaluate", "--run-dir", str(run_dir), *other_share, *small])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run_dir / "evaluate-retrieval-cold.json").read_text())
+    assert report["cold_item_share"] == 0.3 and report["runs_trained_on_cold_items"]
+    saw = {row["name"] for row in report["rows"] if row["marc_saw_cold_items"]}
+    assert saw == {"marc-o", "marc-c"} and "trained on cold items' pairs" in result.stdout
+
+    result = CliRunner().invoke(main, ["evaluate", "--run-dir", str(run_dir), *small])
+    assert result.exit_code == 1
+    assert "evaluate.cold_item_share is for the re-ranking and retrieval tables" in result.stderr

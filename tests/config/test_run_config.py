@@ -53,6 +53,8 @@ def test_json_config_round_trips(tmp_path):
         ('training.cross_fit_holdout="mean"', "cross_fit_holdout must be one of 'all-folds'"),
         ("training.head_warmup_samples=0", "training.head_warmup_samples must be >= 1"),
         ("training.head_warmup_samples=5000", "head_warmup_samples needs training.head_warmup_ep"),
+        ("evaluate.cold_item_share=1.0", "evaluate.cold_item_share must be < 1"),
+        ("evaluate.cold_item_share=-0.2", "evaluate.cold_item_share must be >= 0"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):

@@ -183,7 +183,7 @@ def _fill_tables(ranker):
 
 
 def test_history_field_is_the_mean_over_real_items_only():
-    from marc_keras.ranking.dcn_v2_ranker import _history_mean
+    from marc_keras.ranking.dcn_v2_ranker import history_mean
 
     embedding = keras.layers.Embedding(5, 2)
     embedding.build((None,))
@@ -192,7 +192,7 @@ def test_history_field_is_the_mean_over_real_items_only():
     history = np.array([[1, 2, 0, 0], [4, 4, 3, 0], [0, 0, 0, 0]], "int32")
     expected = [[2.0, 3.0], [19.0 / 3, 22.0 / 3], [0.0, 0.0]]  # padding row 0 never counts
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(_history_mean(embedding, history)), expected, atol=1e-5
+        keras.ops.convert_to_numpy(history_mean(embedding, history)), expected, atol=1e-5
     )
 
 
