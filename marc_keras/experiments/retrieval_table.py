@@ -19,6 +19,7 @@ from marc_keras.ranking.retrieval_metrics import retrieval_metrics
 from marc_keras.ranking.two_tower_retriever import TwoTowerRetriever
 
 BASELINE_ROW = "base"
+POPULARITY_ROW = "popularity"
 SPLITS = ("train", "validation", "test")
 HEADLINE_METRICS = ("ndcg@20", "hr@20", "mrr")
 # Users scored per step when ranking the catalogue.
@@ -45,6 +46,8 @@ class RetrievalSettings:
         selection_metric: the validation metric that picks the epoch.
         adaptor: the vector adaptors' regularisation, one setting for every
             row (`DownstreamConfig`'s generic setting by default).
+        popularity_row: add the `popularity` row after `base`: candidates
+            ranked by their count in the training pairs, no model.
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -62,6 +65,7 @@ class RetrievalSettings:
     cutoffs: tuple[int, ...] = (10, 20, 50)
     selection_metric: str = "ndcg@20"
     adaptor: AdaptorSetting = AdaptorSetting(input_dropout=0.5, weight_decay=1e-3)
+    popularity_row: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +109,8 @@ def retrieval_table(
         validation score of the chosen epoch (`validation_ndcg@20`),
         the chosen `epochs` and `item_id_dropouts` per seed,
         `paired_delta_vs_base_{metric}_mean/_std` for NDCG@20, HR@20 and MRR,
-        `queries` (test users judged) and `wall_s`.
+        `queries` (test users judged) and `wall_s`; with
+        `settings.popularity_row`, the `popularity` row follows `base`.
     """
     cold = split.cold_items
     item_set = "warm" if cold is None else "cold"
@@ -166,6 +171,8 @@ def retrieval_table(
         }
         metrics = [metric for metric in per_seed[0] if metric != "users"]
         results.append({**result, **summarise_seeds(per_seed, metrics)})
+    if settings.popularity_row:
+        results.insert(1, _popularity(probability, prepared, settings, item_set))
     add_paired_deltas(results, BASELINE_ROW, HEADLINE_METRICS)
     return results
 
@@ -190,6 +197,36 @@ def _prepare(queries: RetrievalQueries, features: RankingFeatures, history_lengt
         positives=positives,
         excluded=excluded,
     )
+
+
+def _popularity(probability, prepared, settings, item_set):
+    """The reference any retriever must beat: candidates by their count in the training pairs.
+
+    Cold items have no training pair: on the cold split every candidate ties
+    and keeps its catalogue order, the score of an arbitrary order.
+    """
+    started = time.perf_counter()
+    found = {}
+    for name in ("validation", "test"):
+        queries = prepared[name]
+        scores = np.broadcast_to(probability[queries.candidates][None], queries.positives.shape)
+        found[name] = retrieval_metrics(
+            scores, queries.positives, queries.excluded, settings.cutoffs
+        )
+    metrics = {
+        **found["test"],
+        f"validation_{settings.selection_metric}": found["validation"][settings.selection_metric],
+    }
+    per_seed = [metrics] * len(settings.seeds)  # deterministic: the same for every seed
+    return {
+        "name": POPULARITY_ROW,
+        "split": item_set,
+        "epochs": [0] * len(settings.seeds),
+        "item_id_dropouts": [None] * len(settings.seeds),
+        "queries": metrics["users"],
+        "wall_s": time.perf_counter() - started,
+        **summarise_seeds(per_seed, [metric for metric in metrics if metric != "users"]),
+    }
 
 
 def _build(features, shares, probability, tables, cold_indices, train, settings, id_dropout):

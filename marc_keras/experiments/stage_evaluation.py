@@ -26,7 +26,7 @@ NOT_STAGE_ROWS = (CTR_BASELINE, LOGISTIC_ROW, "frozen-user-only", "frozen-item-o
 TRAINED_ROWS = ("marc-o", "marc-c", "marc-c-cross-fit")
 COLUMNS = {
     "rerank": (("map@1", "map@3", "map@5", "map@7", "ndcg@1", "ndcg@3", "ndcg@5", "ndcg@7"),
-               ("map@5", "ndcg@5")),
+               ("ndcg@5", "map@5")),
     "retrieval": (("hr@10", "hr@20", "hr@50", "ndcg@10", "ndcg@20", "ndcg@50", "mrr"),
                   ("ndcg@20", "hr@20", "mrr")),
 }  # fmt: skip

@@ -41,3 +41,16 @@ def test_cold_queries_need_cold_items_and_a_judged_split(split):
         RetrievalQueries.from_split(split, "train", cold, "cold")
     with pytest.raises(ValueError, match="Unknown item set"):
         RetrievalQueries.from_split(split, "test", cold, "lukewarm")
+
+
+def test_seen_items_are_excluded_from_each_users_ranking(split, first_users_split):
+    from marc_keras.experiments.retrieval_table import _prepare
+    from marc_keras.ranking.ranking_features import RankingFeatures
+
+    features = RankingFeatures(split, first_users_split(150)[1])
+    prepared = _prepare(RetrievalQueries.from_split(split, "test"), features, 30)
+    candidates = prepared.queries.candidate_ids.tolist()
+    for row, history in enumerate(prepared.queries.histories):
+        excluded = {candidates[column] for column in prepared.excluded[row].nonzero()[0]}
+        assert excluded == set(history)
+        assert not (prepared.excluded[row] & prepared.positives[row]).any()

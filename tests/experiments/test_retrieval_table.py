@@ -33,8 +33,11 @@ def test_warm_and_cold_tables_rank_with_a_planted_vector_above_base(small):
     rows = retrieval_table(split, features, {"base": None, "planted": _planted(split, features)},
                            settings, log=print)  # fmt: skip
     by_name = {row["name"]: row for row in rows}
+    assert [row["name"] for row in rows] == ["base", "popularity", "planted"]
     assert {row["split"] for row in rows} == {"warm"}
-    for row in rows:
+    popularity = by_name.pop("popularity")
+    assert popularity["ndcg@20s"][0] == popularity["ndcg@20s"][1] and popularity["epochs"] == [0, 0]
+    for row in by_name.values():
         assert len(row["ndcg@20s"]) == 2 and all(1 <= epoch <= 3 for epoch in row["epochs"])
         assert set(row["item_id_dropouts"]) <= {0.0, 0.5}
         for metric in ("hr@10", "hr@50", "ndcg@20", "mrr", "validation_ndcg@20"):

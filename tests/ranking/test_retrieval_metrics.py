@@ -35,3 +35,12 @@ def test_users_without_positives_are_not_judged_and_bad_shapes_are_named():
         retrieval_metrics([[1.0, 0.0]], [[True, False]], [[True, False]])
     with pytest.raises(ValueError, match="no user"):
         retrieval_metrics([[1.0, 0.0]], [[False, False]])
+
+
+def test_ties_keep_candidate_order_and_excluded_items_never_count():
+    # All scores tie: the order is the candidates' own. The excluded first
+    # candidate leaves, so the positive (third) ranks second.
+    found = retrieval_metrics(
+        [[0.5, 0.5, 0.5]], [[False, False, True]], [[True, False, False]], cutoffs=(1, 2)
+    )
+    assert found["hr@1"] == 0.0 and found["hr@2"] == 1.0 and found["mrr"] == 0.5
