@@ -63,10 +63,11 @@ class TwoTowerRetriever(keras.Model):
         tower_units: hidden layers of each tower's MLP.
         output_dim: width of the retrieval embedding.
         temperature: softmax temperature of the cosine logits.
-        item_id_dropout: in training, the share of items whose id embedding
-            is the shared out-of-vocabulary one (`ItemIdIndex`), so the tower
-            learns to place an item from its genres and vector alone, as it
-            must for cold items.
+        item_id_dropout: in training, the share of items, target and
+            history alike, whose id embedding is the shared out-of-vocabulary
+            one (`ItemIdIndex`; dropped history items leave the mean), so the
+            towers learn to place an item from its genres and vector alone,
+            as they must for cold items.
         num_experts: experts per vector adaptor.
         adaptor_input_dropout, adaptor_expert_dropout, adaptor_input_noise,
         adaptor_weight_decay: the adaptors' regularisation (`AdaptorSetting`).
@@ -225,8 +226,9 @@ class TwoTowerRetriever(keras.Model):
 
     def encode_queries(self, inputs, training=None):
         """(B,) users and (B, H) histories -> (B, output_dim) unit query vectors."""
-        # The history's cold items land on row 0, which `history_mean` skips.
-        history = self.item_id_index(inputs["history"])  # (B, H), no id dropout
+        # Cold items (and, in training, dropped ids) land on row 0, which
+        # `history_mean` skips: a query must also do without some of its ids.
+        history = self.item_id_index(inputs["history"], training=training)  # (B, H)
         fields = [history_mean(self.item_embedding, history)]  # (B, E)
         if "user" in self.adaptors:
             vectors = ops.take(self.vector_tables["user"], ops.cast(inputs["user"], "int32"), 0)

@@ -83,6 +83,15 @@ def test_item_id_dropout_acts_in_training_only():
     )
     trained = keras.ops.convert_to_numpy(model.encode_items(items, training=True))
     assert not np.allclose(trained, inference)
+    # History items lose their ids too: the query changes in training only.
+    queries = {key: value for key, value in _batch(items).items() if key != "item"}
+    query = keras.ops.convert_to_numpy(model.encode_queries(queries))
+    np.testing.assert_allclose(
+        query, keras.ops.convert_to_numpy(twin.encode_queries(queries)), atol=1e-6
+    )
+    assert not np.allclose(
+        query, keras.ops.convert_to_numpy(model.encode_queries(queries, training=True))
+    )
     with pytest.raises(ValueError, match="item_id_dropout"):
         TwoTowerRetriever(num_items=3, num_genres=2, history_length=2, item_id_dropout=1.0)
 
