@@ -27,6 +27,8 @@ from marc_keras.config import RunConfig
 from marc_keras.experiments.downstream_rows import vector_provider
 from marc_keras.experiments.marc_run import MARCRun, downstream_inputs
 from marc_keras.experiments.rerank_table import BASELINE_ROW, RerankSettings, rerank_table
+from marc_keras.experiments.stage_evaluation import COLUMNS
+from marc_keras.utils.markdown_tables import stage_markdown
 
 ROWS = ("frozen", "pca-128", "marc-o", "marc-c")
 
@@ -82,28 +84,11 @@ def main():
 
 
 def markdown(report, args):
-    cutoffs = (1, 3, 5, 7)
     lines = [
         f"## Re-ranking with PRM on KAR's lists, `{args.run_dir}` (issue 29)",
         "",
-        "| row | "
-        + " | ".join(f"MAP@{k}" for k in cutoffs)
-        + " | "
-        + " | ".join(f"NDCG@{k}" for k in cutoffs)
-        + " | MAP@5 vs prm | NDCG@5 vs prm | epochs |",
-        "|---|" + "---|" * (2 * len(cutoffs) + 3),
+        stage_markdown(report["rows"], COLUMNS["rerank"][0], ("map@5", "ndcg@5"), BASELINE_ROW),
     ]
-    for row in report["rows"]:
-        cells = [f"{row[f'map@{k}_mean']:.4f}" for k in cutoffs]
-        cells += [f"{row[f'ndcg@{k}_mean']:.4f}" for k in cutoffs]
-        cells += [
-            f"{row['paired_delta_vs_prm_map@5_mean']:+.4f} +- "
-            f"{row['paired_delta_vs_prm_map@5_std']:.4f}",
-            f"{row['paired_delta_vs_prm_ndcg@5_mean']:+.4f} +- "
-            f"{row['paired_delta_vs_prm_ndcg@5_std']:.4f}",
-            "/".join(map(str, row["epochs"])),
-        ]
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Means over seeds {list(args.seeds)} (PRM trained per seed; the lists are fixed); "

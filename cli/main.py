@@ -100,7 +100,7 @@ def fit(config_path, overrides, run_dir, data_dir):
     from marc_keras.experiments.marc_run import MARCRun
 
     config = _with_data_dir(RunConfig.from_file(config_path, overrides), data_dir)
-    metrics = MARCRun.open(run_dir, config).fit(log=lambda line: click.echo(line, err=True))
+    metrics = MARCRun.open(run_dir, config).fit(log=_echo_err)
     click.echo(json.dumps(metrics, indent=2))
 
 
@@ -178,13 +178,12 @@ def evaluate(run_dirs, overrides, tiers, tasks, cold_items):
     for run_dir in run_dirs:
         config = RunConfig.from_file(Path(run_dir) / CONFIG_FILE, overrides)
         runs.append(MARCRun(run_dir, config))
-    log = lambda line: click.echo(line, err=True)  # noqa: E731
     for task in tasks or ("ctr",):
         if task == "ctr":
-            evaluate_runs(runs, log=log)
+            evaluate_runs(runs, log=_echo_err)
             click.echo((runs[0].run_dir / "evaluate.md").read_text("utf-8").rstrip())
             continue
-        evaluate_stage(runs, task, log=log)
+        evaluate_stage(runs, task, log=_echo_err)
         stem = report_stem(task, runs[0].config.evaluate)
         click.echo((runs[0].run_dir / f"{stem}.md").read_text("utf-8").rstrip())
 
@@ -271,7 +270,7 @@ def rank(run_dir, user_store, item_store, column, engine, seeds, overrides):
         column=column,
         engine=engine,
         seeds=seeds,
-        log=lambda line: click.echo(line, err=True),
+        log=_echo_err,
     )
     click.echo(downstream_markdown(report["rows"]))
 
@@ -376,7 +375,7 @@ def probe(
         layers=layers,
         markers=markers,
         batch_size=batch_size,
-        log=lambda line: click.echo(line, err=True),
+        log=_echo_err,
         config=RunConfig.from_file(config_path, overrides) if config_path else None,
     )
     click.echo(mra_markdown(report["rows"], report["markers"]))
@@ -513,7 +512,7 @@ def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
         config,
         names,
         output_dir,
-        log=lambda line: click.echo(line, err=True),
+        log=_echo_err,
         train_only=train_only,
     )
     click.echo(json.dumps(report["fit_seconds"]) if train_only else to_markdown(report["rows"]))
@@ -802,7 +801,7 @@ def encode(
             shard_rows=shard_rows,
             batch_size=batch_size,
             overwrite=overwrite,
-            log=lambda line: click.echo(line, err=True),
+            log=_echo_err,
         )
         stats = job.run(
             list(inputs),

@@ -13,6 +13,7 @@ lose their id: models map them to one shared out-of-vocabulary index.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,6 +48,10 @@ class ColdItems:
     def all(self) -> frozenset:
         """Every cold item (the halves together)."""
         return self.validation | self.test
+
+    def warm(self, catalogue: Iterable) -> list:
+        """The items of `catalogue` that are not cold, in its order."""
+        return [item for item in catalogue if item not in self.all]
 
     def of(self, split: str) -> frozenset:
         """The cold items judged on users of `split` ("train" has none)."""

@@ -91,8 +91,7 @@ class RetrievalQueries:
         if item_set == "cold":
             candidates = sorted(cold.of(name), key=str)
         else:
-            left_out = cold.all if cold is not None else frozenset()
-            candidates = [item for item in catalogue if item not in left_out]
+            candidates = catalogue if cold is None else cold.warm(catalogue)
         allowed = set(candidates)
         clicked = split.samples[name]
         clicked = clicked[clicked["label"] > 0]

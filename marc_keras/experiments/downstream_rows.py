@@ -47,6 +47,21 @@ def vector_provider(
     return provider
 
 
+def vector_table_sizes(user_table: np.ndarray | None, item_table: np.ndarray | None) -> dict:
+    """A model's vector-table arguments for a provider's tables: empty without vectors.
+
+    `user_vector_dim`, `item_vector_dim` and `num_users`, the constructor
+    arguments `PRMReranker` and `TwoTowerRetriever` share.
+    """
+    if user_table is None:
+        return {}
+    return {
+        "user_vector_dim": user_table.shape[1],
+        "item_vector_dim": item_table.shape[1],
+        "num_users": len(user_table),
+    }
+
+
 def reference_providers(
     features: RankingFeatures,
     split: KARSplit,

@@ -11,6 +11,7 @@ import numpy as np
 
 from marc_keras.data.kar_split import KARSplit
 from marc_keras.data.rerank_lists import RerankLists
+from marc_keras.experiments.downstream_rows import vector_table_sizes
 from marc_keras.experiments.seed_summary import add_paired_deltas, summarise_seeds
 from marc_keras.ranking.list_metrics import list_metrics
 from marc_keras.ranking.prm_reranker import PRMReranker
@@ -91,13 +92,14 @@ def rerank_table(
         for name in SPLITS
     }
     shares = features.item_genre_shares(TIERS["full"])
-    cold_indices = None if cold is None else features.indices(sorted(cold.all, key=str), "item")
     results = []
     for row, provider in rows.items():
         per_seed, epochs, started = [], [], time.perf_counter()
         for seed in settings.seeds:
             tables = provider(seed) if provider is not None else (None, None)
-            metrics, epoch = _train_one(inputs, lists, shares, tables, cold_indices, seed, settings)
+            metrics, epoch = _train_one(
+                inputs, lists, shares, tables, features.cold_items, seed, settings
+            )
             per_seed.append(metrics)
             epochs.append(epoch)
             log(
@@ -121,32 +123,25 @@ def _lists(split, name, cold, seed):
     if cold is None:
         return RerankLists.from_split(split, name, seed=seed)
     if name == "train":
-        items = [item for item in sorted(split.item_texts, key=str) if item not in cold.all]
+        items = cold.warm(sorted(split.item_texts, key=str))
     else:
         items = sorted(cold.of(name), key=str)
     return RerankLists.from_split(split, name, seed=seed, catalogue=items, rated_items=items)
 
 
-def _train_one(inputs, lists, shares, tables, cold_indices, seed, settings):
+def _train_one(inputs, lists, shares, tables, cold_items, seed, settings):
     """One PRM: trained with early stopping on validation lists; test metrics of its best epoch."""
     user_table, item_table = tables
     keras.utils.set_random_seed(seed)
-    vectors = {}
-    if user_table is not None:
-        vectors = dict(
-            user_vector_dim=user_table.shape[1],
-            item_vector_dim=item_table.shape[1],
-            num_users=len(user_table),
-        )
     model = PRMReranker(
         num_items=len(shares),
         num_genres=shares.shape[1],
         list_length=lists["train"].item_ids.shape[1],
         dropout=settings.dropout,
-        item_id_dropout=0.0 if cold_indices is None else settings.cold_item_id_dropout,
-        **vectors,
+        item_id_dropout=0.0 if cold_items is None else settings.cold_item_id_dropout,
+        **vector_table_sizes(user_table, item_table),
     )
-    model.set_tables(shares, user_table, item_table, cold_items=cold_indices)
+    model.set_tables(shares, user_table, item_table, cold_items=cold_items)
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate), loss="binary_crossentropy"
     )

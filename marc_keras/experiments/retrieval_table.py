@@ -13,6 +13,7 @@ from marc_keras.config.adaptor_setting import AdaptorSetting
 from marc_keras.config.ranker_tier import TIERS
 from marc_keras.data.kar_split import KARSplit
 from marc_keras.data.retrieval_queries import RetrievalQueries
+from marc_keras.experiments.downstream_rows import vector_table_sizes
 from marc_keras.experiments.seed_summary import add_paired_deltas, summarise_seeds
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.ranking.retrieval_metrics import retrieval_metrics
@@ -132,7 +133,6 @@ def retrieval_table(
     }
     shares = features.item_genre_shares(TIERS["full"])
     probability = np.bincount(pair_inputs["item"], minlength=len(shares)) / len(pair_items)
-    cold_indices = None if cold is None else features.indices(sorted(cold.all, key=str), "item")
     log(
         f"retrieval ({item_set}): {len(pair_items)} training pairs of {len(train.users)} users; "
         f"{len(prepared['test'].users)} test queries over {len(prepared['test'].candidates)} "
@@ -146,9 +146,7 @@ def retrieval_table(
             candidates = []
             for dropout in settings.item_id_dropouts:
                 keras.utils.set_random_seed(seed)
-                model = _build(
-                    features, shares, probability, tables, cold_indices, train, settings, dropout
-                )
+                model = _build(features, shares, probability, tables, train, settings, dropout)
                 candidates.append(
                     (*_train_one(model, pair_inputs, prepared, seed, settings), dropout)
                 )
@@ -229,22 +227,15 @@ def _popularity(probability, prepared, settings, item_set):
     }
 
 
-def _build(features, shares, probability, tables, cold_indices, train, settings, id_dropout):
+def _build(features, shares, probability, tables, train, settings, id_dropout):
     user_table, item_table = tables
-    vectors = {}
-    if user_table is not None:
-        vectors = dict(
-            user_vector_dim=user_table.shape[1],
-            item_vector_dim=item_table.shape[1],
-            num_users=len(user_table),
-        )
     model = TwoTowerRetriever(
         num_items=len(shares),
         num_genres=shares.shape[1],
         history_length=train.histories.shape[1],
         temperature=settings.temperature,
         item_id_dropout=id_dropout,
-        **vectors,
+        **vector_table_sizes(user_table, item_table),
         **{
             f"adaptor_{name}": value
             for name, value in dataclasses.asdict(settings.adaptor).items()
@@ -256,7 +247,7 @@ def _build(features, shares, probability, tables, cold_indices, train, settings,
         probability,
         user_table,
         item_table,
-        cold_items=cold_indices,
+        cold_items=features.cold_items,
         training_users=np.unique(train.users),
     )
     return model

@@ -8,13 +8,16 @@ from pathlib import Path
 
 from marc_keras.config import DownstreamConfig, RunConfig
 from marc_keras.experiments.marc_run import CONFIG_FILE, MARCRun, downstream_inputs
-from marc_keras.experiments.rerank_table import RerankSettings, rerank_table
+from marc_keras.experiments.rerank_table import (
+    BASELINE_ROW as RERANK_BASELINE,
+    RerankSettings,
+    rerank_table,
+)
 from marc_keras.experiments.retrieval_table import (
     BASELINE_ROW as RETRIEVAL_BASELINE,
     RetrievalSettings,
     retrieval_table,
 )
-from marc_keras.experiments.rerank_table import BASELINE_ROW as RERANK_BASELINE
 from marc_keras.ranking.downstream_evaluator import BASELINE_ROW as CTR_BASELINE, LOGISTIC_ROW
 from marc_keras.utils.atomic_files import write_atomically, write_json
 from marc_keras.utils.markdown_tables import stage_markdown

@@ -12,6 +12,23 @@ from keras import ops
 from marc_keras.layers.mlp_stack import build_dense_stack
 
 
+def check_vector_tables(
+    model: str, user_vector_dim: int | None, item_vector_dim: int | None, num_users: int | None
+) -> None:
+    """A model that feeds [user vector, item vector] to adaptors needs both tables, sized.
+
+    Raises:
+        ValueError: one table without the other, or tables without `num_users`.
+    """
+    if (user_vector_dim is None) != (item_vector_dim is None):
+        raise ValueError(
+            f"{model} takes user and item vector tables together: got "
+            f"user_vector_dim={user_vector_dim}, item_vector_dim={item_vector_dim}."
+        )
+    if user_vector_dim is not None and not num_users:
+        raise ValueError("With vector tables, num_users (the user table's rows) is required.")
+
+
 @keras.saving.register_keras_serializable(package="marc_keras")
 class ExpertAdaptor(keras.layers.Layer):
     """Maps an external vector to one ranker field through gated experts.

@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from marc_keras.layers.item_id_index import ItemIdIndex
-from marc_keras.ranking.expert_adaptor import ExpertAdaptor
+from marc_keras.ranking.expert_adaptor import ExpertAdaptor, check_vector_tables
 
 EMBEDDING_DIM = 32
 HIDDEN_UNITS = (200, 80)
@@ -90,13 +90,9 @@ class PRMReranker(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if (user_vector_dim is None) != (item_vector_dim is None):
-            raise ValueError(
-                "PRMReranker takes user and item vector tables together (KAR's augmented "
-                f"input): got user_vector_dim={user_vector_dim}, item_vector_dim={item_vector_dim}."
-            )
-        if user_vector_dim is not None and not num_users:
-            raise ValueError("With vector tables, num_users (the user table's rows) is required.")
+        check_vector_tables(
+            "PRMReranker (KAR's augmented input)", user_vector_dim, item_vector_dim, num_users
+        )
         self.num_items, self.num_genres = int(num_items), int(num_genres)
         self.list_length = int(list_length)
         self.user_vector_dim = None if user_vector_dim is None else int(user_vector_dim)

@@ -61,7 +61,8 @@ class RankingFeatures:
     (N, H) ints 1..5 (0 = padding; label-only data uses 1 / 5), and
     `user_fields` (N, F) indices of the categorical user columns (gender, age,
     occupation on ML-1M). `item_genres` (items + 1, G) maps an item index to
-    its genre indices, for the model to look up. Ids are mapped to ints in
+    its genre indices, for the model to look up. `cold_items` holds the item
+    indices of the split's cold items (`KARSplit.holding_out`), or `None`. Ids are mapped to ints in
     numpy, not with Keras lookup layers (those need TensorFlow).
 
     Args:
@@ -82,6 +83,8 @@ class RankingFeatures:
         self.item_vocabulary = _vocabulary(items["item_id"])
         self.user_vocabulary = _vocabulary(user for users in split.users.values() for user in users)
         self.item_genres = self._genre_table(items, genre_column)
+        cold = split.cold_items
+        self.cold_items = None if cold is None else self.indices(sorted(cold.all, key=str), "item")
         self.user_field_names, user_table = self._user_fields(data.users)
         self.user_field_sizes = [int(column.max()) + 1 for column in user_table.T]
         self.history_length = split.config.max_behaviour_history

@@ -13,7 +13,7 @@ from keras import ops
 from marc_keras.layers.item_id_index import ItemIdIndex
 from marc_keras.layers.mlp_stack import build_dense_stack
 from marc_keras.ranking.dcn_v2_ranker import history_mean
-from marc_keras.ranking.expert_adaptor import ExpertAdaptor
+from marc_keras.ranking.expert_adaptor import ExpertAdaptor, check_vector_tables
 
 EMBEDDING_DIM = 32
 TOWER_UNITS = (64,)
@@ -105,13 +105,7 @@ class TwoTowerRetriever(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if (user_vector_dim is None) != (item_vector_dim is None):
-            raise ValueError(
-                "TwoTowerRetriever takes user and item vector tables together: got "
-                f"user_vector_dim={user_vector_dim}, item_vector_dim={item_vector_dim}."
-            )
-        if user_vector_dim is not None and not num_users:
-            raise ValueError("With vector tables, num_users (the user table's rows) is required.")
+        check_vector_tables("TwoTowerRetriever", user_vector_dim, item_vector_dim, num_users)
         if not float(temperature) > 0:
             raise ValueError(f"temperature must be positive; got {temperature}.")
         self.num_items, self.num_genres = int(num_items), int(num_genres)
@@ -141,11 +135,11 @@ class TwoTowerRetriever(keras.Model):
         self.item_id_index = ItemIdIndex(
             self.num_items, item_id_dropout=item_id_dropout, name="item_id_index"
         )
-        self.item_log_probability = self.add_weight(
+        self.item_probability = self.add_weight(
             shape=(self.num_items,),
-            initializer="zeros",
+            initializer="ones",
             trainable=False,
-            name="item_log_probability",
+            name="item_probability",
         )
         self.item_embedding = keras.layers.Embedding(
             self.num_items, self.embedding_dim, name="item_embedding"
@@ -207,14 +201,13 @@ class TwoTowerRetriever(keras.Model):
         Args:
             item_genre_shares: (items, genres) genre shares.
             item_probability: (items,) each item's share of the training
-                pairs (the logQ correction; zeros are clipped).
+                pairs (the logQ correction; the keras-rs layer clips zeros).
             user_vectors, item_vectors: the vector tables, or `None`.
             cold_items: item indices without an id embedding of their own.
             training_users: user indices whose vectors set the adaptors' noise scale.
         """
         self.item_genre_shares.assign(np.asarray(item_genre_shares, "float32"))
-        probability = np.clip(np.asarray(item_probability, "float64"), 1e-9, 1.0)
-        self.item_log_probability.assign(np.log(probability).astype("float32"))
+        self.item_probability.assign(np.asarray(item_probability, "float32"))
         self.item_id_index.set_cold(cold_items)
         for tower, table in (("user", user_vectors), ("item", item_vectors)):
             if table is None:
@@ -257,7 +250,7 @@ class TwoTowerRetriever(keras.Model):
         items = ops.cast(inputs["item"], "int32")  # (B,)
         logits = ops.matmul(queries, ops.transpose(self.encode_items(items, training)))
         logits = logits / self.temperature  # (B, B)
-        probability = ops.exp(ops.take(self.item_log_probability, items, axis=0))  # (B,)
+        probability = ops.take(self.item_probability, items, axis=0)  # (B,)
         logits = self.sampling_correction(logits, probability[None, :])
         rows = ops.arange(ops.shape(items)[0])
         accidental = ops.logical_and(

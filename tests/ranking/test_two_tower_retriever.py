@@ -47,7 +47,7 @@ def test_logits_are_cosines_over_temperature_with_logq_and_accidental_hits_maske
 
 def test_training_moves_exactly_the_trainable_weights():
     model, _ = _model(adaptor_weight_decay=1e-3)
-    tables = [model.item_genre_shares, model.item_id_index, model.item_log_probability]
+    tables = [model.item_genre_shares, model.item_id_index.rows, model.item_probability]
     tables += list(model.vector_tables.values())
     assert not {id(weight) for weight in tables} & {id(w) for w in model.trainable_weights}
     before = {weight.path: keras.ops.convert_to_numpy(weight).copy() for weight in model.weights}
