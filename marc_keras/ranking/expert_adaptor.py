@@ -164,6 +164,53 @@ class ExpertAdaptor(keras.layers.Layer):
         weights = self.gate(vectors)[:, :, None]  # (B, E, 1)
         return ops.sum(stacked * weights, axis=1)
 
+    def call_shared(self, shared, rows, training=None):
+        """`call` on [shared, row] for every row, without repeating `shared` per row.
+
+        PRM feeds each list item [user vector, item vector]; the user part of
+        every expert's first layer and of the gate is the same for a whole
+        list. Those layers are linear in their input, so `x @ W` splits into
+        `shared @ W[:d] + row @ W[d:]` and the first term is taken once per
+        list instead of once per item: same weights, same outputs (to float
+        rounding), about half the work of the adaptor's first layers. Input
+        noise and dropout draw per item, so with either of them this
+        concatenates and calls `call`.
+
+        Args:
+            shared: (B, d) input shared by the rows of each batch entry.
+            rows: (B, n, d_row) per-row inputs.
+            training: training flag.
+
+        Returns:
+            (B, n, output_dim), `call(concat([shared, row]))` for each row.
+        """
+        width = shared.shape[-1]
+        if self.dropout is not None or self.input_noise:
+            count = ops.shape(rows)[1]
+            pair = ops.concatenate(
+                [ops.broadcast_to(shared[:, None, :], (ops.shape(rows)[0], count, width)), rows],
+                axis=-1,
+            )  # (B, n, d + d_row)
+            field = self(ops.reshape(pair, (-1, pair.shape[-1])), training=training)
+            return ops.reshape(field, (-1, count, self.output_dim))
+
+        def split_dense(layer):
+            kernel = layer.kernel  # (d + d_row, units)
+            x = ops.matmul(shared, kernel[:width])[:, None, :] + ops.matmul(rows, kernel[width:])
+            if layer.use_bias:
+                x = x + layer.bias
+            return layer.activation(x)  # (B, n, units)
+
+        outputs = []
+        for expert in self.experts:
+            x = split_dense(expert[0])
+            for layer in expert[1:]:
+                x = layer(x, training=training)
+            outputs.append(x)
+        stacked = ops.stack(outputs, axis=-2)  # (B, n, E, output_dim)
+        weights = split_dense(self.gate)[..., None]  # (B, n, E, 1)
+        return ops.sum(stacked * weights, axis=-2)
+
     def compute_output_shape(self, input_shape) -> tuple:
         return (input_shape[0], self.output_dim)
 

@@ -203,12 +203,7 @@ class PRMReranker(keras.Model):
         if self.adaptor is not None:
             user = ops.take(self.vector_tables["user"], ops.cast(inputs["user"], "int32"), axis=0)
             item = ops.take(self.vector_tables["item"], items, axis=0)  # (L, n, d_i)
-            user = ops.broadcast_to(
-                user[:, None, :], (ops.shape(items)[0], self.list_length, self.user_vector_dim)
-            )
-            pair = ops.concatenate([user, item], axis=-1)  # (L, n, d_u + d_i)
-            field = self.adaptor(ops.reshape(pair, (-1, pair.shape[-1])), training=training)
-            parts.append(ops.reshape(field, (-1, self.list_length, self.embedding_dim)))
+            parts.append(self.adaptor.call_shared(user, item, training=training))  # (L, n, E)
         return ops.concatenate(parts, axis=-1) + self.positions[None]
 
     def call(self, inputs, training=None):

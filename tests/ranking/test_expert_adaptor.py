@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from helpers import run_layer_test
 
 import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
@@ -144,3 +145,42 @@ def test_expert_dropout_takes_training_from_the_call():
     np.testing.assert_array_equal(inference, keras.ops.convert_to_numpy(adaptor(vectors)))
     trained = keras.ops.convert_to_numpy(adaptor(vectors, training=True))
     assert not np.allclose(trained, inference)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(hidden_units=(8, 4)), dict(hidden_units=(), expert_dropout=0.0), dict(input_dropout=0.5)],
+)
+def test_call_shared_equals_call_on_each_concatenated_row(settings):
+    rng = np.random.default_rng(3)
+    adaptor = ExpertAdaptor(num_experts=3, output_dim=5, **settings)
+    adaptor.build((None, 7))
+    adaptor.set_weights([rng.normal(size=w.shape).astype("float32") for w in adaptor.weights])
+    shared = rng.normal(size=(4, 3)).astype("float32")
+    rows = rng.normal(size=(4, 6, 4)).astype("float32")
+    pairs = np.concatenate([np.repeat(shared[:, None], 6, axis=1), rows], axis=-1)  # (4, 6, 7)
+    expected = keras.ops.convert_to_numpy(adaptor(pairs.reshape(-1, 7), training=False))
+    got = keras.ops.convert_to_numpy(adaptor.call_shared(shared, rows, training=False))
+    assert got.shape == (4, 6, 5)
+    np.testing.assert_allclose(got, expected.reshape(4, 6, 5), rtol=1e-5, atol=1e-5)
+
+
+def test_call_shared_gradients_match_call():
+    rng = np.random.default_rng(4)
+    adaptor = ExpertAdaptor(num_experts=2, hidden_units=(6,), output_dim=3)
+    adaptor.build((None, 5))
+    shared = keras.ops.convert_to_tensor(rng.normal(size=(2, 2)).astype("float32"))
+    rows = keras.ops.convert_to_tensor(rng.normal(size=(2, 4, 3)).astype("float32"))
+    pairs = keras.ops.concatenate(
+        [keras.ops.broadcast_to(shared[:, None], (2, 4, 2)), rows], axis=-1
+    )
+
+    def gradients(output):
+        return torch.autograd.grad(
+            (output**2).sum(), [w.value for w in adaptor.trainable_weights]
+        )
+
+    split = gradients(adaptor.call_shared(shared, rows))
+    joined = gradients(adaptor(keras.ops.reshape(pairs, (-1, 5))))
+    for a, b in zip(split, joined):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
