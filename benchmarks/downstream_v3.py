@@ -43,11 +43,7 @@ from marc_keras.experiments.marc_run import MARCRun, downstream_inputs
 from marc_keras.probing.user_click_probe import UserClickProbe
 from marc_keras.ranking.adaptor_choice import TIE_TOLERANCE, choose_adaptor_settings
 from marc_keras.ranking.ctr_metrics import auc
-from marc_keras.ranking.downstream_evaluator import (
-    BASELINE_ROW,
-    DownstreamEvaluator,
-    adaptor_label,
-)
+from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator, adaptor_label
 from marc_keras.utils.markdown_tables import downstream_markdown
 
 RESULT = "downstream-v3-ml-1m-half.json"
@@ -218,7 +214,7 @@ def plot_v2_against_v3(rows, v2_rows, path):
     tiers = list(dict.fromkeys(row["tier"] for row in rows))
     figure, axes = plt.subplots(1, len(tiers), figsize=(7 * len(tiers), 4.5), squeeze=False)
     for axis, tier in zip(axes[0], tiers):
-        shown = [row for row in rows if row["tier"] == tier and row["name"] != BASELINE_ROW]
+        shown = [row for row in rows if row["tier"] == tier and row["name"] != row.get("baseline")]
         positions = np.arange(len(shown))
         for offset, label, found in (
             (-0.2, "v2 (no regularisation)", [v2.get((tier, row["name"])) for row in shown]),

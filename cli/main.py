@@ -4,12 +4,15 @@ The CLI only parses options and calls library functions; library imports are
 deferred so that `--help` answers at once (keras-hub pulls in TensorFlow).
 """
 
+import dataclasses
 import functools
 import json
 import sys
 import traceback
 
 import click
+
+from marc_keras.config.downstream_config import RANKERS
 
 
 def _report_errors(command):
@@ -146,8 +149,17 @@ def fit(config_path, overrides, run_dir, data_dir):
     help="Hold this share of the items out of all training (evaluate.cold_item_share) and "
     "judge rerank / retrieval on those cold items only, e.g. 0.2. Default: the run's setting.",
 )
+@click.option(
+    "--ranker",
+    "rankers",
+    multiple=True,
+    type=click.Choice(list(RANKERS)),
+    help="CTR ranker of --task ctr (repeatable; default evaluate.ranker, dcnv2): the protocol's "
+    "DCNv2 or MARC Table 4's zoo with KAR's settings. Each writes evaluate-{ranker}.json / .md "
+    "(evaluate.json for dcnv2).",
+)
 @_report_errors
-def evaluate(run_dirs, overrides, tiers, tasks, cold_items):
+def evaluate(run_dirs, overrides, tiers, tasks, cold_items, rankers):
     """Measure how much the vectors help a downstream ranker, re-ranker or retriever.
 
     Encodes every user and item with the trained MARC (MARC-C, MARC-O) and
@@ -167,7 +179,12 @@ def evaluate(run_dirs, overrides, tiers, tasks, cold_items):
     from pathlib import Path
 
     from marc_keras.config import RunConfig
-    from marc_keras.experiments.marc_run import CONFIG_FILE, MARCRun, evaluate_runs
+    from marc_keras.experiments.marc_run import (
+        CONFIG_FILE,
+        MARCRun,
+        ctr_report_stem,
+        evaluate_runs,
+    )
     from marc_keras.experiments.stage_evaluation import evaluate_stage, report_stem
 
     if tiers:
@@ -180,8 +197,11 @@ def evaluate(run_dirs, overrides, tiers, tasks, cold_items):
         runs.append(MARCRun(run_dir, config))
     for task in tasks or ("ctr",):
         if task == "ctr":
-            evaluate_runs(runs, log=_echo_err)
-            click.echo((runs[0].run_dir / "evaluate.md").read_text("utf-8").rstrip())
+            for ranker in rankers or (runs[0].config.evaluate.ranker,):
+                downstream = dataclasses.replace(runs[0].config.evaluate, ranker=ranker)
+                evaluate_runs(runs, downstream, log=_echo_err)
+                stem = ctr_report_stem(downstream)
+                click.echo((runs[0].run_dir / f"{stem}.md").read_text("utf-8").rstrip())
             continue
         evaluate_stage(runs, task, log=_echo_err)
         stem = report_stem(task, runs[0].config.evaluate)

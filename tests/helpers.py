@@ -274,3 +274,49 @@ def run_layer_test(
                 f"(max |float32 output| {scale:.3g})"
             )
     return layer, expected
+
+
+SIZES = {"train": 3000, "validation": 750, "test": 750}
+
+
+def synthetic_features(unique_items=False, seed=0, sizes=SIZES):
+    """Samples clicked when their item is "even" (10% label noise).
+
+    With `unique_items`, every sample gets an item index of its own, so item
+    ids carry nothing across splits and only an external item vector can
+    tell even from odd items. Returns real `RankingFeatures` (built from
+    arrays, not from a split) and that vector table.
+    """
+    from marc_keras.ranking.ranking_features import RankingFeatures
+
+    rng = np.random.default_rng(seed)
+    total = sum(sizes.values())
+    even = rng.random(total) < 0.5
+    item_index = (
+        np.arange(1, total + 1)
+        if unique_items
+        else np.where(even, 2, 1) * rng.integers(1, 20, total)
+    )
+    num_items = int(item_index.max()) + 1
+    item_vectors = np.zeros((num_items, 4), "float32")
+    item_vectors[item_index, 0] = even
+    labels = (even ^ (rng.random(total) < 0.1)).astype("float32")
+    features = RankingFeatures.__new__(RankingFeatures)
+    features.inputs, features.labels, features._tier_inputs = {}, {}, {}
+    features.item_genres = rng.integers(0, 4, (num_items, 2)).astype("int32")
+    features.genre_vocabulary = {f"g{i}": i for i in range(1, 4)}
+    features.user_vocabulary = {f"u{i}": i for i in range(1, 51)}
+    features.user_field_sizes = [3]
+    start = 0
+    for name, size in sizes.items():
+        rows = slice(start, start + size)
+        start += size
+        features.inputs[name] = {
+            "user": rng.integers(1, 51, size).astype("int32"),
+            "item": item_index[rows].astype("int32"),
+            "history_items": rng.integers(1, num_items, (size, 5)).astype("int32"),
+            "history_ratings": rng.integers(1, 6, (size, 5)).astype("int32"),
+            "user_fields": rng.integers(1, 3, (size, 1)).astype("int32"),
+        }
+        features.labels[name] = labels[rows]
+    return features, item_vectors

@@ -53,7 +53,7 @@ class AdaptorSetting:
         check.whole_number(f"{prefix}user_dim", self.user_dim, minimum=1, optional=True)
 
     def ranker_arguments(self) -> dict:
-        """Keyword arguments of `DCNv2Ranker` for this setting."""
+        """Keyword arguments of every CTR ranker (`FieldRanker`) for this setting."""
         return {
             "adaptor_input_dropout": self.input_dropout,
             "adaptor_expert_dropout": self.expert_dropout,

@@ -16,6 +16,10 @@ CROSS_LAYERS = 3
 DEEP_UNITS = (200, 80)
 ADAPTOR_HIDDEN_UNITS = (128,)
 
+# The CTR rankers (`marc_keras.ranking.ranker_registry`): DCNv2 is the
+# protocol's, the others are MARC Table 4's zoo with KAR's settings.
+RANKERS = ("dcnv2", "dcnv1", "deepfm", "xdeepfm", "autoint", "fibinet", "fignn", "din")
+
 # Each reference row's adaptor setting, chosen on validation users by the
 # downstream v3 grid (benchmarks/results/downstream-v3-ml-1m-half.json, rule
 # `marc_keras.ranking.adaptor_choice`); validation AUC with all off in brackets.
@@ -62,6 +66,10 @@ class DownstreamConfig:
         row_adaptors: row name -> table of `AdaptorSetting` fields, the
             whole setting of that row (fields left out are off). In TOML:
             `[evaluate.row_adaptors.random]` with `input_dropout = 0.5`.
+        ranker: the CTR model (`RANKERS`); its row without vectors is named
+            after it. The adaptor settings and the learning rate were chosen
+            for DCNv2 (`benchmarks/ranker_zoo.py` chooses each ranker's own
+            learning rate on validation users).
         cold_item_share: share of the items with interactions held out as
             cold items (ColdRec's protocol, `marc_keras.data.cold_items`), 0
             for none. Their pairs leave every training split, MARC's
@@ -102,6 +110,7 @@ class DownstreamConfig:
     adaptor_user_dim: int | None = None
     row_adaptors: dict = dataclasses.field(default_factory=lambda: copy.deepcopy(ROW_ADAPTORS))
     cold_item_share: float = 0.0
+    ranker: str = "dcnv2"
 
     def adaptor_setting(self, row: str | None = None) -> AdaptorSetting:
         """The `AdaptorSetting` a representation row trains with."""
@@ -138,6 +147,7 @@ class DownstreamConfig:
             "evaluate.cold_item_share", self.cold_item_share, minimum=0.0, below=1.0,
             why=" (a share of the items; 0 turns cold items off)",
         )  # fmt: skip
+        check.choice("evaluate.ranker", self.ranker, RANKERS)
         self.adaptor_setting().check("evaluate.adaptor_")
         self._check_row_adaptors()
 

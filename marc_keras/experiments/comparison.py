@@ -22,7 +22,6 @@ from marc_keras.experiments.downstream_rows import vector_provider
 from marc_keras.experiments.marc_run import MARCRun, build_split
 from marc_keras.ranking.ctr_metrics import relative_improvement
 from marc_keras.ranking.downstream_evaluator import (
-    BASELINE_ROW,
     LOGISTIC_ROW,
     DownstreamEvaluator,
     mean_std,
@@ -193,7 +192,7 @@ def compare_methods(
     )
     rows = evaluator.evaluate(
         {
-            BASELINE_ROW: None,
+            config.evaluate.ranker: None,
             LOGISTIC_ROW: None,
             **{method.name: vector_provider(features, vectors_of(method)) for method in methods},
         }

@@ -10,7 +10,7 @@ import numpy as np
 from marc_keras.baselines.pca_projection import PCAProjection
 from marc_keras.baselines.profile_vectors import ProfileVectors
 from marc_keras.baselines.random_vectors import RandomVectors
-from marc_keras.ranking.downstream_evaluator import BASELINE_ROW, LOGISTIC_ROW
+from marc_keras.ranking.downstream_evaluator import LOGISTIC_ROW
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,10 +68,11 @@ def reference_providers(
     items: pd.DataFrame,
     frozen: tuple,
     pca_components: int,
+    ranker: str = "dcnv2",
 ) -> dict[str, Callable[[int], tuple] | None]:
-    """DCNv2 alone, the logistic reference, the controls, the frozen rows and PCA.
+    """The ranker alone, the logistic reference, the controls, the frozen rows and PCA.
 
-    Rows, in table order: `dcnv2` (no vectors), `lr-2` (two-feature logistic
+    Rows, in table order: the ranker's name (no vectors), `lr-2` (two-feature logistic
     regression), `random` (Gaussian vectors with the frozen vectors' spread,
     drawn per seed), `profile` (rating statistics of the text half),
     `frozen`, `frozen-user-only`, `frozen-item-only` (the pretrained
@@ -84,6 +85,7 @@ def reference_providers(
         items: the items table (for the profile's genres).
         frozen: ((user ids, users), (item ids, items)) of the frozen backbone.
         pca_components: width of the PCA row.
+        ranker: the `evaluate.ranker`, the name of the row without vectors.
 
     Returns:
         dict name -> provider, for `DownstreamEvaluator.evaluate`.
@@ -106,7 +108,7 @@ def reference_providers(
     )
 
     return {
-        BASELINE_ROW: None,
+        ranker: None,
         LOGISTIC_ROW: None,
         "random": vector_provider(features, random),
         "profile": vector_provider(features, lambda seed: profile),

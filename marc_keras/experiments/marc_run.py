@@ -250,6 +250,7 @@ def downstream_inputs(
             interactions.items,
             vectors[0]["frozen"],
             runs[0].config.model.compressed_dim,
+            downstream.ranker,
         ),
         "marc-o": trained("marc-o"),
         "marc-c": trained("marc-c"),
@@ -263,6 +264,11 @@ def downstream_inputs(
         if path.is_file()
     ]
     return DownstreamInputs(split, features, representations, sources)
+
+
+def ctr_report_stem(downstream: DownstreamConfig) -> str:
+    """`evaluate` for the protocol's DCNv2, `evaluate-{ranker}` for another CTR ranker."""
+    return "evaluate" if downstream.ranker == "dcnv2" else f"evaluate-{downstream.ranker}"
 
 
 def evaluate_runs(
@@ -283,7 +289,9 @@ def evaluate_runs(
 
     Returns:
         The rows of `DownstreamEvaluator.evaluate`; also written as
-        `evaluate.json` and `evaluate.md` into the first run's directory.
+        `evaluate.json` and `evaluate.md` into the first run's directory
+        (`evaluate-{ranker}.*` for a ranker other than DCNv2, each with its
+        own progress file, so tables of several rankers live side by side).
     """
     runs = list(runs)
     downstream = downstream or runs[0].config.evaluate
@@ -304,11 +312,12 @@ def evaluate_runs(
             "its figures are not comparable with benchmarks/RESULTS.md"
         )
     inputs = downstream_inputs(runs, downstream, log)
+    stem = ctr_report_stem(downstream)
     evaluator = DownstreamEvaluator(
         inputs.features,
         downstream,
         log=log,
-        progress_path=runs[0].run_dir / "evaluate-progress.json",
+        progress_path=runs[0].run_dir / f"{stem}-progress.json",
         progress_fingerprint=inputs.sources,
     )
     rows = evaluator.evaluate(inputs.representations)
@@ -321,10 +330,10 @@ def evaluate_runs(
         "text_stats": inputs.split.text_stats,
         "rows": rows,
     }
-    write_json(runs[0].run_dir / "evaluate.json", report)
+    write_json(runs[0].run_dir / f"{stem}.json", report)
     markdown = downstream_markdown(rows, [("adaptor", adaptor_label)])
     write_atomically(
-        runs[0].run_dir / "evaluate.md",
+        runs[0].run_dir / f"{stem}.md",
         lambda temporary: Path(temporary).write_text(markdown + "\n"),
     )
     return rows

@@ -25,7 +25,7 @@ from marc_keras.probing.layer_probe import (
 )
 from marc_keras.probing.mra_plot import write_mra_report
 from marc_keras.ranking.ctr_metrics import relative_improvement
-from marc_keras.ranking.downstream_evaluator import BASELINE_ROW, DownstreamEvaluator
+from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
 from marc_keras.ranking.ranking_features import RankingFeatures
 
 FROZEN = "frozen"
@@ -237,7 +237,9 @@ def probe_runs(
     )
     # Curves are drawn on the headline tier (the first of evaluate.tiers).
     marker_rows = (
-        evaluator.evaluate({BASELINE_ROW: None}, tiers=config.evaluate.tiers[:1]) if markers else []
+        evaluator.evaluate({config.evaluate.ranker: None}, tiers=config.evaluate.tiers[:1])
+        if markers
+        else []
     )
     rows = []
     for method, vectors in encoded.items():

@@ -18,14 +18,15 @@ from marc_keras.experiments.retrieval_table import (
     RetrievalSettings,
     retrieval_table,
 )
-from marc_keras.ranking.downstream_evaluator import BASELINE_ROW as CTR_BASELINE, LOGISTIC_ROW
+from marc_keras.config.downstream_config import RANKERS
+from marc_keras.ranking.downstream_evaluator import LOGISTIC_ROW
 from marc_keras.utils.atomic_files import write_atomically, write_json
 from marc_keras.utils.markdown_tables import stage_markdown
 
 TASKS = ("rerank", "retrieval")
-# The CTR table's own rows that mean nothing here: DCNv2 alone and the
+# The CTR table's own rows that mean nothing here: a CTR ranker alone and the
 # logistic reference are CTR models, the one-tower rows are CTR ablations.
-NOT_STAGE_ROWS = (CTR_BASELINE, LOGISTIC_ROW, "frozen-user-only", "frozen-item-only")
+NOT_STAGE_ROWS = (*RANKERS, LOGISTIC_ROW, "frozen-user-only", "frozen-item-only")
 TRAINED_ROWS = ("marc-o", "marc-c", "marc-c-cross-fit")
 COLUMNS = {
     "rerank": (("map@1", "map@3", "map@5", "map@7", "ndcg@1", "ndcg@3", "ndcg@5", "ndcg@7"),

@@ -3,6 +3,7 @@
 from marc_keras.layers.compressed_interaction_network import CompressedInteractionNetwork
 from marc_keras.layers.compression_network import CompressionNetwork
 from marc_keras.layers.cosine_scorer import CosineScorer
+from marc_keras.layers.cross_network import CrossNetwork
 from marc_keras.layers.factorization_machine import FactorizationMachine
 from marc_keras.layers.graph_interaction import GraphInteraction
 from marc_keras.layers.interacting_attention import InteractingAttention
@@ -17,6 +18,7 @@ __all__ = [
     "CompressedInteractionNetwork",
     "CompressionNetwork",
     "CosineScorer",
+    "CrossNetwork",
     "FactorizationMachine",
     "GraphInteraction",
     "InteractingAttention",

@@ -3,87 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import keras_rs
-import numpy as np
 from keras import ops
 
-from marc_keras.config.downstream_config import (
-    ADAPTOR_HIDDEN_UNITS,
-    CROSS_LAYERS,
-    DEEP_UNITS,
-    EMBEDDING_DIM,
-)
-from marc_keras.ranking.expert_adaptor import ExpertAdaptor
-from marc_keras.ranking.ranking_features import MAX_RATING
-
-if TYPE_CHECKING:
-    from marc_keras.config.ranker_tier import RankerTier
-    from marc_keras.ranking.ranking_features import RankingFeatures
-
-TOWERS = ("user", "item")
-
-
-def history_mean(embedding, history):
-    """The mean of `embedding` over the real items of `history` (0 = padding): (B, H) -> (B, D)."""
-    # Summing every slot and taking back the padding row's share is exact and
-    # cheaper on CPU than masking the (B, H, D) gather.
-    embedded = embedding(history)  # (B, H, D)
-    real = ops.sum(ops.cast(history > 0, embedded.dtype), axis=-1, keepdims=True)  # (B, 1)
-    padding = ops.cast(ops.shape(history)[-1], embedded.dtype) - real
-    padding_row = ops.cast(embedding.embeddings[0], embedded.dtype)
-    total = ops.sum(embedded, axis=-2) - padding * padding_row
-    return total / ops.maximum(real, 1.0)
+from marc_keras.config.downstream_config import CROSS_LAYERS, DEEP_UNITS
+from marc_keras.ranking.field_ranker import FieldRanker
 
 
 @keras.saving.register_keras_serializable(package="marc_keras")
-class DCNv2Ranker(keras.Model):
+class DCNv2Ranker(FieldRanker):
     """The downstream ranker of the KAR / MARC protocol: DCNv2 over sparse fields.
 
-    Fields, each 32-d: target item id, target item genres, behaviour history
-    items (masked mean), history genres and history ratings, each
-    categorical user column, and, when configured, the external user and
-    item vectors through an `ExpertAdaptor` each. Three full-matrix
+    The fields are `FieldRanker`'s. Three full-matrix
     `keras_rs.layers.FeatureCross` layers, then a deep tower [200, 80] and
     one logit (stacked DCNv2). With `cross_projection_dim` each cross
     layer's (F*D, F*D) matrix is factored through that rank, DCNv2's
     low-rank variant (Wang et al. 2021, Sec. 3.2): most of the ranker's
-    multiply-adds sit in the full matrices. Which fields exist is the `RankerTier`'s
-    choice, made when `RankingFeatures.tier_inputs` builds the inputs.
-
-    Genres and ratings enter as weights over their vocabulary (an item's
-    genre shares; the history's genre and rating shares, computed once in
-    numpy), times a (vocabulary, 32) matrix: the same mean of embeddings as
-    a lookup per history item and genre, at a fraction of the cost. The
-    item-genre table and the vector tables are non-trainable weights, so
-    samples carry only indices and shares.
+    multiply-adds sit in the full matrices. It flattens its fields, so the
+    user vector's field may be narrower (`user_adaptor_dim`).
 
     Args:
-        num_users: user vocabulary size (index 0 = unknown).
-        num_items: item vocabulary size (index 0 = padding).
-        num_genres: genre vocabulary size (index 0 = padding).
-        num_ratings: number of rating values (1..num_ratings).
-        user_field_sizes: vocabulary size of each categorical user column.
-        user_vector_dim: width of external user vectors, or `None`.
-        item_vector_dim: width of external item vectors, or `None`.
-        num_experts: experts per adaptor.
-        embedding_dim: field width.
         cross_layers: number of FeatureCross layers.
         cross_projection_dim: rank of each cross layer's matrix, or `None`
             for full rank.
         deep_units: sizes of the deep tower.
-        adaptor_input_dropout: dropout on each external vector (training only).
-        adaptor_expert_dropout: dropout inside each adaptor's experts.
-        adaptor_input_noise: Gaussian noise on each external vector, as a
-            multiple of its per-dimension std over training users (items);
-            `from_features` sets that std.
-        adaptor_weight_decay: L2 penalty on the adaptors' kernels, apart
-            from the optimizer's weight decay of the whole ranker.
-        user_adaptor_dim: width of the user vector's field (a bottleneck),
-            or `None` for `embedding_dim`.
-        **kwargs: base model arguments.
+        **kwargs: `FieldRanker` arguments (vocabularies, vector widths,
+            adaptor settings).
 
     All adaptor settings off (the defaults) is the downstream v2 ranker;
     `marc_keras.config.AdaptorSetting.ranker_arguments` gives them from a config.
@@ -96,85 +44,22 @@ class DCNv2Ranker(keras.Model):
     >>> ranker.compile(optimizer="adamw", loss=keras.losses.BinaryCrossentropy(from_logits=True))
     """
 
+    uniform_fields = False
+
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
-        num_genres: int,
-        num_ratings: int,
-        user_field_sizes: Sequence[int],
-        user_vector_dim: int | None = None,
-        item_vector_dim: int | None = None,
-        num_experts: int = 3,
-        embedding_dim: int = EMBEDDING_DIM,
+        *args: Any,
         cross_layers: int = CROSS_LAYERS,
         cross_projection_dim: int | None = None,
         deep_units: Sequence[int] = DEEP_UNITS,
-        adaptor_input_dropout: float = 0.0,
-        adaptor_expert_dropout: float = 0.0,
-        adaptor_input_noise: float = 0.0,
-        adaptor_weight_decay: float = 0.0,
-        user_adaptor_dim: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.num_users, self.num_items = int(num_users), int(num_items)
-        self.num_genres, self.num_ratings = int(num_genres), int(num_ratings)
-        self.user_field_sizes = [int(size) for size in user_field_sizes]
-        self.vector_dims = {"user": user_vector_dim, "item": item_vector_dim}
-        self.num_experts = int(num_experts)
-        self.embedding_dim = int(embedding_dim)
+        super().__init__(*args, **kwargs)
         self.cross_layers = int(cross_layers)
         self.cross_projection_dim = (
             None if cross_projection_dim is None else int(cross_projection_dim)
         )
         self.deep_units = tuple(int(units) for units in deep_units)
-        self.adaptor_settings = {
-            "input_dropout": float(adaptor_input_dropout),
-            "expert_dropout": float(adaptor_expert_dropout),
-            "input_noise": float(adaptor_input_noise),
-            "weight_decay": float(adaptor_weight_decay),
-        }
-        self.user_adaptor_dim = None if user_adaptor_dim is None else int(user_adaptor_dim)
-        self.item_genre_shares = self.add_weight(
-            shape=(self.num_items, self.num_genres),
-            initializer="zeros",
-            trainable=False,
-            name="item_genre_shares",
-        )
-        self.item_embedding = keras.layers.Embedding(
-            self.num_items, embedding_dim, name="item_embedding"
-        )
-        # Dense layers without bias over shares = embedding tables.
-        self.genre_embedding = keras.layers.Dense(
-            embedding_dim, use_bias=False, name="genre_embedding"
-        )
-        self.rating_embedding = keras.layers.Dense(
-            embedding_dim, use_bias=False, name="rating_embedding"
-        )
-        self.user_field_embeddings = [
-            keras.layers.Embedding(size, embedding_dim, name=f"user_field_{index}")
-            for index, size in enumerate(self.user_field_sizes)
-        ]
-        self.vector_tables, self.adaptors = {}, {}
-        for tower in TOWERS:
-            if self.vector_dims[tower] is None:
-                continue
-            rows = self.num_users if tower == "user" else self.num_items
-            self.vector_tables[tower] = self.add_weight(
-                shape=(rows, int(self.vector_dims[tower])),
-                initializer="zeros",
-                trainable=False,
-                name=f"{tower}_vector_table",
-            )
-            width = self.user_adaptor_dim if tower == "user" else None
-            self.adaptors[tower] = ExpertAdaptor(
-                num_experts,
-                hidden_units=ADAPTOR_HIDDEN_UNITS,
-                output_dim=width or embedding_dim,
-                name=f"{tower}_adaptor",
-                **self.adaptor_settings,
-            )
         self.crosses = [
             keras_rs.layers.FeatureCross(
                 projection_dim=self.cross_projection_dim, name=f"cross_{index}"
@@ -187,59 +72,7 @@ class DCNv2Ranker(keras.Model):
         ]
         self.logit = keras.layers.Dense(1, name="logit")
 
-    @classmethod
-    def from_features(
-        cls,
-        features: RankingFeatures,
-        tier: RankerTier,
-        user_vectors: np.ndarray | None = None,
-        item_vectors: np.ndarray | None = None,
-        **kwargs: Any,
-    ) -> DCNv2Ranker:
-        """A ranker sized for `features` in a tier, with its tables filled.
-
-        Args:
-            features: a `RankingFeatures`.
-            tier: a `RankerTier` (its inputs: `features.tier_inputs(tier)`).
-            user_vectors: optional table from `features.vector_table(..., "user")`.
-            item_vectors: optional table from `features.vector_table(..., "item")`.
-            **kwargs: other constructor arguments.
-        """
-        genre_shares = features.item_genre_shares(tier)
-        ranker = cls(
-            num_users=len(features.user_vocabulary) + 1,
-            num_items=genre_shares.shape[0],
-            num_genres=genre_shares.shape[1],
-            num_ratings=MAX_RATING,
-            user_field_sizes=features.user_field_sizes if tier.user_fields else [],
-            user_vector_dim=None if user_vectors is None else int(user_vectors.shape[1]),
-            item_vector_dim=None if item_vectors is None else int(item_vectors.shape[1]),
-            **kwargs,
-        )
-        ranker.item_genre_shares.assign(genre_shares)
-        training_inputs = features.tier_inputs(tier)["train"]
-        for tower, table in (("user", user_vectors), ("item", item_vectors)):
-            if table is not None:
-                table = np.asarray(table, "float32")
-                ranker.vector_tables[tower].assign(table)
-                # The noise scale comes from training rows only, as the centering does.
-                ranker.adaptors[tower].adapt(table[np.unique(training_inputs[tower])])
-        return ranker
-
-    def call(self, inputs, training=None):
-        item, history = inputs["item"], inputs["history_items"]  # (B,), (B, H)
-        fields = [
-            self.item_embedding(item),
-            self.genre_embedding(ops.take(self.item_genre_shares, item, axis=0)),  # (B, V)
-            history_mean(self.item_embedding, history),
-            self.genre_embedding(inputs["history_genres"]),  # (B, V) shares
-            self.rating_embedding(inputs["history_ratings"]),  # (B, R) shares
-        ]
-        for index, embedding in enumerate(self.user_field_embeddings):
-            fields.append(embedding(inputs["user_fields"][:, index]))
-        for tower, table in self.vector_tables.items():
-            vectors = ops.take(table, inputs[tower], axis=0)  # (B, d)
-            fields.append(self.adaptors[tower](vectors, training=training))
+    def interact(self, inputs, fields, training=None):
         x0 = ops.concatenate(fields, axis=-1)  # (B, fields * D)
         x = x0
         for cross in self.crosses:
@@ -251,18 +84,7 @@ class DCNv2Ranker(keras.Model):
     def get_config(self) -> dict:
         return {
             **super().get_config(),
-            "num_users": self.num_users,
-            "num_items": self.num_items,
-            "num_genres": self.num_genres,
-            "num_ratings": self.num_ratings,
-            "user_field_sizes": self.user_field_sizes,
-            "user_vector_dim": self.vector_dims["user"],
-            "item_vector_dim": self.vector_dims["item"],
-            "num_experts": self.num_experts,
-            "embedding_dim": self.embedding_dim,
             "cross_layers": self.cross_layers,
             "cross_projection_dim": self.cross_projection_dim,
             "deep_units": list(self.deep_units),
-            **{f"adaptor_{name}": value for name, value in self.adaptor_settings.items()},
-            "user_adaptor_dim": self.user_adaptor_dim,
         }

@@ -18,7 +18,7 @@ from marc_keras.config import DownstreamConfig
 from marc_keras.config.adaptor_setting import AdaptorSetting
 from marc_keras.config.ranker_tier import resolve_tier
 from marc_keras.ranking.ctr_metrics import auc, logloss, relative_improvement
-from marc_keras.ranking.dcn_v2_ranker import DCNv2Ranker
+from marc_keras.ranking.ranker_registry import constructor_arguments, ranker_class
 from marc_keras.ranking.ranking_features import training_rows
 from marc_keras.ranking.two_feature_logistic import TwoFeatureLogistic
 from marc_keras.ranking.validation_auc import ValidationAUC
@@ -27,9 +27,9 @@ from marc_keras.utils.backend_guard import set_random_seed
 
 if TYPE_CHECKING:
     from marc_keras.config.ranker_tier import RankerTier
+    from marc_keras.ranking.field_ranker import FieldRanker
     from marc_keras.ranking.ranking_features import RankingFeatures
 
-BASELINE_ROW = "dcnv2"
 LOGISTIC_ROW = "lr-2"
 
 
@@ -38,11 +38,12 @@ def _sigmoid(logits):
 
 
 class DownstreamEvaluator:
-    """Trains one DCNv2 per representation, tier and seed; reports test-user AUC and logloss.
+    """Trains one CTR ranker per representation, tier and seed; reports test-user AUC and logloss.
 
-    Model choice (early stopping, best epoch) uses validation users only; the
-    test users are scored once with the chosen weights. Every row is paired
-    with the `dcnv2` row (no vectors) of the same tier and seed: same
+    The ranker is `config.ranker` (DCNv2 by default), and its row without
+    vectors is named after it. Model choice (early stopping, best epoch)
+    uses validation users only; the test users are scored once with the
+    chosen weights. Every row is paired with that row of the same tier and seed: same
     training rows, same data order, same initial weights of the shared
     layers. A subsample (`train_samples`) is drawn anew per seed.
 
@@ -89,7 +90,7 @@ class DownstreamEvaluator:
         item_vectors: np.ndarray | None = None,
         verbose: int = 0,
         adaptor: AdaptorSetting | None = None,
-    ) -> tuple[DCNv2Ranker, float, float, int]:
+    ) -> tuple[FieldRanker, float, float, int]:
         """Trains one ranker on a tier's features.
 
         Args:
@@ -109,14 +110,12 @@ class DownstreamEvaluator:
         inputs = self.features.tier_inputs(tier)
         labels = self.features.labels
         set_random_seed(seed)
-        ranker = DCNv2Ranker.from_features(
+        ranker = ranker_class(config.ranker).from_features(
             self.features,
             tier,
             user_vectors,
             item_vectors,
-            num_experts=config.num_experts,
-            cross_projection_dim=config.cross_projection_dim,
-            **(adaptor or config.adaptor_setting()).ranker_arguments(),
+            **constructor_arguments(config, adaptor or config.adaptor_setting()),
         )
         ranker.compile(
             optimizer=keras.optimizers.AdamW(
@@ -174,8 +173,9 @@ class DownstreamEvaluator:
             A list of rows, tier-major: tier, name, adaptor_setting (the
             row's `AdaptorSetting` as a dict; `None` for rows without
             vectors), auc_mean, auc_std, logloss_mean, logloss_std, aucs,
-            loglosses, epochs, seconds, seeds; with a "dcnv2" row, every row also gets relaimpr,
-            paired_deltas (AUC minus dcnv2's, per seed), paired_delta_mean,
+            loglosses, epochs, seconds, seeds; with the ranker's row without
+            vectors (named `config.ranker`), every row also gets baseline (that
+            name), relaimpr, paired_deltas (AUC minus its, per seed), paired_delta_mean,
             paired_delta_std and lift (the paired delta's mean exceeds its
             std and zero).
         """
@@ -230,9 +230,10 @@ class DownstreamEvaluator:
                 }
                 for name, found in results.items()
             ]
-            base = results.get(BASELINE_ROW)
+            base = results.get(self.config.ranker)
             if base is not None:
                 for row in tier_rows:
+                    row["baseline"] = self.config.ranker
                     self.add_paired_statistics(row, base)
             rows.extend(tier_rows)
         return rows
@@ -300,7 +301,7 @@ class DownstreamEvaluator:
 
     @staticmethod
     def add_paired_statistics(row: dict, base_results: Sequence[dict]) -> None:
-        """Adds RelaImpr and the paired AUC delta against the same seeds' dcnv2 results."""
+        """Adds RelaImpr and the paired AUC delta against the same seeds' vector-less results."""
         base_aucs = [result["auc"] for result in base_results]
         deltas = [value - base for value, base in zip(row["aucs"], base_aucs)]
         statistics_ = mean_std("paired_delta", deltas)

@@ -193,6 +193,11 @@ class TFRSRanker:
         log: Callable[[str], object] = print,
     ) -> None:
         self.config = config or DownstreamConfig()
+        if self.config.ranker != "dcnv2":
+            raise ValueError(
+                f"The tfrs engine builds DCNv2 only; evaluate.ranker is '{self.config.ranker}'. "
+                "Use --engine keras for the other rankers, or set evaluate.ranker=dcnv2."
+            )
         self.threads = None if threads is None else int(threads)
         self.log = log
 

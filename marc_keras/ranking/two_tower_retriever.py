@@ -12,7 +12,7 @@ from keras import ops
 
 from marc_keras.layers.item_id_index import ItemIdIndex
 from marc_keras.layers.mlp_stack import build_dense_stack
-from marc_keras.ranking.dcn_v2_ranker import history_mean
+from marc_keras.ranking.field_ranker import history_mean
 from marc_keras.ranking.expert_adaptor import ExpertAdaptor, check_vector_tables
 
 EMBEDDING_DIM = 32

@@ -23,7 +23,8 @@ def downstream_markdown(
 ) -> str:
     """Rows of `DownstreamEvaluator.evaluate` as a Markdown table, mean +- std over seeds.
 
-    The paired delta is the row's AUC minus DCNv2 alone's on the same seed;
+    The paired delta is the row's AUC minus the ranker's without vectors
+    (the rows' `baseline`, DCNv2 by default) on the same seed;
     "lift" says whether its mean exceeds its std. One seed has no spread:
     its std prints as "n/a" and nothing is called a lift.
 
@@ -31,14 +32,16 @@ def downstream_markdown(
         rows: the rows.
         extra_columns: (header, row -> cell text) pairs appended to each row.
     """
+    rows = list(rows)
+    baseline = next((row["baseline"] for row in rows if "baseline" in row), "dcnv2")
     headers = [
         "tier",
         "representation",
         "test AUC",
-        "paired delta vs dcnv2",
+        f"paired delta vs {baseline}",
         "lift",
         "test logloss",
-        "RelaImpr vs dcnv2",
+        f"RelaImpr vs {baseline}",
         "epochs",
         "wall (s)",
         *(header for header, _ in extra_columns),
