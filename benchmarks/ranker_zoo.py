@@ -1,0 +1,243 @@
+"""MARC Table 4 on ml-1m-half: do the vectors help every common CTR model? (issue 30)
+
+Three steps on one MARC run, each adding to results/ranker-zoo-ml-1m-half.json:
+
+  python benchmarks/ranker_zoo.py epochs --run-dir runs/marc-scale
+      one epoch on all kar-tier training rows per ranker, alone and with the
+      frozen vectors (the widest rows): seconds per epoch (target: under 60 s
+      on 2 cores) with the machine's cpu_flags.
+  python benchmarks/ranker_zoo.py grid --run-dir runs/marc-scale
+      each ranker alone, seed 0, learning rate 1e-3 and 3e-3: validation-user
+      AUC at the best epoch; the higher is that ranker's learning rate (test
+      users are never read).
+  python benchmarks/ranker_zoo.py table --run-dir runs/marc-scale --seeds 0 1 2 \
+      [--mrl-run runs/mrl]
+      rows: the ranker alone, lr-2, frozen, pca-128, mrl (the compressed
+      vectors of a run trained with Matryoshka losses, when given), marc-c,
+      marc-o; each ranker at its chosen learning rate, paired deltas against
+      that ranker alone, the RESULTS.md section "ranker-zoo-ml-1m-half" and a
+      plot. Resumable: each ranker keeps a progress file in the run directory.
+
+Every ranker uses the adaptor settings chosen for DCNv2 (downstream v3) and
+KAR's architecture settings (`marc_keras.ranking.ranker_registry`).
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import RESULTS_DIR, machine_facts, update_results_section, write_json
+
+import marc_keras  # noqa: F401  (selects the torch backend before keras loads)
+import numpy as np
+
+from marc_keras.config import DownstreamConfig, RunConfig
+from marc_keras.config.downstream_config import RANKERS
+from marc_keras.config.ranker_tier import TIERS
+from marc_keras.experiments.marc_run import MARCRun, downstream_inputs
+from marc_keras.ranking.ctr_metrics import auc
+from marc_keras.ranking.downstream_evaluator import LOGISTIC_ROW, DownstreamEvaluator
+from marc_keras.ranking.ranker_registry import constructor_arguments, ranker_class
+from marc_keras.utils.markdown_tables import downstream_markdown
+
+RESULT = "ranker-zoo-ml-1m-half.json"
+LEARNING_RATES = (1e-3, 3e-3)
+TIER = "kar"
+ROWS = (LOGISTIC_ROW, "frozen", "pca-128", "mrl", "marc-c", "marc-o")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("epochs", "grid", "table"))
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--mrl-run", type=Path, help="a MARC run trained with MRL losses")
+    parser.add_argument("--rankers", nargs="+", default=list(RANKERS), choices=RANKERS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--note", default="", help="what else ran on the machine")
+    return parser.parse_args()
+
+
+def _load():
+    path = RESULTS_DIR / RESULT
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save(result):
+    result["machine"] = machine_facts()
+    result["cpu_flags"] = result["machine"]["cpu_flags"]
+    write_json(RESULT, result)
+
+
+def _inputs(run_dir, downstream):
+    run = MARCRun(run_dir, RunConfig.from_file(run_dir / "config.json"))
+    return downstream_inputs([run], downstream, log=print)
+
+
+def epochs(args):
+    """Seconds of one training epoch on every kar-tier training row, per ranker."""
+    import keras
+
+    downstream = DownstreamConfig(tiers=(TIER,))
+    inputs = _inputs(args.run_dir, downstream)
+    features, tier = inputs.features, TIERS[TIER]
+    training = features.tier_inputs(tier)["train"]
+    labels = features.labels["train"][:, None]
+    frozen = inputs.representations["frozen"](0)
+    result = _load()
+    timings = result.setdefault("epoch_seconds", {})
+    for name in args.rankers:
+        config = dataclasses.replace(downstream, ranker=name)
+        for label, tables in (("alone", (None, None)), ("frozen", frozen)):
+            ranker = ranker_class(name).from_features(
+                features,
+                tier,
+                *tables,
+                **constructor_arguments(config, config.adaptor_setting("frozen")),
+            )
+            ranker.compile(
+                optimizer=keras.optimizers.AdamW(config.learning_rate),
+                loss=keras.losses.BinaryCrossentropy(from_logits=True),
+            )
+            # A first short fit compiles nothing on torch but warms the allocator.
+            ranker.fit(training, labels, batch_size=config.batch_size, epochs=1,
+                       steps_per_epoch=2, verbose=0)  # fmt: skip
+            started = time.perf_counter()
+            ranker.fit(training, labels, batch_size=config.batch_size, epochs=1, verbose=0)
+            seconds = time.perf_counter() - started
+            timings.setdefault(name, {})[label] = round(seconds, 1)
+            print(f"{name} {label}: {seconds:.1f} s per epoch ({len(labels)} rows)")
+    result["epoch_rows"] = int(len(labels))
+    result["epoch_note"] = args.note
+    _save(result)
+
+
+def grid(args):
+    """Each ranker alone at every learning rate of the grid: validation AUC, seed 0."""
+    downstream = DownstreamConfig(tiers=(TIER,), seeds=(0,))
+    inputs = _inputs(args.run_dir, downstream)
+    features, tier = inputs.features, TIERS[TIER]
+    validation = features.tier_inputs(tier)["validation"]
+    result = _load()
+    cells = result.setdefault("grid", {})
+    for name in args.rankers:
+        for rate in LEARNING_RATES:
+            key = f"{name}/{rate:g}"
+            if key in cells:
+                continue
+            config = dataclasses.replace(downstream, ranker=name, learning_rate=rate)
+            started = time.perf_counter()
+            ranker, _, _, trained = DownstreamEvaluator(features, config).train_one(TIER, 0)
+            logits = ranker.predict(validation, batch_size=4 * config.batch_size, verbose=0)
+            cells[key] = {
+                "validation_auc": auc(features.labels["validation"], logits[:, 0]),
+                "epochs": trained,
+                "seconds": time.perf_counter() - started,
+            }
+            print(f"{key}: validation AUC {cells[key]['validation_auc']:.4f}, {trained} epochs")
+            _save(result)
+    result["learning_rates"] = {
+        name: max(LEARNING_RATES, key=lambda rate: cells[f"{name}/{rate:g}"]["validation_auc"])
+        for name in RANKERS
+        if all(f"{name}/{rate:g}" in cells for rate in LEARNING_RATES)
+    }
+    _save(result)
+
+
+def table(args):
+    """Table 4: every ranker at its chosen learning rate, the vector rows, 3 seeds."""
+    result = _load()
+    chosen = result.get("learning_rates", {})
+    missing = [name for name in args.rankers if name not in chosen]
+    if missing:
+        raise SystemExit(f"run the grid step first: no learning rate for {', '.join(missing)}")
+    downstream = DownstreamConfig(tiers=(TIER,), seeds=tuple(args.seeds))
+    inputs = _inputs(args.run_dir, downstream)
+    providers = dict(inputs.representations)
+    if args.mrl_run:
+        providers["mrl"] = _inputs(args.mrl_run, downstream).representations["marc-c"]
+    rows = [row for row in result.get("rows", []) if row["ranker"] not in args.rankers]
+    for name in args.rankers:
+        config = dataclasses.replace(downstream, ranker=name, learning_rate=chosen[name])
+        evaluator = DownstreamEvaluator(
+            inputs.features,
+            config,
+            progress_path=args.run_dir / f"ranker-zoo-{name}-progress.json",
+            progress_fingerprint=json.dumps([inputs.sources, str(args.mrl_run or "")]),
+        )
+        started = time.perf_counter()
+        representations = {
+            name: None,
+            **{row: providers[row] for row in ROWS if row in providers},
+        }
+        for row in evaluator.evaluate(representations):
+            rows.append({"ranker": name, "learning_rate": chosen[name], **row})
+        print(f"{name}: {time.perf_counter() - started:.0f} s")
+        result["rows"] = rows
+        _save(result)
+    result.update(
+        {
+            "command": "python benchmarks/ranker_zoo.py " + " ".join(sys.argv[1:]),
+            "run": str(args.run_dir),
+            "mrl_run": str(args.mrl_run) if args.mrl_run else None,
+            "note": args.note,
+        }
+    )
+    _save(result)
+    markdown = "\n\n".join(
+        downstream_markdown([row for row in rows if row["ranker"] == name])
+        for name in RANKERS
+        if any(row["ranker"] == name for row in rows)
+    )
+    update_results_section(
+        "ranker-zoo-ml-1m-half",
+        f"## CTR model zoo (MARC Table 4), kar tier (issue 30)\n\n{markdown}\n\n"
+        f"Test users, mean +- std over seeds {list(args.seeds)}; each ranker at its "
+        f"learning rate chosen on validation users ({chosen}). Run `{args.run_dir}`. "
+        f"cpu_flags {result['cpu_flags']}. Command: `{result['command']}`. {args.note} "
+        f"Plot: `results/ranker-zoo-ml-1m-half.png`.",
+    )
+    plot(rows, RESULTS_DIR / "ranker-zoo-ml-1m-half.png")
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rankers = [name for name in RANKERS if any(row["ranker"] == name for row in rows)]
+    names = [row for row in ROWS if row != LOGISTIC_ROW]
+    figure, axis = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        found = [
+            next((r for r in rows if r["ranker"] == ranker and r["name"] == name), None)
+            for ranker in rankers
+        ]
+        axis.bar(
+            np.arange(len(rankers)) + index * width,
+            [row["paired_delta_mean"] if row else np.nan for row in found],
+            width,
+            yerr=[row["paired_delta_std"] if row else 0.0 for row in found],
+            label=name,
+        )
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    axis.set_xticks(np.arange(len(rankers)) + 0.4 - width / 2, rankers)
+    axis.set_ylabel("test AUC minus the ranker alone's (paired)")
+    axis.legend(ncol=len(names), fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main():
+    args = parse_args()
+    {"epochs": epochs, "grid": grid, "table": table}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
