@@ -20,6 +20,7 @@ from pathlib import Path
 from marc_keras.config import RunConfig
 from marc_keras.experiments.marc_run import MARCRun, build_split
 from marc_keras.pair_batches import PairBatches
+from marc_keras.utils.backend_guard import set_random_seed
 
 import keras  # after marc_keras, which selects the torch backend
 import torch
@@ -76,7 +77,7 @@ def main():
     args = parse_args()
     facts = machine_facts()
     torch.set_num_threads(args.threads)
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     config = RunConfig.from_file(args.run_dir / "config.json")
     run = MARCRun(args.run_dir, config)
     training = config.training

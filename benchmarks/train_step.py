@@ -22,6 +22,7 @@ import torch
 from marc_keras.config import DataSection, ModelSection, RunConfig
 from marc_keras.experiments.marc_run import build_split, default_preset
 from marc_keras.models.marc import MARC
+from marc_keras.utils.backend_guard import set_random_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine_facts, update_results_section, write_json
@@ -79,7 +80,7 @@ def hsic_seconds(batch_size, hidden_dim, compressed_dim, repeats=50):
 
 
 def build(hsic_weight, max_length):
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     model = MARC.from_preset(
         default_preset(), lora_rank=8, max_length=max_length, hsic_weight=hsic_weight
     )

@@ -44,6 +44,7 @@ from marc_keras.config import RunConfig
 from marc_keras.experiments.marc_run import build_split, default_preset, tokenize_pairs
 from marc_keras.models.marc import MARC
 from marc_keras.pair_batches import PairBatches
+from marc_keras.utils.backend_guard import set_random_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine_facts, update_results_section, write_json
@@ -120,7 +121,7 @@ def distinct_users(batches, steps):
 
 
 def measure(name, x, y, layout, steps, max_length, frozen_prefix_layers=0):
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     model = MARC.from_preset(
         default_preset(),
         lora_rank=8,

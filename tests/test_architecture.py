@@ -202,3 +202,17 @@ def test_reading_a_run_config_imports_no_framework():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_seeding_goes_through_the_backend_guard():
+    # keras.utils.set_random_seed imports TensorFlow whenever it is installed
+    # (it seeds it too): seconds of start-up and a second framework in a torch run.
+    offenders = sorted(
+        str(path.relative_to(ROOT))
+        for folder in (*SOURCES.values(), ROOT / "benchmarks")
+        for path in folder.rglob("*.py")
+        if "keras.utils.set_random_seed(" in path.read_text("utf-8")
+        and path.name != "backend_guard.py"
+        and "tf.keras.utils.set_random_seed(" not in path.read_text("utf-8")
+    )
+    assert not offenders, f"use marc_keras.utils.backend_guard.set_random_seed in {offenders}"

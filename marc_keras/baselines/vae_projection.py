@@ -89,7 +89,7 @@ class VAEProjection(AutoencoderProjection):
     `transform` returns the posterior mean, a deterministic code. Fit it on
     training data only (training users and the item catalogue).
 
-    `fit` calls `keras.utils.set_random_seed(seed)` and seeds the sampling
+    `fit` calls `set_random_seed(seed)` (`AutoencoderProjection.fit`) and seeds the sampling
     noise, so the same data and seed give the same projection on the same
     machine and thread count; it also reseeds Python, numpy and torch.
 

@@ -17,6 +17,7 @@ from marc_keras.ranking.list_metrics import list_metrics
 from marc_keras.ranking.prm_reranker import PRMReranker
 from marc_keras.config.ranker_tier import TIERS
 from marc_keras.ranking.ranking_features import RankingFeatures
+from marc_keras.utils.backend_guard import set_random_seed
 
 BASELINE_ROW = "prm"
 SPLITS = ("train", "validation", "test")
@@ -132,7 +133,7 @@ def _lists(split, name, cold, seed):
 def _train_one(inputs, lists, shares, tables, cold_items, seed, settings):
     """One PRM: trained with early stopping on validation lists; test metrics of its best epoch."""
     user_table, item_table = tables
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     model = PRMReranker(
         num_items=len(shares),
         num_genres=shares.shape[1],

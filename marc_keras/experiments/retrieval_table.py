@@ -18,6 +18,7 @@ from marc_keras.experiments.seed_summary import add_paired_deltas, summarise_see
 from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.ranking.retrieval_metrics import retrieval_metrics
 from marc_keras.ranking.two_tower_retriever import TwoTowerRetriever
+from marc_keras.utils.backend_guard import set_random_seed
 
 BASELINE_ROW = "base"
 POPULARITY_ROW = "popularity"
@@ -148,7 +149,7 @@ def retrieval_table(
             tables = provider(seed) if provider is not None else (None, None)
             candidates = []
             for dropout in settings.item_id_dropouts:
-                keras.utils.set_random_seed(seed)
+                set_random_seed(seed)
                 model = _build(features, shares, probability, tables, train, settings, dropout)
                 candidates.append(
                     (*_train_one(model, pair_inputs, prepared, seed, settings), dropout)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import keras
+from marc_keras.utils.backend_guard import set_random_seed
 import numpy as np
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class CrossFittedHeads:
 
     def _train(self, rows, users, items, pairs, validation):
         """One heads model trained on `pairs.iloc[rows]`; returns (model, best validation AUC)."""
-        keras.utils.set_random_seed(self.seed)
+        set_random_seed(self.seed)
         model = self.build_model()
         history = model.fit_heads(
             self.pair_vectors(users, items, pairs.iloc[rows]),

@@ -23,3 +23,20 @@ def test_profile_vectors_by_hand():
     np.testing.assert_allclose(
         item_vectors, [[4.0, np.log1p(1)], [2.0, np.log1p(1)], [3.0, 0.0]], rtol=1e-6
     )
+
+
+def test_release_year_from_the_title_in_decades_from_1990():
+    items = pd.DataFrame(
+        {
+            "item_id": ["a", "b", "c"],
+            "title": ["Heat (1995)", "Toy Story (1975) ", "No year"],
+            "genres": ["Drama", "Drama", ""],
+        }
+    )
+    split = types.SimpleNamespace(
+        text_halves={"u1": (["a"], [4.0])}, users={"train": ["u1"], "validation": [], "test": []}
+    )
+    _, (_, item_vectors) = ProfileVectors(split, items).vectors(unseen_items={"b"})
+    # c has no year: the catalogue's mean year, 1985; b is unseen but keeps its year.
+    np.testing.assert_allclose(item_vectors[:, 2], [0.5, -1.5, -0.5], rtol=1e-6)
+    np.testing.assert_allclose(item_vectors[1, :2], [4.0, 0.0], rtol=1e-6)

@@ -92,6 +92,18 @@ def test_fit_on_a_tiny_run(tiny_preset, ml1m_dir, tmp_path):
     assert report["text_stats"]["users"] == 2999
     assert "| full | marc-c |" in result.stdout and (tmp_path / "run" / "evaluate.md").is_file()
 
+    before = (tmp_path / "run" / "evaluate.json").read_text()
+    zoo = ["evaluate", "--run-dir", str(tmp_path / "run"), "--tier", "kar", *small]
+    result = CliRunner().invoke(main, [*zoo, "--ranker", "deepfm", "--ranker", "din"])
+    assert result.exit_code == 0, result.output
+    for ranker in ("deepfm", "din"):
+        report = json.loads((tmp_path / "run" / f"evaluate-{ranker}.json").read_text())
+        assert [row["name"] for row in report["rows"]] == [ranker, *names[1:]]
+        assert report["downstream"]["ranker"] == ranker
+        assert {row["baseline"] for row in report["rows"]} == {ranker}
+        assert f"paired delta vs {ranker}" in result.stdout
+    assert (tmp_path / "run" / "evaluate.json").read_text() == before
+
 
 def test_errors_are_one_line_with_non_zero_exit(tmp_path):
     result = CliRunner().invoke(

@@ -12,6 +12,7 @@ from marc_keras.config.ranker_tier import TIERS
 from marc_keras.ranking.dcn_v2_ranker import DCNv2Ranker
 from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
 
+
 def test_keras_round_trip_gives_identical_predictions(tmp_path):
     features, item_vectors = synthetic_features(sizes={"train": 100, "validation": 50, "test": 50})
     ranker = DCNv2Ranker.from_features(features, TIERS["full"], item_vectors=item_vectors)

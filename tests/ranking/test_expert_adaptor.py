@@ -176,9 +176,7 @@ def test_call_shared_gradients_match_call():
     )
 
     def gradients(output):
-        return torch.autograd.grad(
-            (output**2).sum(), [w.value for w in adaptor.trainable_weights]
-        )
+        return torch.autograd.grad((output**2).sum(), [w.value for w in adaptor.trainable_weights])
 
     split = gradients(adaptor.call_shared(shared, rows))
     joined = gradients(adaptor(keras.ops.reshape(pairs, (-1, 5))))
