@@ -32,9 +32,10 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, choices=sorted(BASELINE))
     parser.add_argument("--warm-run", required=True, type=Path)
-    parser.add_argument("--cold-run", required=True, type=Path)
+    parser.add_argument("--cold-run", type=Path, help="leave out for a warm-only table")
     parser.add_argument("--reuse", action="store_true", help="read the existing reports")
-    parser.add_argument("--wall-s", type=float, nargs=2, metavar=("WARM", "COLD"))
+    parser.add_argument("--wall-s", type=float, nargs="+", metavar="SECONDS",
+                        help="with --reuse: the warm (and cold) CLI wall times")  # fmt: skip
     parser.add_argument("--name", help="results file stem (default {task}-ml-1m-half)")
     parser.add_argument("--note", default="")
     return parser.parse_args()
@@ -53,25 +54,27 @@ def main():
     facts = machine_facts()
     name = args.name or f"{args.task}-ml-1m-half"
     reports, walls = {}, {}
-    for split, run_dir, stem in (
-        ("warm", args.warm_run, f"evaluate-{args.task}"),
-        ("cold", args.cold_run, f"evaluate-{args.task}-cold"),
-    ):
+    tables = [("warm", args.warm_run, f"evaluate-{args.task}")]
+    if args.cold_run:
+        tables.append(("cold", args.cold_run, f"evaluate-{args.task}-cold"))
+    for split, run_dir, stem in tables:
         if not args.reuse:
             walls[split] = run_cli(args.task, run_dir)
         reports[split] = json.loads((run_dir / f"{stem}.json").read_text())
         if reports[split]["split"] != split:
             raise SystemExit(f"{run_dir}/{stem}.json is a {reports[split]['split']} table.")
     if args.reuse and args.wall_s:
-        walls = dict(zip(("warm", "cold"), args.wall_s))
-    rows = [row for split in ("warm", "cold") for row in reports[split]["rows"]]
+        walls = dict(zip(reports, args.wall_s))
+    rows = [row for split in reports for row in reports[split]["rows"]]
     result = {
         "what": f"{args.task} on ml-1m-half, test users; epoch chosen on validation users",
         "command": "python benchmarks/stage_tables.py " + " ".join(sys.argv[1:]),
         "cli": f"marc-keras evaluate --run-dir RUN --task {args.task} " + " ".join(BUDGET),
-        "runs": {"warm": str(args.warm_run), "cold": str(args.cold_run)},
-        "cold_item_share": reports["cold"]["cold_item_share"],
-        "runs_trained_on_cold_items": reports["cold"]["runs_trained_on_cold_items"],
+        "runs": {split: str(run_dir) for split, run_dir, _ in tables},
+        "cold_item_share": reports["cold"]["cold_item_share"] if "cold" in reports else None,
+        "runs_trained_on_cold_items": (
+            reports["cold"]["runs_trained_on_cold_items"] if "cold" in reports else None
+        ),
         "settings": reports["warm"]["settings"],
         "cli_wall_s": walls,
         "note": args.note,
@@ -96,8 +99,9 @@ def plot(result, task, path):
 
     metric = COLUMNS[task][1][0]
     reference = BASELINE[task]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
-    for axis, split in zip(axes, ("warm", "cold")):
+    splits = list(result["runs"])
+    figure, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
+    for axis, split in zip(axes[0], splits):
         rows = [row for row in result["rows"] if row["split"] == split]
         key = f"paired_delta_vs_{reference}_{metric}"
         axis.barh(
@@ -124,18 +128,24 @@ def markdown(result, task, name):
         f"{split} {seconds / 60:.1f} min" for split, seconds in result["cli_wall_s"].items()
     )
     title = {"rerank": "Re-ranking (PRM, KAR's lists)", "retrieval": "Two-tower retrieval"}[task]
+    cold = "cold" in result["runs"]
+    cold_rows = (
+        f"cold rows: `{result['runs']['cold']}`, trained with evaluate.cold_item_share = "
+        f"{result['cold_item_share']} (MARC never saw a cold item's pair)"
+        if cold
+        else "no cold table"
+    )
     return "\n".join(
         [
-            f"## {title}, warm and cold items, `{name}` (issue 29)",
+            f"## {title}, {'warm and cold' if cold else 'warm'} items, `{name}` (issue 29)",
             "",
             stage_markdown(result["rows"], metrics, COLUMNS[task][1], BASELINE[task]),
             "",
             f"Test users, mean +- std over 3 seeds; paired deltas against `{BASELINE[task]}` "
             f"(same model without vectors, same seed). Warm rows: `{result['runs']['warm']}`; "
-            f"cold rows: `{result['runs']['cold']}`, trained with evaluate.cold_item_share = "
-            f"{result['cold_item_share']} (MARC never saw a cold item's pair). CLI wall time "
-            f"per table: {walls or 'not measured'}. Machine: {result['machine']['cpu']}, "
-            f"cpu_flags {result['cpu_flags']}, 2 threads. CLI: `{result['cli']}`. "
+            f"{cold_rows}. CLI wall time per table: {walls or 'not measured'}. "
+            f"Machine: {result['machine']['cpu']}, cpu_flags {result['cpu_flags']}, 2 threads. "
+            f"CLI: `{result['cli']}`. "
             f"Command: `{result['command']}`. {result['note']} "
             f"Plot: `results/{name}.png`.",
         ]
