@@ -57,6 +57,13 @@ def parse_args():
     parser.add_argument("--mrl-run", type=Path, help="a MARC run trained with MRL losses")
     parser.add_argument("--rankers", nargs="+", default=list(RANKERS), choices=RANKERS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(ROWS),
+        choices=ROWS,
+        help="table rows to train now (the ranker alone always); the others stay as they are",
+    )
     parser.add_argument("--note", default="", help="what else ran on the machine")
     return parser.parse_args()
 
@@ -159,7 +166,7 @@ def table(args):
     providers = dict(inputs.representations)
     if args.mrl_run:
         providers["mrl"] = _inputs(args.mrl_run, downstream).representations["marc-c"]
-    rows = [row for row in result.get("rows", []) if row["ranker"] not in args.rankers]
+    rows = list(result.get("rows", []))
     for name in args.rankers:
         config = dataclasses.replace(downstream, ranker=name, learning_rate=chosen[name])
         evaluator = DownstreamEvaluator(
@@ -171,8 +178,9 @@ def table(args):
         started = time.perf_counter()
         representations = {
             name: None,
-            **{row: providers[row] for row in ROWS if row in providers},
+            **{row: providers[row] for row in args.rows if row in providers},
         }
+        rows = [row for row in rows if row["ranker"] != name or row["name"] not in representations]
         for row in evaluator.evaluate(representations):
             rows.append({"ranker": name, "learning_rate": chosen[name], **row})
         print(f"{name}: {time.perf_counter() - started:.0f} s")

@@ -81,7 +81,8 @@ def rerank_table(
     Returns:
         One dict per row: `name`, `split` ("warm" or "cold"), `{metric}_mean/_std`
         and `{metric}s` per seed for every MAP@k / NDCG@k, `paired_delta_vs_prm_{metric}_mean/_std`
-        for MAP@5 and NDCG@5, the chosen `epochs` and `wall_s`.
+        for MAP@5 and NDCG@5, the chosen `epochs`, the validation
+        `selection_metric` of each chosen epoch (`validation_map@5s`) and `wall_s`.
     """
     cold = split.cold_items
     lists = {name: _lists(split, name, cold, settings.list_seed) for name in SPLITS}
@@ -95,14 +96,15 @@ def rerank_table(
     shares = features.item_genre_shares(TIERS["full"])
     results = []
     for row, provider in rows.items():
-        per_seed, epochs, started = [], [], time.perf_counter()
+        per_seed, epochs, selected, started = [], [], [], time.perf_counter()
         for seed in settings.seeds:
             tables = provider(seed) if provider is not None else (None, None)
-            metrics, epoch = _train_one(
+            metrics, epoch, validation = _train_one(
                 inputs, lists, shares, tables, features.cold_items, seed, settings
             )
             per_seed.append(metrics)
             epochs.append(epoch)
+            selected.append(validation)
             log(
                 f"rerank {row} seed {seed}: test MAP@5 {metrics['map@5']:.4f}, "
                 f"NDCG@5 {metrics['ndcg@5']:.4f} (epoch {epoch})"
@@ -111,6 +113,7 @@ def rerank_table(
             "name": row,
             "split": "warm" if cold is None else "cold",
             "epochs": epochs,
+            f"validation_{settings.selection_metric}s": selected,
             "wall_s": time.perf_counter() - started,
         }
         ranked = [metric for metric in per_seed[0] if metric.startswith(("map@", "ndcg@"))]
@@ -168,7 +171,7 @@ def _train_one(inputs, lists, shares, tables, cold_items, seed, settings):
             if waited >= settings.patience:
                 break
     model.set_weights(best_weights)
-    return _scores(model, inputs["test"], lists["test"], settings), best_epoch
+    return _scores(model, inputs["test"], lists["test"], settings), best_epoch, best
 
 
 def _scores(model, inputs, lists, settings: RerankSettings) -> dict:

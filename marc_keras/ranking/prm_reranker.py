@@ -202,8 +202,16 @@ class PRMReranker(keras.Model):
         ]
         if self.adaptor is not None:
             user = ops.take(self.vector_tables["user"], ops.cast(inputs["user"], "int32"), axis=0)
-            item = ops.take(self.vector_tables["item"], items, axis=0)  # (L, n, d_i)
-            parts.append(self.adaptor.call_shared(user, item, training=training))  # (L, n, E)
+            lists = items.shape[0]
+            if lists is not None and lists * self.list_length > self.num_items:
+                # More candidates than catalogue items: project the item table once.
+                field = self.adaptor.call_shared(
+                    user, self.vector_tables["item"], training=training, row_indices=items
+                )
+            else:
+                item = ops.take(self.vector_tables["item"], items, axis=0)  # (L, n, d_i)
+                field = self.adaptor.call_shared(user, item, training=training)
+            parts.append(field)  # (L, n, E)
         return ops.concatenate(parts, axis=-1) + self.positions[None]
 
     def call(self, inputs, training=None):

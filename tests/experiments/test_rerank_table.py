@@ -34,6 +34,8 @@ def test_vectors_that_carry_the_signal_beat_prm_alone(small):
     assert set(by_name) == {"prm", "planted"}
     for row in rows:
         assert all(1 <= epoch <= 3 for epoch in row["epochs"])
+        assert len(row["validation_map@5s"]) == 2
+        assert all(0 <= value <= 1 for value in row["validation_map@5s"])
         for k in (1, 3, 5, 7):
             assert 0 <= row[f"map@{k}_mean"] <= 1 and 0 <= row[f"ndcg@{k}_mean"] <= 1
             assert len(row[f"map@{k}s"]) == 2

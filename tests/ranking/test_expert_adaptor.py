@@ -163,6 +163,14 @@ def test_call_shared_equals_call_on_each_concatenated_row(settings):
     got = keras.ops.convert_to_numpy(adaptor.call_shared(shared, rows, training=False))
     assert got.shape == (4, 6, 5)
     np.testing.assert_allclose(got, expected.reshape(4, 6, 5), rtol=1e-5, atol=1e-5)
+    # The same rows as a (24, 4) table and the (4, 6) indices that pick them back.
+    indices = rng.permutation(24)
+    table = np.empty((24, 4), "float32")
+    table[indices] = rows.reshape(-1, 4)
+    from_table = adaptor.call_shared(
+        shared, table, training=False, row_indices=indices.reshape(4, 6)
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(from_table), got, rtol=1e-5, atol=1e-5)
 
 
 def test_call_shared_gradients_match_call():
@@ -180,5 +188,11 @@ def test_call_shared_gradients_match_call():
 
     split = gradients(adaptor.call_shared(shared, rows))
     joined = gradients(adaptor(keras.ops.reshape(pairs, (-1, 5))))
-    for a, b in zip(split, joined):
+    table = gradients(
+        adaptor.call_shared(
+            shared, keras.ops.reshape(rows, (8, 3)), row_indices=np.arange(8).reshape(2, 4)
+        )
+    )
+    for a, b, c in zip(split, joined, table):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(c.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

@@ -54,12 +54,15 @@ def test_positions_are_kars():
     np.testing.assert_allclose(sinusoidal_positions(10, 96), kar_pos_embedding(10, 96), atol=1e-6)
 
 
+# 2 lists hold 10 candidates, fewer than the 12 items: the adaptor sees the
+# gathered item vectors; 4 lists hold 20: it projects the item table once.
+@pytest.mark.parametrize("lists", [2, 4])
 @pytest.mark.parametrize("with_vectors", [False, True])
-def test_candidates_are_id_genre_and_vector_fields_plus_positions(with_vectors):
+def test_candidates_are_id_genre_and_vector_fields_plus_positions(with_vectors, lists):
     model, shares = _reranker(with_vectors)
-    inputs = _inputs(np.random.default_rng(1))
+    inputs = _inputs(np.random.default_rng(1), lists=lists)
     scores = keras.ops.convert_to_numpy(model(inputs))
-    assert scores.shape == (4, 5) and ((scores > 0) & (scores < 1)).all()
+    assert scores.shape == (lists, 5) and ((scores > 0) & (scores < 1)).all()
     items = inputs["items"]
     expected = [
         np.asarray(model.item_embedding.embeddings)[items],
@@ -72,7 +75,7 @@ def test_candidates_are_id_genre_and_vector_fields_plus_positions(with_vectors):
             axis=-1,
         )
         field = keras.ops.convert_to_numpy(model.adaptor(pairs.reshape(-1, 10).astype("float32")))
-        expected.append(field.reshape(4, 5, 4))
+        expected.append(field.reshape(lists, 5, 4))
     expected = np.concatenate(expected, axis=-1) + sinusoidal_positions(5, model.input_dim)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(model.candidates(inputs)), expected, atol=1e-5
