@@ -50,7 +50,7 @@ def parse_args():
 def keras_model(run):
     """The run's MARC, untrained (LoRA B = 0, fresh heads), compiled as `fit` compiles it."""
     training = run.config.training
-    model = run._build_model()
+    model = run.build_model()
     model.compile(
         optimizer=keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay)
     )

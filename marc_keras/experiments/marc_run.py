@@ -454,7 +454,7 @@ class MARCRun:
             )
         }
         heads = CrossFittedHeads(
-            lambda: self._build_model(lora_rank=0),
+            lambda: self.build_model(lora_rank=0),
             folds=training.cross_fit_folds,
             epochs=training.head_warmup_epochs,
             batch_size=training.batch_size,
@@ -544,7 +544,7 @@ class MARCRun:
                 paths.append(self.cross_fit_vectors_path)
         if include_frozen:
             if not self.frozen_vectors_path.is_file():
-                frozen = self._build_model(lora_rank=0).encoder()
+                frozen = self.build_model(lora_rank=0).encoder()
                 encode(
                     {"user": frozen, "item": frozen},
                     {"frozen": "original"},
@@ -775,7 +775,7 @@ class MARCRun:
         counts = {"cached_texts": cache.hits, "encoded_texts": cache.misses} if cache else {}
         return vectors, counts
 
-    def _build_model(self, lora_rank=None):
+    def build_model(self, lora_rank=None):
         settings = self.config.model
         return MARC.from_preset(
             settings.preset or default_preset(),
@@ -836,7 +836,7 @@ class MARCRun:
         timings["split_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        model = self._build_model()
+        model = self.build_model()
         arrays = self._tokens(model, split, log)
         timings["tokenize_s"] = time.perf_counter() - started
 

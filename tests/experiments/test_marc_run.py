@@ -244,8 +244,8 @@ def test_head_warmup_samples_train_on_their_own_pairs_from_the_frozen_vectors_fi
     # Its vectors are the frozen backbone's, as the token path computes them.
     split = build_split(config)
     pairs = split.sample("train", 4, seed=training.seed)
-    tokens = tokenize_pairs(run._build_model(lora_rank=0).backbone, split, pairs)
-    model = run._build_model()
+    tokens = tokenize_pairs(run.build_model(lora_rank=0).backbone, split, pairs)
+    model = run.build_model()
     ((from_tokens,), _) = run._frozen_token_vectors(model, (tokens,), None)
     from_file = CrossFittedHeads.pair_vectors(*vectors["frozen"], pairs)
     for name, values in from_tokens.items():
