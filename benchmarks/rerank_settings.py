@@ -11,7 +11,7 @@ are computed by the shared table code but never read by this script).
 For each setting (batch:learning_rate) and row (PRM alone and with the given
 rows' vectors), seeds 0 and 1: the validation MAP@5 of the chosen epoch, the
 epochs and the wall time; the setting's mean validation MAP@5 over rows and
-seeds, paired against the first setting (the current default). Resumable:
+seeds, paired against the first setting given (KAR's 256:1e-3 in the recorded run). Resumable:
 finished cells are kept in the result file.
 
 Usage:
