@@ -11,12 +11,13 @@ are computed by the shared table code but never read by this script).
 For each setting (batch:learning_rate) and row (PRM alone and with the given
 rows' vectors), seeds 0 and 1: the validation MAP@5 of the chosen epoch, the
 epochs and the wall time; the setting's mean validation MAP@5 over rows and
-seeds, paired against the first setting given (KAR's 256:1e-3 in the recorded run). Resumable:
+seeds, paired against the first setting given (KAR's 256:1e-3 in the
+recorded run). Resumable:
 finished cells are kept in the result file.
 
 Usage:
   python benchmarks/rerank_settings.py --run-dir runs/marc-scale \
-      --settings 256:1e-3 1024:1e-3 1024:2e-3 1024:4e-3 --rows frozen marc-c
+      --settings 256:1e-3 512:2e-3 1024:2e-3 1024:4e-3 --rows frozen marc-c
 """
 
 import argparse
