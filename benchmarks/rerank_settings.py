@@ -75,9 +75,10 @@ def main():
             (table_row,) = rerank_table(
                 inputs.split, inputs.features, {row: provider}, settings, log=print
             )
+            # Warm lists: one fold, so one value per seed.
             cells[key] = {
-                "validation": table_row[f"validation_{selection}s"],
-                "epochs": table_row["epochs"],
+                "validation": [seed for (seed,) in table_row[f"validation_{selection}s"]],
+                "epochs": [seed for (seed,) in table_row["epochs"]],
                 "wall_s": time.perf_counter() - started,
             }
             print(f"{key}: validation {selection} {cells[key]['validation']}", flush=True)

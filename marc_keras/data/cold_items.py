@@ -59,6 +59,16 @@ class ColdItems:
             raise ValueError(f"Unknown split {split!r}; use one of {list(SPLITS)}.")
         return frozenset() if split == "train" else getattr(self, split)
 
+    def swapped(self) -> ColdItems:
+        """The same cold items with the halves' roles exchanged.
+
+        Validation users are then judged on the test half and test users on
+        the validation half. Every cold item is still out of every training
+        split, so the re-ranking table's second fold (`RerankSettings.
+        cold_item_folds`) needs no new MARC run.
+        """
+        return dataclasses.replace(self, validation=self.test, test=self.validation)
+
     @classmethod
     def draw(cls, split: KARSplit, share: float, seed: int = 0) -> ColdItems:
         """Draws `share` of the items that have interactions as cold items.

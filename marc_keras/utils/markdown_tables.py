@@ -9,6 +9,11 @@ def _seed_count(row: dict) -> int:
     return len(row.get("aucs") or row.get("seeds") or row.get("epochs") or ())
 
 
+def _epochs(chosen) -> str:
+    """One seed's chosen epoch, or its folds' epochs joined by "+" (the re-ranking table)."""
+    return "+".join(str(epoch) for epoch in chosen) if isinstance(chosen, list) else str(chosen)
+
+
 def _mean_std(row: dict, prefix: str, signed: bool = False) -> str:
     """`mean +- std`, or `mean +- n/a` when one seed gives no spread to report."""
     mean = f"{row[f'{prefix}_mean']:{'+' if signed else ''}.4f}"
@@ -92,7 +97,7 @@ def stage_markdown(
             else "-"
             for metric in deltas
         ]
-        epochs = "/".join(str(epochs) for epochs in row.get("epochs") or []) or "-"
+        epochs = "/".join(_epochs(seed) for seed in row.get("epochs") or []) or "-"
         lines.append(
             f"| {row.get('split', 'warm')} | {row['name']} | "
             + " | ".join(cells)

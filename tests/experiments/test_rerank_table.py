@@ -33,9 +33,12 @@ def test_vectors_that_carry_the_signal_beat_prm_alone(small):
     by_name = {row["name"]: row for row in rows}
     assert set(by_name) == {"prm", "planted"}
     for row in rows:
-        assert all(1 <= epoch <= 3 for epoch in row["epochs"])
+        # Warm lists are one fold: one epoch and one validation value per seed.
+        assert all(len(seed) == 1 and 1 <= seed[0] <= 3 for seed in row["epochs"])
         assert len(row["validation_map@5s"]) == 2
-        assert all(0 <= value <= 1 for value in row["validation_map@5s"])
+        assert all(0 <= value <= 1 for (value,) in row["validation_map@5s"])
+        # With one fold the pooled test metric is the fold's own.
+        assert [fold for (fold,) in row["fold_map@5s"]] == row["map@5s"]
         for k in (1, 3, 5, 7):
             assert 0 <= row[f"map@{k}_mean"] <= 1 and 0 <= row[f"ndcg@{k}_mean"] <= 1
             assert len(row[f"map@{k}s"]) == 2
@@ -65,3 +68,38 @@ def test_cold_lists_hold_only_their_splits_cold_items_and_text_still_ranks_them(
     # KAR's MAP@k divides by the hits inside the top k, so it can fall as
     # NDCG rises; NDCG is the check.
     assert by_name["planted"]["paired_delta_vs_prm_ndcg@5_mean"] > 0.01
+    for row in rows:
+        assert all(len(seed) == 2 for seed in row["epochs"] + row["validation_map@5s"])
+
+
+def test_cold_folds_pool_both_halves_test_lists_and_one_fold_is_colderc_split(small):
+    from marc_keras.data.cold_items import ColdItems
+    from marc_keras.experiments.rerank_table import _lists
+
+    split, features = small
+    cold = ColdItems.draw(split, 0.2, seed=0)
+    swapped = cold.swapped()
+    assert swapped.validation == cold.test and swapped.test == cold.validation
+    assert swapped.all == cold.all and swapped.swapped() == cold
+    cold_split = split.holding_out(cold)
+    train = _lists(cold_split, "train", cold, seed=0)
+    swapped_train = _lists(cold_split, "train", swapped, seed=0)
+    np.testing.assert_array_equal(train.item_ids, swapped_train.item_ids)
+    rows = {"prm": None}
+    one = RerankSettings(seeds=(0,), max_epochs=2, patience=1, cold_item_folds=1)
+    two = RerankSettings(seeds=(0,), max_epochs=2, patience=1)
+    (single,) = rerank_table(cold_split, features, rows, one, log=print)
+    (pooled,) = rerank_table(cold_split, features, rows, two, log=print)
+    # Two epochs at most, so both tables train both: the first fold is the
+    # one-fold table (same PRM, same chosen epoch, same test lists).
+    assert pooled["fold_map@5s"][0][0] == pytest.approx(single["map@5s"][0])
+    assert pooled["epochs"][0][0] == single["epochs"][0][0]
+    # Pooled over both folds' test lists: the list-count weighted mean of the folds.
+    counts = [len(_lists(cold_split, "test", fold, seed=12345)) for fold in (cold, swapped)]
+    expected = np.average(pooled["fold_ndcg@5s"][0], weights=counts)
+    assert pooled["ndcg@5s"][0] == pytest.approx(expected)
+
+
+def test_cold_item_folds_other_than_one_or_two_are_refused():
+    with pytest.raises(ValueError, match="cold_item_folds must be 1"):
+        RerankSettings(cold_item_folds=3)
