@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import time
 from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
+import torch
 
 from marc_keras.data.kar_split import KARSplit
 from marc_keras.data.rerank_lists import RerankLists
@@ -55,6 +58,15 @@ class RerankSettings:
             is ~360 items and ~1,200 test lists on ml-1m-half: PRM alone
             scored 0.411 MAP@5 on validation and 0.446 on test lists, a gap
             as large as the effects the table is for.
+        processes: PRMs trained at once, each in its own process with
+            `torch.get_num_threads() // processes` threads (at least one);
+            1 trains them one after another in this process. Two one-thread
+            processes train 1.14x (384-d vectors) to 1.46x (no vectors) as
+            many steps per second as one two-thread process on 2 cores
+            (`benchmarks/prm_threads.py`, RESULTS.md "prm-threads"): PRM's
+            steps are small, and the per-op work that one thread does alone
+            is a large share of them. Results do not depend on it beyond
+            float rounding with a different thread count.
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -68,12 +80,22 @@ class RerankSettings:
     selection_metric: str = "map@5"
     cold_item_id_dropout: float = 0.5
     cold_item_folds: int = 2
+    processes: int = 2
 
     def __post_init__(self):
         if self.cold_item_folds not in (1, 2):
             raise ValueError(
                 f"RerankSettings.cold_item_folds must be 1 (ColdRec's one split) or 2 (also "
                 f"the halves swapped); got {self.cold_item_folds!r}."
+            )
+        if (
+            isinstance(self.processes, bool)
+            or not isinstance(self.processes, int)
+            or (self.processes < 1)
+        ):
+            raise ValueError(
+                f"RerankSettings.processes must be a whole number >= 1 (1 = train in this "
+                f"process); got {self.processes!r}."
             )
 
 
@@ -107,7 +129,8 @@ def rerank_table(
         for MAP@5 and NDCG@5, per seed and fold the chosen `epochs`, the
         validation `selection_metric` of each chosen epoch
         (`validation_map@5s`) and the fold's own test `fold_map@5s` and
-        `fold_ndcg@5s`, and `wall_s`.
+        `fold_ndcg@5s`, and `wall_s` (the seconds its PRMs trained, summed:
+        with several processes, more than the row's share of the table's time).
     """
     folds = _folds(split.cold_items, settings.cold_item_folds)
     train = _lists(split, "train", folds[0], settings.list_seed)
@@ -118,50 +141,97 @@ def rerank_table(
     train_inputs = _inputs(features, train)
     judged_inputs = [{name: _inputs(features, lists[name]) for name in lists} for lists in judged]
     shares = features.item_genre_shares(TIERS["full"])
+    shared = ((train_inputs, train), list(zip(judged_inputs, judged)), shares,
+              features.cold_items, settings)  # fmt: skip
+    tasks = [(row, seed) for row in rows for seed in settings.seeds]
+    trained = {}
+    for (row, seed), (fold_results, seconds) in _train_all(tasks, rows, shared, settings):
+        metrics = list_metrics(
+            np.concatenate([lists["test"].labels for lists in judged]),
+            np.concatenate([fold["test_scores"] for fold in fold_results]),
+            settings.cutoffs,
+        )
+        trained[row, seed] = (metrics, fold_results, seconds)
+        log(
+            f"rerank {row} seed {seed}: test MAP@5 {metrics['map@5']:.4f}, "
+            f"NDCG@5 {metrics['ndcg@5']:.4f} "
+            f"(epochs {[fold['epoch'] for fold in fold_results]}, {seconds:.0f} s)"
+        )
     results = []
-    for row, provider in rows.items():
-        per_seed, started = [], time.perf_counter()
-        chosen = {"epochs": [], f"validation_{settings.selection_metric}s": []}
-        fold_metrics = {"fold_map@5s": [], "fold_ndcg@5s": []}
-        for seed in settings.seeds:
-            tables = provider(seed) if provider is not None else (None, None)
-            fold_results = _train_one(
-                (train_inputs, train),
-                list(zip(judged_inputs, judged)),
-                shares,
-                tables,
-                features.cold_items,
-                seed,
-                settings,
-            )
-            metrics = list_metrics(
-                np.concatenate([lists["test"].labels for lists in judged]),
-                np.concatenate([fold["test_scores"] for fold in fold_results]),
-                settings.cutoffs,
-            )
-            per_seed.append(metrics)
-            chosen["epochs"].append([fold["epoch"] for fold in fold_results])
-            chosen[f"validation_{settings.selection_metric}s"].append(
-                [fold["validation"] for fold in fold_results]
-            )
-            for name in fold_metrics:
-                metric = name[len("fold_") : -1]
-                fold_metrics[name].append([fold["test"][metric] for fold in fold_results])
-            log(
-                f"rerank {row} seed {seed}: test MAP@5 {metrics['map@5']:.4f}, "
-                f"NDCG@5 {metrics['ndcg@5']:.4f} (epochs {chosen['epochs'][-1]})"
-            )
+    for row in rows:
+        per_seed = [trained[row, seed] for seed in settings.seeds]
         result = {
             "name": row,
             "split": "warm" if split.cold_items is None else "cold",
-            **chosen,
-            **fold_metrics,
-            "wall_s": time.perf_counter() - started,
+            "epochs": [[fold["epoch"] for fold in folds] for _, folds, _ in per_seed],
+            f"validation_{settings.selection_metric}s": [
+                [fold["validation"] for fold in folds] for _, folds, _ in per_seed
+            ],
+            **{
+                f"fold_{metric}s": [
+                    [fold["test"][metric] for fold in folds] for _, folds, _ in per_seed
+                ]
+                for metric in ("map@5", "ndcg@5")
+            },
+            "wall_s": sum(seconds for _, _, seconds in per_seed),
         }
-        ranked = [metric for metric in per_seed[0] if metric.startswith(("map@", "ndcg@"))]
-        results.append({**result, **summarise_seeds(per_seed, ranked)})
+        metrics = [metrics for metrics, _, _ in per_seed]
+        ranked = [metric for metric in metrics[0] if metric.startswith(("map@", "ndcg@"))]
+        results.append({**result, **summarise_seeds(metrics, ranked)})
     add_paired_deltas(results, BASELINE_ROW, ("map@5", "ndcg@5"))
     return results
+
+
+def _train_all(tasks, rows, shared, settings):
+    """Yields ((row, seed), (`_train_one`'s folds, seconds)) as each PRM finishes.
+
+    With `settings.processes` > 1 the PRMs train in a pool of spawned
+    processes that receive the data shared by every PRM once, at start-up.
+    """
+    processes = min(settings.processes, len(tasks))
+
+    def tables(row, seed):
+        provider = rows[row]
+        return provider(seed) if provider is not None else (None, None)
+
+    if processes == 1:
+        for row, seed in tasks:
+            yield (row, seed), _timed_train(tables(row, seed), seed, *shared)
+        return
+    threads = max(1, torch.get_num_threads() // processes)
+    with concurrent.futures.ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(threads, shared),
+    ) as pool:
+        pending = {
+            pool.submit(_train_in_worker, tables(row, seed), seed): (row, seed)
+            for row, seed in tasks
+        }
+        for future in concurrent.futures.as_completed(pending):
+            yield pending[future], future.result()
+
+
+# What every PRM of a table shares, set once per worker process.
+_WORKER_SHARED = None
+
+
+def _start_worker(threads, shared):
+    global _WORKER_SHARED
+    torch.set_num_threads(threads)
+    _WORKER_SHARED = shared
+
+
+def _train_in_worker(tables, seed):
+    return _timed_train(tables, seed, *_WORKER_SHARED)
+
+
+def _timed_train(tables, seed, train, judged, shares, cold_items, settings):
+    """`_train_one` and its seconds."""
+    started = time.perf_counter()
+    folds = _train_one(train, judged, shares, tables, cold_items, seed, settings)
+    return folds, time.perf_counter() - started
 
 
 def _folds(cold, count):

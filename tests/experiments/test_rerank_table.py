@@ -103,3 +103,37 @@ def test_cold_folds_pool_both_halves_test_lists_and_one_fold_is_colderc_split(sm
 def test_cold_item_folds_other_than_one_or_two_are_refused():
     with pytest.raises(ValueError, match="cold_item_folds must be 1"):
         RerankSettings(cold_item_folds=3)
+
+
+def test_prms_trained_in_worker_processes_match_those_trained_here(small):
+    import torch
+
+    split, features = small
+    planted = _click_rate_vectors(split, features)
+    rows = {"prm": None, "planted": planted}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # workers get 1 // 2 -> one thread: the same arithmetic
+    try:
+        tables = [
+            rerank_table(
+                split,
+                features,
+                rows,
+                RerankSettings(seeds=(0, 1), max_epochs=2, patience=1, processes=processes),
+                log=print,
+            )
+            for processes in (1, 2)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    here, workers = tables
+    for mine, theirs in zip(here, workers):
+        assert mine["name"] == theirs["name"] and mine["epochs"] == theirs["epochs"]
+        for metric in ("map@5s", "ndcg@5s", "validation_map@5s"):
+            np.testing.assert_allclose(mine[metric], theirs[metric], rtol=1e-6)
+
+
+@pytest.mark.parametrize("processes", [0, 1.5, True])
+def test_processes_must_be_a_whole_number_of_at_least_one(processes):
+    with pytest.raises(ValueError, match="processes must be a whole number"):
+        RerankSettings(processes=processes)
