@@ -23,6 +23,8 @@ from marc_keras.ranking.ranking_features import RankingFeatures
 from marc_keras.utils.backend_guard import set_random_seed
 
 BASELINE_ROW = "prm"
+# The metrics paired against PRM alone and kept per fold.
+PAIRED_METRICS = ("map@5", "ndcg@5")
 SPLITS = ("train", "validation", "test")
 
 
@@ -141,8 +143,8 @@ def rerank_table(
     train_inputs = _inputs(features, train)
     judged_inputs = [{name: _inputs(features, lists[name]) for name in lists} for lists in judged]
     shares = features.item_genre_shares(TIERS["full"])
-    shared = ((train_inputs, train), list(zip(judged_inputs, judged)), shares,
-              features.cold_items, settings)  # fmt: skip
+    judged_pairs = list(zip(judged_inputs, judged))
+    shared = ((train_inputs, train), judged_pairs, shares, features.cold_items, settings)
     tasks = [(row, seed) for row in rows for seed in settings.seeds]
     trained = {}
     for (row, seed), (fold_results, seconds) in _train_all(tasks, rows, shared, settings):
@@ -171,14 +173,14 @@ def rerank_table(
                 f"fold_{metric}s": [
                     [fold["test"][metric] for fold in folds] for _, folds, _ in per_seed
                 ]
-                for metric in ("map@5", "ndcg@5")
+                for metric in PAIRED_METRICS
             },
             "wall_s": sum(seconds for _, _, seconds in per_seed),
         }
         metrics = [metrics for metrics, _, _ in per_seed]
         ranked = [metric for metric in metrics[0] if metric.startswith(("map@", "ndcg@"))]
         results.append({**result, **summarise_seeds(metrics, ranked)})
-    add_paired_deltas(results, BASELINE_ROW, ("map@5", "ndcg@5"))
+    add_paired_deltas(results, BASELINE_ROW, PAIRED_METRICS)
     return results
 
 

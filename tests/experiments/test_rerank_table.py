@@ -72,7 +72,7 @@ def test_cold_lists_hold_only_their_splits_cold_items_and_text_still_ranks_them(
         assert all(len(seed) == 2 for seed in row["epochs"] + row["validation_map@5s"])
 
 
-def test_cold_folds_pool_both_halves_test_lists_and_one_fold_is_colderc_split(small):
+def test_cold_folds_pool_both_halves_test_lists_and_one_fold_is_coldrecs_split(small):
     from marc_keras.data.cold_items import ColdItems
     from marc_keras.experiments.rerank_table import _lists
 
