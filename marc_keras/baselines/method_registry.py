@@ -25,7 +25,9 @@ class Method:
             overrides, reporting its `vectors`).
         description: one line for tables and `--help`.
         model: `[model]` settings of the training run (trained methods).
-        vectors: "compressed" or "original" output of the trained encoder.
+        vectors: "compressed" or "original" output of the trained encoder,
+            or "cross-fit": the run's heads cross-fitted over training users on
+            its original output (`training.cross_fit_folds`).
         projection: "pca", "ae" or "vae" (training-free methods).
 
     Example:
@@ -99,6 +101,12 @@ METHODS = {
             "trained",
             "MARC, the tuned backbone's d-dim vectors (MARC-O)",
             vectors="original",
+        ),
+        Method(
+            "marc-c-cross-fit",
+            "trained",
+            "MARC-C from heads cross-fitted over training users on MARC-O",
+            vectors="cross-fit",
         ),
         Method("marc-no-hsic", "trained", "MARC without the HSIC term", dict(_NO_HSIC)),
         Method(

@@ -20,6 +20,7 @@ from marc_keras.baselines.pca_projection import PCAProjection
 from marc_keras.baselines.vae_projection import VAEProjection
 from marc_keras.experiments.downstream_rows import vector_provider
 from marc_keras.experiments.marc_run import MARCRun, build_split
+from marc_keras.probing.linear_cka import linear_cka
 from marc_keras.ranking.ctr_metrics import relative_improvement
 from marc_keras.ranking.downstream_evaluator import (
     LOGISTIC_ROW,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from marc_keras.config.run_config import RunConfig
 
 REFERENCE_ROW = "marc-c"
+# A trained method's vectors -> their name in the run's vector files.
+VECTOR_NAMES = {"compressed": "marc-c", "original": "marc-o", "cross-fit": "marc-c-cross-fit"}
 
 
 def _projection(method, components, seed):
@@ -56,13 +59,16 @@ def _train(config, methods, output_dir, seeds, split, log, verbose):
         ({run name: [per-seed metrics.json dicts]}, {run name: {seed: vectors}}).
     """
     run_methods = {method.run_name: method for method in methods if method.kind == "trained"}
+    # Only runs with a cross-fitted row pay for the K heads' training.
+    cross_fitted = {method.run_name for method in methods if method.vectors == "cross-fit"}
     trained, fit_metrics = {name: {} for name in run_methods}, {}
     # Seed-major, so an interrupted comparison has every method at its first seeds.
     for seed in seeds:
         for method in run_methods.values():
+            folds = config.training.cross_fit_folds if method.run_name in cross_fitted else None
             run_config = config.replace(
                 model=dataclasses.replace(config.model, **method.model),
-                training=dataclasses.replace(config.training, seed=seed),
+                training=dataclasses.replace(config.training, seed=seed, cross_fit_folds=folds),
             )
             run = MARCRun.open(output_dir / "runs" / method.run_name / f"seed{seed}", run_config)
             log(f"training {method.run_name} seed {seed}")
@@ -76,16 +82,41 @@ def _train(config, methods, output_dir, seeds, split, log, verbose):
     return fit_metrics, trained
 
 
-def _training_statistics(metrics: list[dict]) -> dict:
-    """A trained method's own click AUC on its test pairs and its training budget, over seeds."""
+def _training_statistics(metrics: list[dict], method) -> dict:
+    """A trained method's own click AUC on its test pairs, its training budget and
+    HSIC's share of the gradient at the end of its LoRA training, over seeds."""
     own = mean_std("own_test_auc", [seed_metrics["test"]["auc"] for seed_metrics in metrics])
-    return {
+    statistics_of_runs = {
         "own_test_auc": own["own_test_auc_mean"],
         "own_test_auc_std": own["own_test_auc_std"],
         # Runs finished before train_pairs was recorded leave it out.
         "train_pairs": metrics[0].get("train_pairs"),
         "train_minutes": statistics.fmean(m["timings"]["fit_s"] for m in metrics) / 60,
     }
+    # The cross-fitted heads are trained after the run; its share is not theirs.
+    shares = [
+        m["gradient_shares"]["gradient_share_hsic"] for m in metrics if "gradient_shares" in m
+    ]
+    if method.vectors != "cross-fit" and len(shares) == len(metrics):
+        statistics_of_runs["gradient_share_hsic"] = {
+            group: statistics.fmean(share[group] for share in shares) for group in shares[0]
+        }
+    return statistics_of_runs
+
+
+def _cka_r_c(vectors_by_seed: dict, name: str, validation_users) -> dict:
+    """Linear CKA between a run's backbone output r (MARC-O) and its compressed
+    vectors `name` (MARC-C, or the cross-fitted heads'), on validation users, over seeds."""
+    values = []
+    for vectors in vectors_by_seed.values():
+        (user_ids, original), _ = vectors["marc-o"]
+        (compressed_ids, compressed), _ = vectors[name]
+        rows = np.isin(user_ids, validation_users)
+        if not np.array_equal(user_ids, compressed_ids):
+            raise ValueError(f"'{name}' and 'marc-o' vectors list different users.")
+        values.append(linear_cka(original[rows], compressed[rows]))
+    found = mean_std("cka_r_c", values)
+    return {"cka_r_c": found["cka_r_c_mean"], "cka_r_c_std": found["cka_r_c_std"]}
 
 
 def add_paired_deltas_vs(rows: list[dict], reference: str) -> None:
@@ -140,10 +171,22 @@ def compare_methods(
         every row of a tier with a "pca" row also has its seed-paired AUC delta
         against it (`paired_delta_vs_pca_mean/_std`), and trained methods
         their own click AUC on test pairs (`own_test_auc`, `own_test_auc_std`),
-        `train_pairs` and mean `train_minutes` per seed.
+        `train_pairs`, mean `train_minutes` per seed, `cka_r_c` (+ `_std`:
+        linear CKA of the run's MARC-O and compressed user vectors on validation
+        users) and, except the cross-fitted row, `gradient_share_hsic` (group ->
+        HSIC's share of the gradient on one validation batch after training,
+        mean over seeds). Only runs with a `marc-c-cross-fit` row cross-fit
+        their heads (`training.cross_fit_folds`).
         With `train_only`, only {"fit_seconds": ...} and nothing is written.
     """
     methods = resolve_methods(method_names)
+    if any(method.vectors == "cross-fit" for method in methods) and not (
+        config.training.cross_fit_folds
+    ):
+        raise ValueError(
+            "The marc-c-cross-fit row needs training.cross_fit_folds (K >= 2) in the config "
+            "or `--set training.cross_fit_folds=3`; or leave the row out of --methods."
+        )
     output_dir = Path(output_dir)
     seeds = list(config.evaluate.seeds)
     split, interactions = build_split(config, with_interactions=True)
@@ -180,7 +223,7 @@ def compare_methods(
                 )
 
             return project
-        name = "marc-c" if method.vectors == "compressed" else "marc-o"
+        name = VECTOR_NAMES[method.vectors]
         return lambda seed: trained[method.run_name][seed][name]
 
     evaluator = DownstreamEvaluator(
@@ -206,11 +249,13 @@ def compare_methods(
             judged = len(seeds) > 1 and row is not reference
             row["marc_c_beats_by_one_std"] = beats_by_one_std(reference, row) if judged else None
     add_paired_deltas_vs(rows, "pca")
-    run_of_method = {method.name: method.run_name for method in methods if method.kind == "trained"}
+    trained_methods = {method.name: method for method in methods if method.kind == "trained"}
     for row in rows:
-        run_name = run_of_method.get(row["name"])
-        if run_name is not None:
-            row.update(_training_statistics(fit_metrics[run_name]))
+        method = trained_methods.get(row["name"])
+        if method is not None:
+            row.update(_training_statistics(fit_metrics[method.run_name], method))
+            compressed = "marc-c" if method.vectors == "original" else VECTOR_NAMES[method.vectors]
+            row.update(_cka_r_c(trained[method.run_name], compressed, split.users["validation"]))
     report = {
         "dataset": str(config.data.data_dir or config.data.dataset),
         "backbone": config.model.preset or "all-MiniLM-L6-v2",
@@ -255,9 +300,20 @@ def _training_budget(row):
     return f"{pairs} / {row['train_minutes']:.1f}"
 
 
+def _hsic_share(row):
+    if "gradient_share_hsic" not in row:
+        return "-"
+    return " / ".join(f"{share:.3f}" for share in row["gradient_share_hsic"].values())
+
+
+def _cka(row):
+    return f"{row['cka_r_c']:.3f}" if "cka_r_c" in row else "-"
+
+
 def to_markdown(rows: Iterable[dict]) -> str:
     """The comparison as a Markdown table: the downstream table, MARC-C's verdicts,
-    the paired delta against PCA, and trained methods' own AUC and budget."""
+    the paired delta against PCA, and trained methods' own AUC, budget, HSIC's
+    gradient share and CKA(r, c)."""
     return downstream_markdown(
         rows,
         extra_columns=(
@@ -266,5 +322,7 @@ def to_markdown(rows: Iterable[dict]) -> str:
             ("paired delta vs pca", _paired_vs_pca),
             ("own test AUC", _own_test_auc),
             ("train pairs / min", _training_budget),
+            ("HSIC gradient share (compression / lora)", _hsic_share),
+            ("CKA(r, c) validation users", _cka),
         ),
     )
