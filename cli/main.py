@@ -510,7 +510,9 @@ def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
 
     Methods: frozen, pca, ae, vae (training-free); mrl, larr, bahe, ese
     (fine-tuned with LoRA on the same labels and sample budget); marc-c,
-    marc-o and the ablations marc-no-hsic, marc-no-mn, marc-no-ei, marc-cs.
+    marc-o, marc-c-cross-fit (heads cross-fitted over training users, with
+    training.cross_fit_folds) and the ablations marc-no-hsic, marc-no-mn,
+    marc-no-ei, marc-cs.
     Each is trained once per seed and scored by the downstream DCNv2 on test
     users; the table gives AUC and logloss (mean +- std), RelaImpr against
     MARC-C, and whether MARC-C wins by more than one standard deviation.
@@ -528,6 +530,9 @@ def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
     from marc_keras.experiments.comparison import compare_methods, to_markdown
 
     config = _with_data_dir(RunConfig.from_file(config_path, overrides), data_dir)
+    if methods.strip() == "all" and not config.training.cross_fit_folds:
+        # "all" means every method this config can train.
+        names = [name for name in names if METHODS[name].vectors != "cross-fit"]
     report = compare_methods(
         config,
         names,

@@ -15,6 +15,7 @@ ISSUE_ROWS = [
     "ese",
     "marc-c",
     "marc-o",
+    "marc-c-cross-fit",
     "marc-no-hsic",
     "marc-no-mn",
     "marc-no-ei",
@@ -43,9 +44,16 @@ def test_trained_methods_are_valid_model_settings():
 
 
 def test_marc_c_and_marc_o_share_one_training_run():
-    marc_c, marc_o, no_hsic = resolve_methods(["marc-c", "marc-o", "marc-no-hsic"])
-    assert marc_c.run_name == marc_o.run_name == "marc" and no_hsic.run_name == "marc-no-hsic"
-    assert (marc_c.vectors, marc_o.vectors) == ("compressed", "original")
+    marc_c, marc_o, cross_fit, no_hsic = resolve_methods(
+        ["marc-c", "marc-o", "marc-c-cross-fit", "marc-no-hsic"]
+    )
+    assert marc_c.run_name == marc_o.run_name == cross_fit.run_name == "marc"
+    assert no_hsic.run_name == "marc-no-hsic"
+    assert (marc_c.vectors, marc_o.vectors, cross_fit.vectors) == (
+        "compressed",
+        "original",
+        "cross-fit",
+    )
     assert resolve_methods(["mrl"])[0].model == {"objective": "mrl", "hsic_weight": 0.0}
 
 

@@ -145,6 +145,37 @@ def test_compare_refuses_unknown_methods_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("folds", [None, 3])
+def test_compare_all_holds_the_cross_fitted_row_only_when_the_config_cross_fits(
+    folds, tmp_path, monkeypatch
+):
+    import marc_keras.experiments.comparison as comparison
+
+    asked = []
+
+    def record(config, names, output_dir, log, train_only):
+        asked.extend(names)
+        return {"fit_seconds": {}}
+
+    monkeypatch.setattr(comparison, "compare_methods", record)
+    overrides = (
+        []
+        if folds is None
+        else [
+            "--set",
+            f"training.cross_fit_folds={folds}",
+            "--set",
+            "training.head_warmup_epochs=1",
+        ]
+    )
+    result = CliRunner().invoke(
+        main, ["compare", "--output-dir", str(tmp_path), "--train-only", *overrides]
+    )
+    assert result.exit_code == 0, result.output
+    assert ("marc-c-cross-fit" in asked) == (folds is not None)
+    assert "marc-c" in asked and "marc-no-hsic" in asked
+
+
 def test_a_data_dir_with_backslashes_and_quotes_is_taken_as_a_path(tmp_path):
     strange = tmp_path / 'C:\\data\\"ml-1m"'
     result = CliRunner().invoke(

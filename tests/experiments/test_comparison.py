@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from marc_keras.config import RunConfig
@@ -9,6 +10,8 @@ from marc_keras.experiments.comparison import (
     compare_methods,
     to_markdown,
 )
+from marc_keras.experiments.marc_run import build_split
+from marc_keras.probing.linear_cka import linear_cka
 
 
 def _row(name, mean, std):
@@ -41,10 +44,11 @@ def test_beating_by_one_std_uses_the_larger_spread():
     assert "| kar | marc-c | 0.8000 +- 0.0020 | - | - | 0.5000 +- 0.0100 |" in table
     assert table.splitlines()[0].endswith(
         "| RelaImpr vs marc-c | MARC-C better by > 1 std | paired delta vs pca | own test AUC "
-        "| train pairs / min |"
+        "| train pairs / min | HSIC gradient share (compression / lora) "
+        "| CKA(r, c) validation users |"
     )
-    assert table.splitlines()[2].endswith("| +0.00% | - | - | - | - |")
-    assert table.splitlines()[3].endswith("| -3.33% | yes | - | - | - |")
+    assert table.splitlines()[2].endswith("| +0.00% | - | - | - | - | - | - |")
+    assert table.splitlines()[3].endswith("| -3.33% | yes | - | - | - | - | - |")
     trained = to_markdown(
         [
             {
@@ -55,11 +59,13 @@ def test_beating_by_one_std_uses_the_larger_spread():
                 "own_test_auc_std": 0.004,
                 "train_pairs": 12800,
                 "train_minutes": 3.52,
+                "gradient_share_hsic": {"compression": 0.0381, "lora": 0.0123},
+                "cka_r_c": 0.4917,
             }
         ]
     )
     assert trained.splitlines()[2].endswith(
-        "| - | - | +0.0120 +- 0.0030 | 0.7012 +- 0.0040 | 12,800 / 3.5 |"
+        "| - | - | +0.0120 +- 0.0030 | 0.7012 +- 0.0040 | 12,800 / 3.5 | 0.038 / 0.012 | 0.492 |"
     )
 
 
@@ -81,7 +87,7 @@ def test_paired_deltas_subtract_the_same_tier_and_seed():
     assert "paired_delta_vs_pca_mean" not in rows[4]  # no pca row in its tier
 
 
-def _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0]"):
+def _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0]", extra=()):
     return RunConfig.from_file(
         None,
         [
@@ -99,6 +105,7 @@ def _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0]"):
             "evaluate.train_samples=2000",
             "evaluate.max_epochs=1",
             'evaluate.tiers=["kar"]',
+            *extra,
         ],
     )
 
@@ -163,3 +170,55 @@ def test_compare_trains_every_method_at_a_seed_before_the_next_seed(
         "mrl": 2,
         "marc": 2,
     }
+
+
+def test_the_cross_fitted_row_needs_the_folds_setting(tmp_path):
+    with pytest.raises(ValueError, match=r"training\.cross_fit_folds"):
+        compare_methods(RunConfig(), ["marc-c", "marc-c-cross-fit"], tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_compare_cross_fits_only_the_run_of_the_cross_fitted_row(tiny_preset, ml1m_dir, tmp_path):
+    config = _tiny_compare_config(
+        tiny_preset,
+        ml1m_dir,
+        extra=[
+            "training.head_warmup_epochs=1",
+            "training.cross_fit_folds=2",
+            "model.hsic_weight=1.0",
+        ],
+    )
+    methods = ["marc-c", "marc-c-cross-fit", "marc-no-hsic"]
+    report = compare_methods(config, methods, tmp_path, log=lambda _: None)
+    runs = tmp_path / "runs"
+    folds = {
+        name: json.loads((runs / name / "seed0" / "config.json").read_text())["training"][
+            "cross_fit_folds"
+        ]
+        for name in ("marc", "marc-no-hsic")
+    }
+    assert folds == {"marc": 2, "marc-no-hsic": None}
+    assert not (runs / "marc-no-hsic" / "seed0" / "cross-fit-vectors.npz").exists()
+    rows = {row["name"]: row for row in report["rows"]}
+    metrics = json.loads((runs / "marc" / "seed0" / "metrics.json").read_text())
+    assert (
+        rows["marc-c"]["gradient_share_hsic"] == metrics["gradient_shares"]["gradient_share_hsic"]
+    )
+    assert rows["marc-c"]["gradient_share_hsic"]["compression"] > 0
+    assert rows["marc-no-hsic"]["gradient_share_hsic"]["compression"] == 0.0
+    assert "gradient_share_hsic" not in rows["marc-c-cross-fit"]
+    validation_users = build_split(config).users["validation"]
+    with (
+        np.load(runs / "marc" / "seed0" / "vectors.npz") as vectors,
+        np.load(runs / "marc" / "seed0" / "cross-fit-vectors.npz") as cross_fit,
+    ):
+        users = np.isin(vectors["user_ids"], validation_users)
+        original = vectors["marc-o/user"][users]
+        expected = {
+            "marc-c": linear_cka(original, vectors["marc-c/user"][users]),
+            "marc-c-cross-fit": linear_cka(original, cross_fit["marc-c-cross-fit/user"][users]),
+        }
+    assert rows["marc-c"]["cka_r_c"] == pytest.approx(expected["marc-c"])
+    assert rows["marc-c-cross-fit"]["cka_r_c"] == pytest.approx(expected["marc-c-cross-fit"])
+    assert rows["marc-c-cross-fit"]["cka_r_c"] != pytest.approx(expected["marc-c"])
