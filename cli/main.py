@@ -511,8 +511,8 @@ def compare(config_path, output_dir, methods, overrides, data_dir, train_only):
     Methods: frozen, pca, ae, vae (training-free); mrl, larr, bahe, ese
     (fine-tuned with LoRA on the same labels and sample budget); marc-c,
     marc-o, marc-c-cross-fit (heads cross-fitted over training users, with
-    training.cross_fit_folds) and the ablations marc-no-hsic, marc-no-mn,
-    marc-no-ei, marc-cs.
+    training.cross_fit_folds) and the ablations marc-no-hsic (and its
+    cross-fitted heads, marc-no-hsic-cross-fit), marc-no-mn, marc-no-ei, marc-cs.
     Each is trained once per seed and scored by the downstream DCNv2 on test
     users; the table gives AUC and logloss (mean +- std), RelaImpr against
     MARC-C, and whether MARC-C wins by more than one standard deviation.

@@ -29,6 +29,8 @@ class Method:
             or "cross-fit": the run's heads cross-fitted over training users on
             its original output (`training.cross_fit_folds`).
         projection: "pca", "ae" or "vae" (training-free methods).
+        run: the training run it reads, when another method's run has the
+            same `model` settings (default: "marc" without overrides, else `name`).
 
     Example:
     >>> resolve_methods(["marc-c", "mrl"])[1].model
@@ -41,10 +43,11 @@ class Method:
     model: dict = dataclasses.field(default_factory=dict)
     vectors: str = "compressed"
     projection: str | None = None
+    run: str | None = None
 
     @property
     def run_name(self) -> str:
-        return "marc" if not self.model else self.name
+        return self.run or ("marc" if not self.model else self.name)
 
 
 _NO_HSIC = {"hsic_weight": 0.0}
@@ -109,6 +112,14 @@ METHODS = {
             vectors="cross-fit",
         ),
         Method("marc-no-hsic", "trained", "MARC without the HSIC term", dict(_NO_HSIC)),
+        Method(
+            "marc-no-hsic-cross-fit",
+            "trained",
+            "MARC without the HSIC term, heads cross-fitted over training users",
+            dict(_NO_HSIC),
+            vectors="cross-fit",
+            run="marc-no-hsic",
+        ),
         Method(
             "marc-no-mn",
             "trained",

@@ -17,6 +17,7 @@ ISSUE_ROWS = [
     "marc-o",
     "marc-c-cross-fit",
     "marc-no-hsic",
+    "marc-no-hsic-cross-fit",
     "marc-no-mn",
     "marc-no-ei",
     "marc-cs",
@@ -48,7 +49,9 @@ def test_marc_c_and_marc_o_share_one_training_run():
         ["marc-c", "marc-o", "marc-c-cross-fit", "marc-no-hsic"]
     )
     assert marc_c.run_name == marc_o.run_name == cross_fit.run_name == "marc"
-    assert no_hsic.run_name == "marc-no-hsic"
+    no_hsic_cross_fit = resolve_methods(["marc-no-hsic-cross-fit"])[0]
+    assert no_hsic.run_name == no_hsic_cross_fit.run_name == "marc-no-hsic"
+    assert no_hsic_cross_fit.model == no_hsic.model and no_hsic_cross_fit.vectors == "cross-fit"
     assert (marc_c.vectors, marc_o.vectors, cross_fit.vectors) == (
         "compressed",
         "original",
