@@ -21,15 +21,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RESULTS_DIR, machine_facts, update_results_section, write_json
 
-from marc_keras.experiments.comparison import REFERENCE_ROW, add_paired_deltas_vs, to_markdown
+from marc_keras.experiments.comparison import (
+    REFERENCE_ROW,
+    add_paired_deltas_vs,
+    beats_by_one_std,
+    to_markdown,
+)
 from marc_keras.utils.markdown_tables import mra_markdown
 
 
-def verdicts(rows):
-    """One line per row: does MARC-C beat it by more than one standard deviation
-    (its own tier's MARC-C row), and by more than the std of their seed-paired
-    AUC differences?"""
-    references = {row.get("tier"): row for row in rows if row["name"] == REFERENCE_ROW}
+def verdicts(rows, reference_name=REFERENCE_ROW):
+    """One line per row: does the reference row (MARC-C by default) beat it by more
+    than one standard deviation (its own tier's reference row), and by more than
+    the std of their seed-paired AUC differences?"""
+    references = {row.get("tier"): row for row in rows if row["name"] == reference_name}
+    label = "MARC-C" if reference_name == REFERENCE_ROW else f"`{reference_name}`"
     lines = []
     for row in rows:
         reference = references.get(row.get("tier"))
@@ -38,36 +44,38 @@ def verdicts(rows):
         where = f"[{row['tier']}] " if row.get("tier") else ""
         margin = reference["auc_mean"] - row["auc_mean"]
         spread = max(reference["auc_std"], row["auc_std"])
-        if row["marc_c_beats_by_one_std"] is None:
+        if len(row["aucs"]) < 2:
             lines.append(
-                f"- {where}MARC-C vs `{row['name']}`: AUC margin {margin:+.4f}; "
+                f"- {where}{label} vs `{row['name']}`: AUC margin {margin:+.4f}; "
                 "one seed, no std to judge it by"
             )
             continue
-        verdict = "**beats**" if row["marc_c_beats_by_one_std"] else "does **not** beat"
+        verdict = "**beats**" if beats_by_one_std(reference, row) else "does **not** beat"
         lines.append(
-            f"- {where}MARC-C {verdict} `{row['name']}` by more than one std: "
+            f"- {where}{label} {verdict} `{row['name']}` by more than one std: "
             f"AUC margin {margin:+.4f} vs std {spread:.4f}"
         )
-    paired = f"paired_delta_vs_{REFERENCE_ROW}"
+    add_paired_deltas_vs(rows, reference_name)
+    paired = f"paired_delta_vs_{reference_name}"
     for row in rows:
         reference = references.get(row.get("tier"))
         if reference is None or row is reference or len(row["aucs"]) < 2:
             continue
-        # The row's delta is row minus MARC-C: negate it to read MARC-C minus the row.
+        # The row's delta is row minus the reference: negate it to read reference minus row.
         mean, std = -row[f"{paired}_mean"], row[f"{paired}_std"]
         verdict = "above" if mean > std else "not above"
         lines.append(
-            f"- [{row['tier']}] MARC-C minus `{row['name']}`, paired by seed: "
+            f"- [{row['tier']}] {label} minus `{row['name']}`, paired by seed: "
             f"{mean:+.4f} +- {std:.4f} ({verdict} its std)"
         )
     return lines
 
 
-def record_compare(compare_dir, name):
+def record_compare(compare_dir, name, references=(REFERENCE_ROW,)):
     report = json.loads((compare_dir / "compare.json").read_text())
     rows = report["rows"]
-    add_paired_deltas_vs(rows, REFERENCE_ROW)
+    # Before the JSON is written: each reference adds its paired deltas to every row.
+    judged = [line for reference in references for line in [*verdicts(rows, reference), ""]]
     config = report["config"]
     write_json(
         f"{name}.json",
@@ -94,8 +102,7 @@ def record_compare(compare_dir, name):
         "",
         to_markdown(rows),
         "",
-        *verdicts(rows),
-        "",
+        *judged,
         f"- mean MARC-trainer fit time per run "
         f"({config['training']['threads'] or 'default'} torch threads): {fits}",
     ]
@@ -129,6 +136,12 @@ def main():
     parser.add_argument(
         "--probe-name", help="results/ name of the probe files (default mra-<dataset of --name>)"
     )
+    parser.add_argument(
+        "--references",
+        nargs="+",
+        default=[REFERENCE_ROW],
+        help="rows whose verdicts against every other row the section lists (default marc-c)",
+    )
     parser.add_argument("--title", default="", help="section heading")
     parser.add_argument("--how", default="", help="the commands that produced the directories")
     parser.add_argument("--note", default="", help="what else ran during the measurement")
@@ -137,7 +150,7 @@ def main():
         parser.error("give --compare and/or --probe")
     lines = [f"## {args.title or args.name}", ""]
     if args.compare:
-        lines += record_compare(args.compare, args.name)
+        lines += record_compare(args.compare, args.name, args.references)
     if args.probe:
         probe_name = args.probe_name or args.name.replace("compare-", "mra-")
         lines += ["", *record_probe(args.probe, probe_name)]
