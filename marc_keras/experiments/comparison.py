@@ -47,6 +47,15 @@ def _projection(method, components, seed):
     return VAEProjection(components, seed=seed)
 
 
+def _progress_fingerprint(config) -> str:
+    """What a scored row depends on besides its tier and seed (its progress key):
+    a comparison rerun with more seeds or tiers keeps the rows it has."""
+    settings = config.to_dict()
+    for key in ("seeds", "tiers"):
+        settings["evaluate"].pop(key)
+    return json.dumps(settings, sort_keys=True)
+
+
 def beats_by_one_std(reference: dict, row: dict) -> bool:
     """Whether `reference`'s mean AUC exceeds `row`'s by more than the larger of their stds."""
     return reference["auc_mean"] - row["auc_mean"] > max(reference["auc_std"], row["auc_std"])
@@ -231,7 +240,7 @@ def compare_methods(
         config.evaluate,
         log=log,
         progress_path=output_dir / "compare-progress.json",
-        progress_fingerprint=json.dumps(config.to_dict(), sort_keys=True),
+        progress_fingerprint=_progress_fingerprint(config),
     )
     rows = evaluator.evaluate(
         {

@@ -222,3 +222,21 @@ def test_compare_cross_fits_only_the_run_of_the_cross_fitted_row(tiny_preset, ml
     assert rows["marc-c"]["cka_r_c"] == pytest.approx(expected["marc-c"])
     assert rows["marc-c-cross-fit"]["cka_r_c"] == pytest.approx(expected["marc-c-cross-fit"])
     assert rows["marc-c-cross-fit"]["cka_r_c"] != pytest.approx(expected["marc-c"])
+
+
+@pytest.mark.slow
+def test_compare_with_more_seeds_keeps_the_rows_it_has(tiny_preset, ml1m_dir, tmp_path):
+    first = compare_methods(
+        _tiny_compare_config(tiny_preset, ml1m_dir), ["frozen"], tmp_path, log=lambda _: None
+    )
+    lines = []
+    second = compare_methods(
+        _tiny_compare_config(tiny_preset, ml1m_dir, seeds="[0, 1]"),
+        ["frozen"],
+        tmp_path,
+        log=lines.append,
+    )
+    scored = [line.split(":")[0] for line in lines if "test AUC" in line]
+    assert scored == ["kar dcnv2 seed 1", "kar lr-2 seed 1", "kar frozen seed 1"]
+    for before, after in zip(first["rows"], second["rows"]):
+        assert after["aucs"][0] == before["aucs"][0]
