@@ -48,11 +48,13 @@ def _projection(method, components, seed):
 
 
 def _progress_fingerprint(config) -> str:
-    """What a scored row depends on besides its tier and seed (its progress key):
-    a comparison rerun with more seeds or tiers keeps the rows it has."""
+    """What a scored row depends on besides its tier, seed (its progress key) and
+    adaptor setting (stored with it): a comparison rerun with more seeds or tiers,
+    or another adaptor setting for some rows, keeps the rows that still apply."""
     settings = config.to_dict()
-    for key in ("seeds", "tiers"):
-        settings["evaluate"].pop(key)
+    for key in list(settings["evaluate"]):
+        if key in ("seeds", "tiers", "row_adaptors") or key.startswith("adaptor_"):
+            settings["evaluate"].pop(key)
     return json.dumps(settings, sort_keys=True)
 
 

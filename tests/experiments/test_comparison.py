@@ -240,3 +240,14 @@ def test_compare_with_more_seeds_keeps_the_rows_it_has(tiny_preset, ml1m_dir, tm
     assert scored == ["kar dcnv2 seed 1", "kar lr-2 seed 1", "kar frozen seed 1"]
     for before, after in zip(first["rows"], second["rows"]):
         assert after["aucs"][0] == before["aucs"][0]
+    lines.clear()
+    compare_methods(
+        _tiny_compare_config(
+            tiny_preset, ml1m_dir, seeds="[0, 1]", extra=["evaluate.row_adaptors={frozen={}}"]
+        ),
+        ["frozen"],
+        tmp_path,
+        log=lines.append,
+    )
+    scored = [line.split(":")[0] for line in lines if "test AUC" in line]
+    assert scored == ["kar frozen seed 0", "kar frozen seed 1"]
