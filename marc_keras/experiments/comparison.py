@@ -48,13 +48,11 @@ def _projection(method, components, seed):
 
 
 def _progress_fingerprint(config) -> str:
-    """What a scored row depends on besides its tier, seed (its progress key) and
-    adaptor setting (stored with it): a comparison rerun with more seeds or tiers,
-    or another adaptor setting for some rows, keeps the rows that still apply."""
+    """The settings a scored row depends on beyond those `DownstreamEvaluator`
+    already keys its progress by (`[evaluate]`, less seeds, tiers and adaptor
+    settings): a rerun with more seeds or another row adaptor keeps what applies."""
     settings = config.to_dict()
-    for key in list(settings["evaluate"]):
-        if key in ("seeds", "tiers", "row_adaptors") or key.startswith("adaptor_"):
-            settings["evaluate"].pop(key)
+    del settings["evaluate"]
     return json.dumps(settings, sort_keys=True)
 
 
@@ -191,12 +189,11 @@ def compare_methods(
         With `train_only`, only {"fit_seconds": ...} and nothing is written.
     """
     methods = resolve_methods(method_names)
-    if any(method.vectors == "cross-fit" for method in methods) and not (
-        config.training.cross_fit_folds
-    ):
+    cross_fitted_rows = [method.name for method in methods if method.vectors == "cross-fit"]
+    if cross_fitted_rows and not config.training.cross_fit_folds:
         raise ValueError(
-            "The marc-c-cross-fit row needs training.cross_fit_folds (K >= 2) in the config "
-            "or `--set training.cross_fit_folds=3`; or leave the row out of --methods."
+            f"The rows {cross_fitted_rows} need training.cross_fit_folds (K >= 2) in the config "
+            "or `--set training.cross_fit_folds=3`; or leave them out of --methods."
         )
     output_dir = Path(output_dir)
     seeds = list(config.evaluate.seeds)
