@@ -11,12 +11,16 @@ Three steps on one MARC run, each adding to results/ranker-zoo-ml-1m-half.json:
       AUC at the best epoch; the higher is that ranker's learning rate (test
       users are never read).
   python benchmarks/ranker_zoo.py table --run-dir runs/marc-scale --seeds 0 1 2 \
-      [--mrl-run runs/mrl]
-      rows: the ranker alone, lr-2, frozen, pca-128, mrl (the compressed
-      vectors of a run trained with Matryoshka losses, when given), marc-c,
-      marc-o; each ranker at its chosen learning rate, paired deltas against
-      that ranker alone, the RESULTS.md section "ranker-zoo-ml-1m-half" and a
-      plot. Resumable: each ranker keeps a progress file in the run directory.
+      [--mrl-runs runs/mrl] [--cross-fit-runs runs/compare-v3/runs/marc/seed{0,1,2}]
+      rows: the ranker alone, lr-2, frozen, pca-128, marc-c, marc-o of the
+      run, and from other runs of the same [data] (one for every seed, or one
+      per seed: downstream seed i then reads run i): mrl (the compressed
+      vectors of runs trained with Matryoshka losses) and marc-c-cross-fit
+      (the heads cross-fitted over training users, `training.cross_fit_folds`);
+      each ranker at its chosen learning rate, paired deltas against that
+      ranker alone, the RESULTS.md section "ranker-zoo-ml-1m-half" and a
+      plot. Resumable: each ranker keeps a progress file in the run directory,
+      and one per row from other runs, keyed by those runs' vectors.
 
 Every ranker uses the adaptor settings chosen for DCNv2 (downstream v3) and
 KAR's architecture settings (`marc_keras.ranking.ranker_registry`).
@@ -47,14 +51,24 @@ from marc_keras.utils.markdown_tables import downstream_markdown
 RESULT = "ranker-zoo-ml-1m-half.json"
 LEARNING_RATES = (1e-3, 3e-3)
 TIER = "kar"
-ROWS = (LOGISTIC_ROW, "frozen", "pca-128", "mrl", "marc-c", "marc-o")
+ROWS = (LOGISTIC_ROW, "frozen", "pca-128", "mrl", "marc-c", "marc-o", "marc-c-cross-fit")
+# Rows read from other runs: option -> (row, the vectors it reads there).
+OTHER_RUN_ROWS = {"mrl_runs": ("mrl", "marc-c"), "cross_fit_runs": ("marc-c-cross-fit",) * 2}
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("epochs", "grid", "table"))
     parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--mrl-run", type=Path, help="a MARC run trained with MRL losses")
+    parser.add_argument(
+        "--mrl-runs", type=Path, nargs="+", help="MARC runs trained with MRL losses"
+    )
+    parser.add_argument(
+        "--cross-fit-runs",
+        type=Path,
+        nargs="+",
+        help="MARC runs with cross-fitted heads (training.cross_fit_folds)",
+    )
     parser.add_argument("--rankers", nargs="+", default=list(RANKERS), choices=RANKERS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -79,9 +93,34 @@ def _save(result):
     write_json(RESULT, result)
 
 
-def _inputs(run_dir, downstream):
-    run = MARCRun(run_dir, RunConfig.from_file(run_dir / "config.json"))
-    return downstream_inputs([run], downstream, log=print)
+def _inputs(run_dirs, downstream):
+    runs = [MARCRun(path, RunConfig.from_file(path / "config.json")) for path in run_dirs]
+    return downstream_inputs(runs, downstream, log=print)
+
+
+def _other_run_rows(args, downstream):
+    """Row -> (its vectors' sources, its provider) for the rows read from other runs."""
+    data = RunConfig.from_file(args.run_dir / "config.json").data
+    found = {}
+    for option, (row, vectors) in OTHER_RUN_ROWS.items():
+        paths = getattr(args, option)
+        if not paths or row not in args.rows:
+            continue
+        flag = "--" + option.replace("_", "-")
+        for path in paths:
+            if RunConfig.from_file(path / "config.json").data != data:
+                raise SystemExit(
+                    f"{flag}: {path} has other [data] settings than {args.run_dir} "
+                    "(another split); give runs of the same data."
+                )
+        inputs = _inputs(paths, downstream)
+        if vectors not in inputs.representations:
+            raise SystemExit(
+                f"{flag}: {', '.join(map(str, paths))} hold no {vectors} vectors"
+                + (" (train with training.cross_fit_folds)" if "cross-fit" in vectors else "")
+            )
+        found[row] = (inputs.sources, inputs.representations[vectors])
+    return found
 
 
 def epochs(args):
@@ -89,7 +128,7 @@ def epochs(args):
     import keras
 
     downstream = DownstreamConfig(tiers=(TIER,))
-    inputs = _inputs(args.run_dir, downstream)
+    inputs = _inputs([args.run_dir], downstream)
     features, tier = inputs.features, TIERS[TIER]
     training = features.tier_inputs(tier)["train"]
     labels = features.labels["train"][:, None]
@@ -125,7 +164,7 @@ def epochs(args):
 def grid(args):
     """Each ranker alone at every learning rate of the grid: validation AUC, seed 0."""
     downstream = DownstreamConfig(tiers=(TIER,), seeds=(0,))
-    inputs = _inputs(args.run_dir, downstream)
+    inputs = _inputs([args.run_dir], downstream)
     features, tier = inputs.features, TIERS[TIER]
     validation = features.tier_inputs(tier)["validation"]
     result = _load()
@@ -162,10 +201,8 @@ def table(args):
     if missing:
         raise SystemExit(f"run the grid step first: no learning rate for {', '.join(missing)}")
     downstream = DownstreamConfig(tiers=(TIER,), seeds=tuple(args.seeds))
-    inputs = _inputs(args.run_dir, downstream)
-    providers = dict(inputs.representations)
-    if args.mrl_run:
-        providers["mrl"] = _inputs(args.mrl_run, downstream).representations["marc-c"]
+    inputs = _inputs([args.run_dir], downstream)
+    other_runs = _other_run_rows(args, downstream)
     rows = list(result.get("rows", []))
     for name in args.rankers:
         config = dataclasses.replace(downstream, ranker=name, learning_rate=chosen[name])
@@ -173,15 +210,41 @@ def table(args):
             inputs.features,
             config,
             progress_path=args.run_dir / f"ranker-zoo-{name}-progress.json",
-            progress_fingerprint=json.dumps([inputs.sources, str(args.mrl_run or "")]),
+            progress_fingerprint=json.dumps(inputs.sources),
         )
         started = time.perf_counter()
         representations = {
             name: None,
-            **{row: providers[row] for row in args.rows if row in providers},
+            **{
+                row: inputs.representations[row]
+                for row in args.rows
+                if row in inputs.representations and row not in other_runs
+            },
         }
-        rows = [row for row in rows if row["ranker"] != name or row["name"] not in representations]
-        for row in evaluator.evaluate(representations):
+        found = evaluator.evaluate(representations)
+        base = {
+            key: value
+            for key, value in evaluator.recorded_results().items()
+            if key.split("/")[1] == name
+        }
+        for row, (sources, provider) in other_runs.items():
+            # Its own progress file, keyed by its runs' vectors; the ranker alone
+            # is copied over for the paired deltas, not retrained.
+            other = DownstreamEvaluator(
+                inputs.features,
+                config,
+                progress_path=args.run_dir / f"ranker-zoo-{name}-{row}-progress.json",
+                progress_fingerprint=json.dumps(sources),
+            )
+            other.add_results(base)
+            found.extend(
+                scored
+                for scored in other.evaluate({name: None, row: provider})
+                if scored["name"] == row
+            )
+        scored_names = {row["name"] for row in found}
+        rows = [row for row in rows if row["ranker"] != name or row["name"] not in scored_names]
+        for row in found:
             rows.append({"ranker": name, "learning_rate": chosen[name], **row})
         print(f"{name}: {time.perf_counter() - started:.0f} s")
         result["rows"] = rows
@@ -190,7 +253,11 @@ def table(args):
         {
             "command": "python benchmarks/ranker_zoo.py " + " ".join(sys.argv[1:]),
             "run": str(args.run_dir),
-            "mrl_run": str(args.mrl_run) if args.mrl_run else None,
+            **{
+                option: [str(path) for path in getattr(args, option)]
+                for option in OTHER_RUN_ROWS
+                if getattr(args, option)
+            },
             "note": args.note,
         }
     )

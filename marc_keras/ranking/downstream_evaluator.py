@@ -252,6 +252,15 @@ class DownstreamEvaluator:
         finished.update(results)
         self._save_progress(finished)
 
+    def recorded_results(self) -> dict[str, dict]:
+        """Results the progress file holds under these settings.
+
+        Returns:
+            "tier/row/seed" -> result dict, as `add_results` takes them; empty
+            without a progress file or when it was made with other settings.
+        """
+        return self._load_progress()
+
     def _row_adaptor(self, name, provider):
         # A row without vectors has no adaptor for a setting to change.
         if provider is None:

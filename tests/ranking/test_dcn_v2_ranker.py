@@ -131,6 +131,47 @@ def test_an_interrupted_evaluation_resumes_from_its_progress_file(tmp_path, monk
     assert trained == [("kar", 0), ("kar", 1)]
 
 
+def test_recorded_results_carry_a_base_row_to_an_evaluator_of_other_vectors(tmp_path, monkeypatch):
+    # How benchmarks/ranker_zoo.py scores a row from another run: its own
+    # progress file and fingerprint, the ranker alone copied over, not retrained.
+    features, _ = synthetic_features(sizes={"train": 600, "validation": 200, "test": 200})
+    config = DownstreamConfig(max_epochs=1, batch_size=128, seeds=(0, 1), tiers=("kar",))
+    main = DownstreamEvaluator(
+        features, config, log=lambda _: None, progress_path=tmp_path / "main.json"
+    )
+    assert main.recorded_results() == {}
+    base = main.evaluate({"dcnv2": None})[0]
+    recorded = main.recorded_results()
+    assert sorted(recorded) == ["kar/dcnv2/0", "kar/dcnv2/1"]
+    assert [recorded[f"kar/dcnv2/{seed}"]["auc"] for seed in (0, 1)] == base["aucs"]
+
+    other = DownstreamEvaluator(
+        features,
+        config,
+        log=lambda _: None,
+        progress_path=tmp_path / "other.json",
+        progress_fingerprint="another run",
+    )
+    other.add_results(recorded)
+    trained = []
+    monkeypatch.setattr(
+        other,
+        "train_one",
+        lambda tier, seed, *tables, **settings: trained.append(seed) or (None, 0.9, 0.5, 1),
+    )
+    rows = {
+        row["name"]: row for row in other.evaluate({"dcnv2": None, "x": lambda seed: (None, None)})
+    }
+    assert trained == [0, 1]
+    np.testing.assert_allclose(rows["x"]["paired_deltas"], [0.9 - auc for auc in base["aucs"]])
+    assert (
+        DownstreamEvaluator(
+            features, config, progress_path=tmp_path / "other.json"
+        ).recorded_results()
+        == {}
+    )
+
+
 def _fill_tables(ranker):
     # The frozen tables (item genre shares, external vectors) start at zero.
     rng = np.random.default_rng(1)
