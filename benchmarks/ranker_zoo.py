@@ -271,8 +271,16 @@ def table(args):
         "ranker-zoo-ml-1m-half",
         f"## CTR model zoo (MARC Table 4), kar tier (issue 30)\n\n{markdown}\n\n"
         f"Test users, mean +- std over seeds {list(args.seeds)}; each ranker at its "
-        f"learning rate chosen on validation users ({chosen}). Run `{args.run_dir}`. "
-        f"cpu_flags {result['cpu_flags']}. Command: `{result['command']}`. {args.note} "
+        f"learning rate chosen on validation users ({chosen}). Run `{args.run_dir}`"
+        + "".join(
+            f"; {OTHER_RUN_ROWS[option][0]} from "
+            + ", ".join(f"`{path}`" for path in result[option])
+            + " (with one run per seed, downstream seed i reads the i-th)"
+            for option in OTHER_RUN_ROWS
+            if result.get(option)
+        )
+        + f". cpu_flags {result['cpu_flags']}. Last command (the rows it names; the others "
+        f"come from earlier calls): `{result['command']}`. {args.note} "
         f"Plot: `results/ranker-zoo-ml-1m-half.png`.",
     )
     plot(rows, RESULTS_DIR / "ranker-zoo-ml-1m-half.png")
