@@ -293,7 +293,9 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     rankers = [name for name in RANKERS if any(row["ranker"] == name for row in rows)]
-    names = [row for row in ROWS if row != LOGISTIC_ROW]
+    names = [
+        name for name in ROWS if name != LOGISTIC_ROW and any(row["name"] == name for row in rows)
+    ]
     figure, axis = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(names)
     for index, name in enumerate(names):
