@@ -53,7 +53,10 @@ LEARNING_RATES = (1e-3, 3e-3)
 TIER = "kar"
 ROWS = (LOGISTIC_ROW, "frozen", "pca-128", "mrl", "marc-c", "marc-o", "marc-c-cross-fit")
 # Rows read from other runs: option -> (row, the vectors it reads there).
-OTHER_RUN_ROWS = {"mrl_runs": ("mrl", "marc-c"), "cross_fit_runs": ("marc-c-cross-fit",) * 2}
+OTHER_RUN_ROWS = {
+    "mrl_runs": ("mrl", "marc-c"),
+    "cross_fit_runs": ("marc-c-cross-fit", "marc-c-cross-fit"),
+}
 
 
 def parse_args():
@@ -93,27 +96,27 @@ def _save(result):
     write_json(RESULT, result)
 
 
-def _inputs(run_dirs, downstream):
-    runs = [MARCRun(path, RunConfig.from_file(path / "config.json")) for path in run_dirs]
-    return downstream_inputs(runs, downstream, log=print)
+def _runs(run_dirs):
+    return [MARCRun(path, RunConfig.from_file(path / "config.json")) for path in run_dirs]
 
 
 def _other_run_rows(args, downstream):
     """Row -> (its vectors' sources, its provider) for the rows read from other runs."""
-    data = RunConfig.from_file(args.run_dir / "config.json").data
+    data = _runs([args.run_dir])[0].config.data
     found = {}
     for option, (row, vectors) in OTHER_RUN_ROWS.items():
         paths = getattr(args, option)
         if not paths or row not in args.rows:
             continue
         flag = "--" + option.replace("_", "-")
-        for path in paths:
-            if RunConfig.from_file(path / "config.json").data != data:
+        runs = _runs(paths)
+        for run in runs:
+            if run.config.data != data:
                 raise SystemExit(
-                    f"{flag}: {path} has other [data] settings than {args.run_dir} "
+                    f"{flag}: {run.run_dir} has other [data] settings than {args.run_dir} "
                     "(another split); give runs of the same data."
                 )
-        inputs = _inputs(paths, downstream)
+        inputs = downstream_inputs(runs, downstream, log=print)
         if vectors not in inputs.representations:
             raise SystemExit(
                 f"{flag}: {', '.join(map(str, paths))} hold no {vectors} vectors"
@@ -128,7 +131,7 @@ def epochs(args):
     import keras
 
     downstream = DownstreamConfig(tiers=(TIER,))
-    inputs = _inputs([args.run_dir], downstream)
+    inputs = downstream_inputs(_runs([args.run_dir]), downstream, log=print)
     features, tier = inputs.features, TIERS[TIER]
     training = features.tier_inputs(tier)["train"]
     labels = features.labels["train"][:, None]
@@ -164,7 +167,7 @@ def epochs(args):
 def grid(args):
     """Each ranker alone at every learning rate of the grid: validation AUC, seed 0."""
     downstream = DownstreamConfig(tiers=(TIER,), seeds=(0,))
-    inputs = _inputs([args.run_dir], downstream)
+    inputs = downstream_inputs(_runs([args.run_dir]), downstream, log=print)
     features, tier = inputs.features, TIERS[TIER]
     validation = features.tier_inputs(tier)["validation"]
     result = _load()
@@ -201,7 +204,7 @@ def table(args):
     if missing:
         raise SystemExit(f"run the grid step first: no learning rate for {', '.join(missing)}")
     downstream = DownstreamConfig(tiers=(TIER,), seeds=tuple(args.seeds))
-    inputs = _inputs([args.run_dir], downstream)
+    inputs = downstream_inputs(_runs([args.run_dir]), downstream, log=print)
     other_runs = _other_run_rows(args, downstream)
     rows = list(result.get("rows", []))
     for name in args.rankers:
