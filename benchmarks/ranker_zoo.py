@@ -15,12 +15,15 @@ Three steps on one MARC run, each adding to results/ranker-zoo-ml-1m-half.json:
       rows: the ranker alone, lr-2, frozen, pca-128, marc-c, marc-o of the
       run, and from other runs of the same [data] (one for every seed, or one
       per seed: downstream seed i then reads run i): mrl (the compressed
-      vectors of runs trained with Matryoshka losses) and marc-c-cross-fit
-      (the heads cross-fitted over training users, `training.cross_fit_folds`);
-      each ranker at its chosen learning rate, paired deltas against that
-      ranker alone, the RESULTS.md section "ranker-zoo-ml-1m-half" and a
-      plot. Resumable: each ranker keeps a progress file in the run directory,
-      and one per row from other runs, keyed by those runs' vectors.
+      vectors of runs trained with Matryoshka losses) and mrl-cross-fit (their
+      heads cross-fitted over training users, `training.cross_fit_folds`), and
+      marc-c-cross-fit (MARC's cross-fitted heads); each ranker at its chosen
+      learning rate, paired deltas against that ranker alone, the RESULTS.md
+      section "ranker-zoo-ml-1m-half" and a plot. Each row records the runs
+      its vectors came from, so rows of several calls (other --run-dir, other
+      runs) stay told apart. Resumable: each ranker keeps a progress file in
+      the run directory, and one per row from other runs, keyed by those
+      runs' vectors.
 
 Every ranker uses the adaptor settings chosen for DCNv2 (downstream v3) and
 KAR's architecture settings (`marc_keras.ranking.ranker_registry`).
@@ -51,11 +54,20 @@ from marc_keras.utils.markdown_tables import downstream_markdown
 RESULT = "ranker-zoo-ml-1m-half.json"
 LEARNING_RATES = (1e-3, 3e-3)
 TIER = "kar"
-ROWS = (LOGISTIC_ROW, "frozen", "pca-128", "mrl", "marc-c", "marc-o", "marc-c-cross-fit")
-# Rows read from other runs: option -> (row, the vectors it reads there).
+ROWS = (
+    LOGISTIC_ROW,
+    "frozen",
+    "pca-128",
+    "mrl",
+    "mrl-cross-fit",
+    "marc-c",
+    "marc-o",
+    "marc-c-cross-fit",
+)
+# Rows read from other runs: option -> {row: the vectors it reads there}.
 OTHER_RUN_ROWS = {
-    "mrl_runs": ("mrl", "marc-c"),
-    "cross_fit_runs": ("marc-c-cross-fit", "marc-c-cross-fit"),
+    "mrl_runs": {"mrl": "marc-c", "mrl-cross-fit": "marc-c-cross-fit"},
+    "cross_fit_runs": {"marc-c-cross-fit": "marc-c-cross-fit"},
 }
 
 
@@ -104,9 +116,10 @@ def _other_run_rows(args, downstream):
     """Row -> (its vectors' sources, its provider) for the rows read from other runs."""
     data = _runs([args.run_dir])[0].config.data
     found = {}
-    for option, (row, vectors) in OTHER_RUN_ROWS.items():
+    for option, option_rows in OTHER_RUN_ROWS.items():
         paths = getattr(args, option)
-        if not paths or row not in args.rows:
+        asked = [row for row in option_rows if row in args.rows]
+        if not paths or not asked:
             continue
         flag = "--" + option.replace("_", "-")
         runs = _runs(paths)
@@ -117,12 +130,15 @@ def _other_run_rows(args, downstream):
                     "(another split); give runs of the same data."
                 )
         inputs = downstream_inputs(runs, downstream, log=print)
-        if vectors not in inputs.representations:
-            raise SystemExit(
-                f"{flag}: {', '.join(map(str, paths))} hold no {vectors} vectors"
-                + (" (train with training.cross_fit_folds)" if "cross-fit" in vectors else "")
-            )
-        found[row] = (inputs.sources, inputs.representations[vectors])
+        for row in asked:
+            vectors = option_rows[row]
+            if vectors not in inputs.representations:
+                raise SystemExit(
+                    f"{flag}: {', '.join(map(str, paths))} hold no {vectors} vectors for the "
+                    f"{row} row"
+                    + (" (train with training.cross_fit_folds)" if "cross-fit" in vectors else "")
+                )
+            found[row] = (inputs.sources, inputs.representations[vectors], paths)
     return found
 
 
@@ -230,7 +246,7 @@ def table(args):
             for key, value in evaluator.recorded_results().items()
             if key.split("/")[1] == name
         }
-        for row, (sources, provider) in other_runs.items():
+        for row, (sources, provider, _) in other_runs.items():
             # Its own progress file, keyed by its runs' vectors; the ranker alone
             # is copied over for the paired deltas, not retrained.
             other = DownstreamEvaluator(
@@ -248,19 +264,21 @@ def table(args):
         scored_names = {row["name"] for row in found}
         rows = [row for row in rows if row["ranker"] != name or row["name"] not in scored_names]
         for row in found:
-            rows.append({"ranker": name, "learning_rate": chosen[name], **row})
+            runs = other_runs[row["name"]][2] if row["name"] in other_runs else [args.run_dir]
+            rows.append(
+                {
+                    "ranker": name,
+                    "learning_rate": chosen[name],
+                    **row,
+                    "runs": [str(path) for path in runs],
+                }
+            )
         print(f"{name}: {time.perf_counter() - started:.0f} s")
         result["rows"] = rows
         _save(result)
     result.update(
         {
             "command": "python benchmarks/ranker_zoo.py " + " ".join(sys.argv[1:]),
-            "run": str(args.run_dir),
-            **{
-                option: [str(path) for path in getattr(args, option)]
-                for option in OTHER_RUN_ROWS
-                if getattr(args, option)
-            },
             "note": args.note,
         }
     )
@@ -274,19 +292,35 @@ def table(args):
         "ranker-zoo-ml-1m-half",
         f"## CTR model zoo (MARC Table 4), kar tier (issue 30)\n\n{markdown}\n\n"
         f"Test users, mean +- std over seeds {list(args.seeds)}; each ranker at its "
-        f"learning rate chosen on validation users ({chosen}). Run `{args.run_dir}`"
-        + "".join(
-            f"; {OTHER_RUN_ROWS[option][0]} from "
-            + ", ".join(f"`{path}`" for path in result[option])
-            + " (with one run per seed, downstream seed i reads the i-th)"
-            for option in OTHER_RUN_ROWS
-            if result.get(option)
-        )
+        f"learning rate chosen on validation users ({chosen}). Vectors per row: "
+        + _row_sources(rows)
+        + " (with one run per seed, downstream seed i reads the i-th; the ranker "
+        "alone reads none)"
         + f". cpu_flags {result['cpu_flags']}. Last command (the rows it names; the others "
         f"come from earlier calls): `{result['command']}`. {args.note} "
         f"Plot: `results/ranker-zoo-ml-1m-half.png`.",
     )
     plot(rows, RESULTS_DIR / "ranker-zoo-ml-1m-half.png")
+
+
+def _row_sources(rows):
+    """'row from `run`, ...' for every row name, in table order (a ranker's row can
+    differ only if two calls gave the same row other runs)."""
+    sources = {}
+    for row in rows:
+        if row["name"] in RANKERS or row["name"] == LOGISTIC_ROW:
+            continue
+        runs = ", ".join(f"`{path}`" for path in row["runs"])
+        sources.setdefault(row["name"], {}).setdefault(runs, []).append(row["ranker"])
+    return "; ".join(
+        f"{name} from "
+        + " and ".join(
+            runs if len(sources[name]) == 1 else f"{runs} ({', '.join(rankers)})"
+            for runs, rankers in sources[name].items()
+        )
+        for name in ROWS
+        if name in sources
+    )
 
 
 def plot(rows, path):
