@@ -35,6 +35,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RESULTS_DIR, machine_facts, update_results_section, write_json
@@ -112,8 +113,17 @@ def _runs(run_dirs):
     return [MARCRun(path, RunConfig.from_file(path / "config.json")) for path in run_dirs]
 
 
+class OtherRunRow(NamedTuple):
+    """A row read from other runs: their vectors' sources (the progress key), the
+    per-seed vector provider, and the run directories (recorded with the row)."""
+
+    sources: dict
+    provider: object
+    runs: list
+
+
 def _other_run_rows(args, downstream):
-    """Row -> (its vectors' sources, its provider) for the rows read from other runs."""
+    """Row -> `OtherRunRow` for the rows read from other runs."""
     data = _runs([args.run_dir])[0].config.data
     found = {}
     for option, option_rows in OTHER_RUN_ROWS.items():
@@ -138,7 +148,7 @@ def _other_run_rows(args, downstream):
                     f"{row} row"
                     + (" (train with training.cross_fit_folds)" if "cross-fit" in vectors else "")
                 )
-            found[row] = (inputs.sources, inputs.representations[vectors], paths)
+            found[row] = OtherRunRow(inputs.sources, inputs.representations[vectors], paths)
     return found
 
 
@@ -246,25 +256,25 @@ def table(args):
             for key, value in evaluator.recorded_results().items()
             if key.split("/")[1] == name
         }
-        for row, (sources, provider, _) in other_runs.items():
+        for row, other_row in other_runs.items():
             # Its own progress file, keyed by its runs' vectors; the ranker alone
             # is copied over for the paired deltas, not retrained.
             other = DownstreamEvaluator(
                 inputs.features,
                 config,
                 progress_path=args.run_dir / f"ranker-zoo-{name}-{row}-progress.json",
-                progress_fingerprint=json.dumps(sources),
+                progress_fingerprint=json.dumps(other_row.sources),
             )
             other.add_results(base)
             found.extend(
                 scored
-                for scored in other.evaluate({name: None, row: provider})
+                for scored in other.evaluate({name: None, row: other_row.provider})
                 if scored["name"] == row
             )
         scored_names = {row["name"] for row in found}
         rows = [row for row in rows if row["ranker"] != name or row["name"] not in scored_names]
         for row in found:
-            runs = other_runs[row["name"]][2] if row["name"] in other_runs else [args.run_dir]
+            runs = other_runs[row["name"]].runs if row["name"] in other_runs else [args.run_dir]
             rows.append(
                 {
                     "ranker": name,
@@ -304,8 +314,8 @@ def table(args):
 
 
 def _row_sources(rows):
-    """'row from `run`, ...' for every row name, in table order (a ranker's row can
-    differ only if two calls gave the same row other runs)."""
+    """'row from `run`, ...' for every row name in table order; where the rankers'
+    rows of one name came from different runs, each runs' list names its rankers."""
     sources = {}
     for row in rows:
         if row["name"] in RANKERS or row["name"] == LOGISTIC_ROW:
