@@ -24,6 +24,12 @@ Three steps on one MARC run, each adding to results/ranker-zoo-ml-1m-half.json:
       runs) stay told apart. Resumable: each ranker keeps a progress file in
       the run directory, and one per row from other runs, keyed by those
       runs' vectors.
+  python benchmarks/ranker_zoo.py pairs [--pairs marc-c-cross-fit:mrl-cross-fit ...]
+      reads the table only: per ranker, one row's test AUC minus another's,
+      paired by seed (mean +- sample std), printed and written to the RESULTS.md
+      section "ranker-zoo-pairs": the comparisons between vectors (MARC against
+      MRL, each against PCA-128) that the deltas against the ranker alone do
+      not give.
 
 Every ranker uses the adaptor settings chosen for DCNv2 (downstream v3) and
 KAR's architecture settings (`marc_keras.ranking.ranker_registry`).
@@ -48,7 +54,7 @@ from marc_keras.config.downstream_config import RANKERS
 from marc_keras.config.ranker_tier import TIERS
 from marc_keras.experiments.marc_run import MARCRun, downstream_inputs
 from marc_keras.ranking.ctr_metrics import auc
-from marc_keras.ranking.downstream_evaluator import LOGISTIC_ROW, DownstreamEvaluator
+from marc_keras.ranking.downstream_evaluator import LOGISTIC_ROW, DownstreamEvaluator, mean_std
 from marc_keras.ranking.ranker_registry import constructor_arguments, ranker_class
 from marc_keras.utils.markdown_tables import downstream_markdown
 
@@ -65,6 +71,15 @@ ROWS = (
     "marc-o",
     "marc-c-cross-fit",
 )
+# Row comparisons `pairs` makes by default: (first, second), first minus second.
+ROW_PAIRS = (
+    ("marc-c-cross-fit", "mrl-cross-fit"),
+    ("marc-c", "mrl"),
+    ("marc-c-cross-fit", "pca-128"),
+    ("mrl-cross-fit", "pca-128"),
+    ("marc-c-cross-fit", "marc-o"),
+    ("mrl-cross-fit", "marc-o"),
+)
 # Rows read from other runs: option -> {row: the vectors it reads there}.
 OTHER_RUN_ROWS = {
     "mrl_runs": {"mrl": "marc-c", "mrl-cross-fit": "marc-c-cross-fit"},
@@ -74,8 +89,8 @@ OTHER_RUN_ROWS = {
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("epochs", "grid", "table"))
-    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("step", choices=("epochs", "grid", "table", "pairs"))
+    parser.add_argument("--run-dir", type=Path, help="the MARC run (every step but pairs)")
     parser.add_argument(
         "--mrl-runs", type=Path, nargs="+", help="MARC runs trained with MRL losses"
     )
@@ -95,7 +110,26 @@ def parse_args():
         help="table rows to train now (the ranker alone always); the others stay as they are",
     )
     parser.add_argument("--note", default="", help="what else ran on the machine")
-    return parser.parse_args()
+    parser.add_argument(
+        "--pairs",
+        type=_row_pair,
+        nargs="+",
+        default=list(ROW_PAIRS),
+        help="pairs step: FIRST:SECOND row names, FIRST minus SECOND",
+    )
+    args = parser.parse_args()
+    if args.step != "pairs" and args.run_dir is None:
+        parser.error(f"the {args.step} step needs --run-dir (the MARC run whose vectors it reads)")
+    return args
+
+
+def _row_pair(text):
+    first, _, second = text.partition(":")
+    if first not in ROWS or second not in ROWS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give FIRST:SECOND with both among {', '.join(ROWS)}"
+        )
+    return first, second
 
 
 def _load():
@@ -333,6 +367,60 @@ def _row_sources(rows):
     )
 
 
+def row_pair_deltas(rows, first, second):
+    """Per ranker holding both rows: `first`'s test AUC minus `second`'s, paired by seed.
+
+    Args:
+        rows: the table's rows (`ranker`, `name`, `seeds`, `aucs`).
+        first, second: row names.
+
+    Returns:
+        {ranker: {"paired_delta_mean", "paired_delta_std", "seeds"}} over the
+        seeds both rows have, rankers in table order.
+    """
+    found = {}
+    for ranker in RANKERS:
+        pair = [
+            next((row for row in rows if row["ranker"] == ranker and row["name"] == name), None)
+            for name in (first, second)
+        ]
+        if None in pair:
+            continue
+        by_seed = [dict(zip(row["seeds"], row["aucs"])) for row in pair]
+        seeds = [seed for seed in by_seed[0] if seed in by_seed[1]]
+        if seeds:
+            deltas = [by_seed[0][seed] - by_seed[1][seed] for seed in seeds]
+            found[ranker] = {**mean_std("paired_delta", deltas), "seeds": seeds}
+    return found
+
+
+def pairs(args):
+    """One row against another per ranker, paired by seed: printed and in RESULTS.md."""
+    rows = _load().get("rows", [])
+    rankers = [name for name in RANKERS if any(row["ranker"] == name for row in rows)]
+    header = "| first - second | " + " | ".join(rankers) + " |"
+    lines = [header, "|---" * (len(rankers) + 1) + "|"]
+    for first, second in args.pairs:
+        deltas = row_pair_deltas(rows, first, second)
+        cells = [
+            f"{deltas[name]['paired_delta_mean']:+.4f} +- {deltas[name]['paired_delta_std']:.4f}"
+            if name in deltas
+            else "-"
+            for name in rankers
+        ]
+        lines.append(f"| {first} - {second} | " + " | ".join(cells) + " |")
+    markdown = "\n".join(lines)
+    print(markdown)
+    update_results_section(
+        "ranker-zoo-pairs",
+        "## CTR model zoo: one vector against another (issue 30)\n\n"
+        f"{markdown}\n\nTest AUC of the first row minus the second's, paired by seed, mean +- "
+        "sample std over the seeds both have (3 everywhere here), from the rows of "
+        f"`results/{RESULT}` (the runs behind each row are in the section above). "
+        "Command: `python benchmarks/ranker_zoo.py " + " ".join(sys.argv[1:]) + "`.",
+    )
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -368,7 +456,7 @@ def plot(rows, path):
 
 def main():
     args = parse_args()
-    {"epochs": epochs, "grid": grid, "table": table}[args.step](args)
+    {"epochs": epochs, "grid": grid, "table": table, "pairs": pairs}[args.step](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """benchmarks/ranker_zoo.py refuses rows from runs it cannot pair with its own, and names
-each row's runs."""
+each row's runs, and pairs two rows by seed."""
 
 import argparse
 import dataclasses
@@ -12,7 +12,7 @@ import pytest
 from marc_keras.config import DownstreamConfig, RunConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from ranker_zoo import ROWS, _other_run_rows, _row_sources
+from ranker_zoo import ROWS, _other_run_rows, _row_pair, _row_sources, row_pair_deltas
 
 
 def _run_dir(path, config):
@@ -74,3 +74,26 @@ def test_row_sources_name_each_rows_runs_and_split_rankers_only_where_they_diffe
         "frozen from `runs/a` (dcnv2) and `runs/b` (xdeepfm); mrl from `runs/m`; "
         "marc-c-cross-fit from `runs/s0`, `runs/s1`"
     )
+
+
+def test_row_pairs_are_paired_by_seed_over_the_seeds_both_rows_have():
+    rows = [
+        {"ranker": "din", "name": "mrl", "seeds": [0, 1, 2], "aucs": [0.70, 0.71, 0.72]},
+        # Seeds in another order, one missing: seed i pairs with seed i only.
+        {"ranker": "din", "name": "pca-128", "seeds": [2, 0], "aucs": [0.715, 0.69]},
+        {"ranker": "dcnv2", "name": "mrl", "seeds": [0], "aucs": [0.8]},
+    ]
+    found = row_pair_deltas(rows, "mrl", "pca-128")
+    # Seed 0: 0.70 - 0.69 = 0.010; seed 2: 0.72 - 0.715 = 0.005.
+    assert list(found) == ["din"]
+    assert found["din"]["seeds"] == [0, 2]
+    assert found["din"]["paired_delta_mean"] == pytest.approx(0.0075)
+    assert found["din"]["paired_delta_std"] == pytest.approx(0.005 / 2**0.5)
+    assert row_pair_deltas(rows, "mrl", "frozen") == {}
+
+
+def test_a_row_pair_names_two_table_rows():
+    assert _row_pair("marc-c-cross-fit:mrl-cross-fit") == ("marc-c-cross-fit", "mrl-cross-fit")
+    for text in ("marc-c", "marc-c:bogus", "frozen-mrl"):
+        with pytest.raises(argparse.ArgumentTypeError, match="FIRST:SECOND with both among"):
+            _row_pair(text)
