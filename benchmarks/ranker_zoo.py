@@ -415,7 +415,7 @@ def pairs(args):
         "ranker-zoo-pairs",
         "## CTR model zoo: one vector against another (issue 30)\n\n"
         f"{markdown}\n\nTest AUC of the first row minus the second's, paired by seed, mean +- "
-        "sample std over the seeds both have (3 everywhere here), from the rows of "
+        "sample std over the seeds both rows have, from the rows of "
         f"`results/{RESULT}`. Vectors per row: {_row_sources(rows)}. "
         "Command: `python benchmarks/ranker_zoo.py " + " ".join(sys.argv[1:]) + "`.",
     )
