@@ -1,6 +1,7 @@
 """MARC Table 4 on ml-1m-half: do the vectors help every common CTR model? (issue 30)
 
-Three steps on one MARC run, each adding to results/ranker-zoo-ml-1m-half.json:
+Three steps on one MARC run, each adding to results/ranker-zoo-ml-1m-half.json, and
+one that reads it:
 
   python benchmarks/ranker_zoo.py epochs --run-dir runs/marc-scale
       one epoch on all kar-tier training rows per ranker, alone and with the
@@ -56,7 +57,7 @@ from marc_keras.experiments.marc_run import MARCRun, downstream_inputs
 from marc_keras.ranking.ctr_metrics import auc
 from marc_keras.ranking.downstream_evaluator import LOGISTIC_ROW, DownstreamEvaluator, mean_std
 from marc_keras.ranking.ranker_registry import constructor_arguments, ranker_class
-from marc_keras.utils.markdown_tables import downstream_markdown
+from marc_keras.utils.markdown_tables import downstream_markdown, mean_std_cell
 
 RESULT = "ranker-zoo-ml-1m-half.json"
 LEARNING_RATES = (1e-3, 3e-3)
@@ -403,9 +404,7 @@ def pairs(args):
     for first, second in args.pairs:
         deltas = row_pair_deltas(rows, first, second)
         cells = [
-            f"{deltas[name]['paired_delta_mean']:+.4f} +- {deltas[name]['paired_delta_std']:.4f}"
-            if name in deltas
-            else "-"
+            mean_std_cell(deltas[name], "paired_delta", signed=True) if name in deltas else "-"
             for name in rankers
         ]
         lines.append(f"| {first} - {second} | " + " | ".join(cells) + " |")

@@ -14,7 +14,7 @@ def _epochs(chosen) -> str:
     return "+".join(str(epoch) for epoch in chosen) if isinstance(chosen, list) else str(chosen)
 
 
-def _mean_std(row: dict, prefix: str, signed: bool = False) -> str:
+def mean_std_cell(row: dict, prefix: str, signed: bool = False) -> str:
     """`mean +- std`, or `mean +- n/a` when one seed gives no spread to report."""
     mean = f"{row[f'{prefix}_mean']:{'+' if signed else ''}.4f}"
     if _seed_count(row) == 1:
@@ -54,15 +54,17 @@ def downstream_markdown(
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
-        paired = _mean_std(row, "paired_delta", signed=True) if "paired_delta_mean" in row else "-"
+        paired = (
+            mean_std_cell(row, "paired_delta", signed=True) if "paired_delta_mean" in row else "-"
+        )
         lift = {True: "yes", False: "no"}.get(row.get("lift"), "-")
         if _seed_count(row) == 1 and lift != "-":
             lift = "n/a (1 seed)"
         epochs = "/".join(str(epochs) for epochs in row.get("epochs") or []) or "-"
         lines.append(
             f"| {row.get('tier') or '-'} | {row['name']} "
-            f"| {_mean_std(row, 'auc')} | {paired} | {lift} "
-            f"| {_mean_std(row, 'logloss')} | {relaimpr} "
+            f"| {mean_std_cell(row, 'auc')} | {paired} | {lift} "
+            f"| {mean_std_cell(row, 'logloss')} | {relaimpr} "
             f"| {epochs} | {row['seconds']:.0f} |"
             + "".join(f" {cell(row)} |" for _, cell in extra_columns)
         )
@@ -90,9 +92,9 @@ def stage_markdown(
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [_mean_std(row, metric) for metric in metrics]
+        cells = [mean_std_cell(row, metric) for metric in metrics]
         cells += [
-            _mean_std(row, f"paired_delta_vs_{reference}_{metric}", signed=True)
+            mean_std_cell(row, f"paired_delta_vs_{reference}_{metric}", signed=True)
             if f"paired_delta_vs_{reference}_{metric}_mean" in row
             else "-"
             for metric in deltas
@@ -119,8 +121,8 @@ def mra_markdown(rows: Iterable[dict], markers: Iterable[dict] = ()) -> str:
     for name, layer, row in named:
         relaimpr = f"{100 * row['relaimpr']:+.2f}%" if "relaimpr" in row else "-"
         lines.append(
-            f"| {name} | {layer} | {_mean_std(row, 'auc')} | "
-            f"{_mean_std(row, 'logloss')} | {relaimpr} "
+            f"| {name} | {layer} | {mean_std_cell(row, 'auc')} | "
+            f"{mean_std_cell(row, 'logloss')} | {relaimpr} "
             f"| {row['seconds']:.0f} |"
         )
     return "\n".join(lines)
