@@ -155,8 +155,9 @@ def fit(config_path, overrides, run_dir, data_dir):
     multiple=True,
     type=click.Choice(list(RANKERS)),
     help="CTR ranker of --task ctr (repeatable; default evaluate.ranker, dcnv2): the protocol's "
-    "DCNv2 or MARC Table 4's zoo with KAR's settings. Each writes evaluate-{ranker}.json / .md "
-    "(evaluate.json for dcnv2).",
+    "DCNv2 or MARC Table 4's zoo with KAR's settings (deepfm pairs the vector fields in its FM as "
+    "FuxiCTR does, deepfm-kar keeps them out as KAR does). Each writes evaluate-{ranker}.json / "
+    ".md (evaluate.json for dcnv2).",
 )
 @_report_errors
 def evaluate(run_dirs, overrides, tiers, tasks, cold_items, rankers):

@@ -17,8 +17,19 @@ DEEP_UNITS = (200, 80)
 ADAPTOR_HIDDEN_UNITS = (128,)
 
 # The CTR rankers (`marc_keras.ranking.ranker_registry`): DCNv2 is the
-# protocol's, the others are MARC Table 4's zoo with KAR's settings.
-RANKERS = ("dcnv2", "dcnv1", "deepfm", "xdeepfm", "autoint", "fibinet", "fignn", "din")
+# protocol's, the others are MARC Table 4's zoo with KAR's settings; "deepfm"
+# pairs every field in its FM (FuxiCTR's way), "deepfm-kar" all but the vectors.
+RANKERS = (
+    "dcnv2",
+    "dcnv1",
+    "deepfm",
+    "deepfm-kar",
+    "xdeepfm",
+    "autoint",
+    "fibinet",
+    "fignn",
+    "din",
+)
 
 # Each reference row's adaptor setting, chosen on validation users by the
 # downstream v3 grid (benchmarks/results/downstream-v3-ml-1m-half.json, rule

@@ -18,6 +18,7 @@ RANKER_CLASSES = {
     "dcnv2": "marc_keras.ranking.dcn_v2_ranker:DCNv2Ranker",
     "dcnv1": "marc_keras.ranking.dcn_v1_ranker:DCNv1Ranker",
     "deepfm": "marc_keras.ranking.deep_fm_ranker:DeepFMRanker",
+    "deepfm-kar": "marc_keras.ranking.deep_fm_ranker:DeepFMRanker",
     "xdeepfm": "marc_keras.ranking.x_deep_fm_ranker:XDeepFMRanker",
     "autoint": "marc_keras.ranking.auto_int_ranker:AutoIntRanker",
     "fibinet": "marc_keras.ranking.fibinet_ranker:FiBiNetRanker",
@@ -26,6 +27,9 @@ RANKER_CLASSES = {
 }
 if tuple(RANKER_CLASSES) != RANKERS:
     raise ImportError("RANKER_CLASSES must name exactly the config's RANKERS, in order.")
+# Names whose class takes an architecture setting of its own: KAR's DeepFM keeps
+# the vector fields out of the FM's pairwise term (FuxiCTR's, "deepfm", does not).
+RANKER_SETTINGS = {"deepfm-kar": {"fm_vector_fields": False}}
 
 
 def ranker_class(name: str) -> type[FieldRanker]:
@@ -39,13 +43,24 @@ def ranker_class(name: str) -> type[FieldRanker]:
     return getattr(importlib.import_module(module), attribute)
 
 
+def ranker_settings(name: str) -> dict:
+    """The architecture arguments a ranker name fixes (`RANKER_SETTINGS`), or none."""
+    check.choice("ranker", name, RANKERS)
+    return dict(RANKER_SETTINGS.get(name, {}))
+
+
 def constructor_arguments(config: DownstreamConfig, adaptor: AdaptorSetting) -> dict:
     """Constructor arguments of `config.ranker` from an `[evaluate]` config and a row's adaptor.
 
-    Every ranker takes the vector adaptors' settings; DCNv2 also its cross
-    rank, the one architecture setting the config holds.
+    Every ranker takes the vector adaptors' settings and its name's own
+    settings; DCNv2 also its cross rank, the one architecture setting the
+    config holds.
     """
-    arguments = {"num_experts": config.num_experts, **adaptor.ranker_arguments()}
+    arguments = {
+        "num_experts": config.num_experts,
+        **adaptor.ranker_arguments(),
+        **ranker_settings(config.ranker),
+    }
     if config.ranker == "dcnv2":
         arguments["cross_projection_dim"] = config.cross_projection_dim
     return arguments

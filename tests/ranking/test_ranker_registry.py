@@ -14,7 +14,11 @@ from marc_keras.config import DownstreamConfig
 from marc_keras.config.downstream_config import RANKERS
 from marc_keras.config.ranker_tier import TIERS
 from marc_keras.ranking.downstream_evaluator import DownstreamEvaluator
-from marc_keras.ranking.ranker_registry import ranker_class
+from marc_keras.ranking.ranker_registry import (
+    constructor_arguments,
+    ranker_class,
+    ranker_settings,
+)
 
 SMALL = {"train": 120, "validation": 40, "test": 40}
 
@@ -23,7 +27,9 @@ def _ranker(name, tier="full", vectors=True, **kwargs):
     features, item_vectors = synthetic_features(sizes=SMALL)
     user_vectors = np.random.default_rng(5).normal(size=(51, 6)).astype("float32")
     tables = (user_vectors, item_vectors) if vectors else (None, None)
-    ranker = ranker_class(name).from_features(features, TIERS[tier], *tables, **kwargs)
+    ranker = ranker_class(name).from_features(
+        features, TIERS[tier], *tables, **{**ranker_settings(name), **kwargs}
+    )
     return ranker, features.tier_inputs(TIERS[tier])
 
 
@@ -77,13 +83,16 @@ def test_the_row_without_vectors_is_named_after_the_ranker_and_pairs_the_others(
     assert rows[0]["paired_delta_mean"] == 0.0
 
 
-def test_deepfm_sums_first_order_fm_and_deep_logits():
-    ranker, inputs = _ranker("deepfm", embedding_dim=4)
+@pytest.mark.parametrize("name, paired_fields", [("deepfm", slice(None)), ("deepfm-kar", slice(-2))])
+def test_deepfm_sums_first_order_fm_and_deep_logits(name, paired_fields):
+    ranker, inputs = _ranker(name, embedding_dim=4)
     logits = keras.ops.convert_to_numpy(ranker(inputs["test"]))  # builds every layer
     fields = ranker.fields(inputs["test"])
     stacked = np.stack([keras.ops.convert_to_numpy(field) for field in fields], axis=1)
     flat = stacked.reshape(len(stacked), -1)
-    fm = 0.5 * (stacked.sum(axis=1) ** 2 - (stacked**2).sum(axis=1)).sum(axis=1, keepdims=True)
+    # The FM pairs every field, or (KAR's) all but the two vector fields, which come last.
+    paired = stacked[:, paired_fields]
+    fm = 0.5 * (paired.sum(axis=1) ** 2 - (paired**2).sum(axis=1)).sum(axis=1, keepdims=True)
     kernel, bias = (keras.ops.convert_to_numpy(w) for w in ranker.first_order.weights)
     deep = flat
     for layer in ranker.deep:
@@ -116,6 +125,15 @@ def test_din_weighs_only_real_history_items():
     table.assign(keras.ops.convert_to_numpy(table) + np.eye(table.shape[0], 1, 0) * 5.0)
     batch_padding_changed = keras.ops.convert_to_numpy(ranker(batch))
     np.testing.assert_allclose(batch_padding_changed, before, rtol=1e-5, atol=1e-5)
+
+
+def test_deepfm_kar_is_deepfm_without_vectors_in_its_fm():
+    config = DownstreamConfig(ranker="deepfm-kar")
+    assert ranker_class("deepfm-kar") is ranker_class("deepfm")
+    ranker, _ = _ranker("deepfm-kar")
+    assert ranker.get_config()["fm_vector_fields"] is False
+    assert constructor_arguments(config, config.adaptor_setting())["fm_vector_fields"] is False
+    assert "fm_vector_fields" not in ranker_settings("deepfm")
 
 
 def test_an_unknown_ranker_lists_the_valid_names():
