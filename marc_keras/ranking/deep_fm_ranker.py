@@ -62,7 +62,9 @@ class DeepFMRanker(FieldRanker):
         for layer in self.deep:
             deep = layer(deep)
         # `fields` puts the vector fields last.
-        paired = fields if self.fm_vector_fields else fields[: len(fields) - len(self.vector_tables)]
+        paired = (
+            fields if self.fm_vector_fields else fields[: len(fields) - len(self.vector_tables)]
+        )
         return self.first_order(flat) + self.fm(ops.stack(paired, axis=1)) + deep  # (B, 1)
 
     def get_config(self) -> dict:

@@ -83,7 +83,9 @@ def test_the_row_without_vectors_is_named_after_the_ranker_and_pairs_the_others(
     assert rows[0]["paired_delta_mean"] == 0.0
 
 
-@pytest.mark.parametrize("name, paired_fields", [("deepfm", slice(None)), ("deepfm-kar", slice(-2))])
+@pytest.mark.parametrize(
+    "name, paired_fields", [("deepfm", slice(None)), ("deepfm-kar", slice(-2))]
+)
 def test_deepfm_sums_first_order_fm_and_deep_logits(name, paired_fields):
     ranker, inputs = _ranker(name, embedding_dim=4)
     logits = keras.ops.convert_to_numpy(ranker(inputs["test"]))  # builds every layer
