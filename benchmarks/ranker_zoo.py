@@ -81,6 +81,9 @@ ROW_PAIRS = (
     ("marc-c-cross-fit", "marc-o"),
     ("mrl-cross-fit", "marc-o"),
 )
+# The plot's lowest delta: a row below it is cut there and labelled with its
+# value, so that one collapsed row does not flatten the differences of the rest.
+PLOT_FLOOR = -0.006
 # Rows read from other runs: option -> {row: the vectors it reads there}.
 OTHER_RUN_ROWS = {
     "mrl_runs": {"mrl": "marc-c", "mrl-cross-fit": "marc-c-cross-fit"},
@@ -430,24 +433,34 @@ def plot(rows, path):
     names = [
         name for name in ROWS if name != LOGISTIC_ROW and any(row["name"] == name for row in rows)
     ]
-    figure, axis = plt.subplots(figsize=(10, 4))
+    figure, axis = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(names)
     for index, name in enumerate(names):
         found = [
             next((r for r in rows if r["ranker"] == ranker and r["name"] == name), None)
             for ranker in rankers
         ]
+        positions = np.arange(len(rankers)) + index * width
+        means = np.array([row["paired_delta_mean"] if row else np.nan for row in found])
+        cut = means < PLOT_FLOOR
         axis.bar(
-            np.arange(len(rankers)) + index * width,
-            [row["paired_delta_mean"] if row else np.nan for row in found],
+            positions,
+            np.where(cut, PLOT_FLOOR, means),
             width,
-            yerr=[row["paired_delta_std"] if row else 0.0 for row in found],
+            yerr=[
+                row["paired_delta_std"] if row and not low else 0.0 for row, low in zip(found, cut)
+            ],
             label=name,
         )
+        for position, mean in zip(positions[cut], means[cut]):
+            axis.text(position, PLOT_FLOOR, f"{mean:+.3f}", rotation=90, ha="center",
+                      va="bottom", fontsize=7, color="white")  # fmt: skip
+    axis.set_ylim(bottom=PLOT_FLOOR)
     axis.axhline(0.0, color="black", linewidth=0.8)
     axis.set_xticks(np.arange(len(rankers)) + 0.4 - width / 2, rankers)
     axis.set_ylabel("test AUC minus the ranker alone's (paired)")
-    axis.legend(ncol=len(names), fontsize=8)
+    axis.set_title(f"bars below {PLOT_FLOOR} are cut and labelled with their mean", fontsize=8)
+    axis.legend(ncol=len(names), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
